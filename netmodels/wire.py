@@ -1,0 +1,289 @@
+"""
+The netmodels wire protocol, sans-IO: frames, message types and codecs.
+
+No Twisted here: the decoder is fed bytes in any chunking and returns whole
+frames, so it can be tested, fuzzed and reused by every transport.
+
+A frame is a 4-byte big-endian length, then that many bytes: a 1-byte message
+type and its body. The length counts the type byte, so the smallest frame is
+``00 00 00 01 TT``. See ``docs/protocol.md`` for the full specification.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from collections.abc import Mapping
+from typing import Any, Final
+
+from attrs import field, frozen
+
+from netmodels.keepalive import KeepaliveSettings
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "PROTOCOL_VERSION",
+    "FrameDecoder",
+    "FrameTooLarge",
+    "Hello",
+    "MalformedMessage",
+    "MessageType",
+    "ProtocolError",
+    "UnknownMessageType",
+    "decode_correlated",
+    "decode_hello",
+    "decode_ping",
+    "encode_bye",
+    "encode_correlated",
+    "encode_frame",
+    "encode_hello",
+    "encode_ping",
+]
+
+#: The protocol version netmodels speaks. A peer with another major version is
+#: refused at HELLO with reason ``protocol-error``.
+PROTOCOL_VERSION: Final = 1
+
+#: Default hard limit on a frame (type byte plus body): 1 MiB.
+DEFAULT_MAX_FRAME: Final = 1024 * 1024
+
+#: HELLO bodies are small JSON objects; anything larger is hostile.
+MAX_HELLO: Final = 16 * 1024
+
+
+class MessageType(enum.IntEnum):
+    """Message types. Unknown types end the connection with ``protocol-error``."""
+
+    HELLO = 0x01
+    DATA = 0x02
+    PING = 0x03
+    PONG = 0x04
+    BYE = 0x05
+    REQUEST = 0x06
+    RESPONSE = 0x07
+    ERROR = 0x08
+
+
+_KNOWN_TYPES: Final = frozenset(int(t) for t in MessageType)
+
+_HEADER: Final = struct.Struct("!IB")
+_LENGTH: Final = struct.Struct("!I")
+_U32: Final = struct.Struct("!I")
+_CORRELATED: Final = struct.Struct("!IBI")
+
+
+class ProtocolError(ValueError):
+    """The peer broke the wire protocol. Ends that connection only."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame claimed more bytes than the limit (or zero). Never allocated."""
+
+    def __init__(self, length: int, limit: int) -> None:
+        super().__init__(f"frame of {length} bytes exceeds the limit of {limit} bytes")
+        self.length = length
+        self.limit = limit
+
+
+class UnknownMessageType(ProtocolError):
+    def __init__(self, message_type: int) -> None:
+        super().__init__(f"unknown message type 0x{message_type:02x}")
+        self.message_type = message_type
+
+
+class MalformedMessage(ProtocolError):
+    """A frame of a known type whose body does not parse."""
+
+
+class FrameDecoder:
+    """
+    Split a byte stream into ``(message_type, body)`` frames.
+
+    :meth:`feed` returns the whole frames found so far. On the first bad frame
+    it stores the error in :attr:`error` and returns the good frames that came
+    before it; from then on it latches: every later :meth:`feed` returns
+    nothing. A claimed length over :attr:`max_frame` is rejected as soon as its
+    four bytes arrive, so the claimed size is never allocated.
+    """
+
+    __slots__ = ("_buffer", "_needed", "error", "max_frame")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if max_frame < 1:
+            raise ValueError("max_frame must be at least 1")
+        self.max_frame = max_frame
+        self.error: ProtocolError | None = None
+        self._buffer = bytearray()
+        # Bytes the buffer must hold before a whole frame can be cut from it;
+        # small chunks of a large frame are appended without re-parsing.
+        self._needed = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held back waiting for the rest of a frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        if self.error is not None:
+            return []
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            if len(buffer) < self._needed:
+                return []
+            data = bytes(buffer)
+            buffer.clear()
+        frames: list[tuple[int, bytes]] = []
+        append = frames.append
+        unpack = _HEADER.unpack_from
+        limit = self.max_frame
+        known = _KNOWN_TYPES
+        size = len(data)
+        position = 0
+        while size - position >= 5:
+            length, message_type = unpack(data, position)
+            if length > limit or length == 0:
+                self.error = FrameTooLarge(length, limit)
+                return frames
+            if message_type not in known:
+                self.error = UnknownMessageType(message_type)
+                return frames
+            end = position + 4 + length
+            if end > size:
+                self._needed = end - position
+                break
+            append((message_type, data[position + 5 : end]))
+            position = end
+        else:
+            if size - position >= 4:
+                (length,) = _LENGTH.unpack_from(data, position)
+                if length > limit or length == 0:
+                    self.error = FrameTooLarge(length, limit)
+                    return frames
+            self._needed = 5
+        if position < size:
+            buffer += data[position:]
+        return frames
+
+
+def encode_frame(message_type: int, body: bytes = b"") -> bytes:
+    """One frame. The caller enforces its own size limit (see ``Session``)."""
+    return _HEADER.pack(len(body) + 1, message_type) + body
+
+
+def encode_ping(sequence: int, pong: bool = False) -> bytes:
+    kind = MessageType.PONG if pong else MessageType.PING
+    return _HEADER.pack(5, kind) + _U32.pack(sequence & 0xFFFFFFFF)
+
+
+def decode_ping(body: bytes) -> int:
+    if len(body) != 4:
+        raise MalformedMessage(f"PING/PONG body must be 4 bytes, not {len(body)}")
+    return int(_U32.unpack(body)[0])
+
+
+def encode_correlated(message_type: int, correlation_id: int, body: bytes) -> bytes:
+    """REQUEST, RESPONSE or ERROR: a 4-byte correlation id, then the body."""
+    return _CORRELATED.pack(len(body) + 5, message_type, correlation_id) + body
+
+
+def decode_correlated(body: bytes) -> tuple[int, bytes]:
+    if len(body) < 4:
+        raise MalformedMessage("REQUEST/RESPONSE/ERROR body shorter than its 4-byte id")
+    return int(_U32.unpack_from(body)[0]), body[4:]
+
+
+def encode_bye(reason: str = "") -> bytes:
+    return encode_frame(MessageType.BYE, reason.encode("utf-8")[:1024])
+
+
+def _text(name: str, max_length: int = 128) -> Any:
+    def check(instance: object, attribute: object, value: object) -> None:
+        if not isinstance(value, str) or not 0 < len(value) <= max_length:
+            raise MalformedMessage(f"HELLO {name} must be a string of 1-{max_length} characters")
+
+    return check
+
+
+@frozen
+class Hello:
+    """The first message each side sends: who it is and how it keeps alive."""
+
+    node_id: str = field(validator=_text("node_id"))
+    topology: str = field(validator=_text("topology", 64))
+    role: str = field(validator=_text("role", 64))
+    keepalive: KeepaliveSettings
+    version: int = PROTOCOL_VERSION
+    app: str = ""
+    #: Endpoints this node accepts connections on (used by p2p and callback).
+    listen: tuple[str, ...] = ()
+    #: Topology-specific fields, kept so newer peers can add to HELLO.
+    extra: Mapping[str, Any] = field(factory=dict)
+
+
+def encode_hello(hello: Hello) -> bytes:
+    document = dict(hello.extra)
+    document.update(
+        version=hello.version,
+        node_id=hello.node_id,
+        topology=hello.topology,
+        role=hello.role,
+        app=hello.app,
+        listen=list(hello.listen),
+        keepalive={
+            "idle": hello.keepalive.idle,
+            "interval": hello.keepalive.interval,
+            "probes": hello.keepalive.probes,
+        },
+    )
+    return encode_frame(MessageType.HELLO, json.dumps(document, separators=(",", ":")).encode())
+
+
+_HELLO_FIELDS: Final = frozenset(
+    {"version", "node_id", "topology", "role", "app", "listen", "keepalive"}
+)
+
+
+def decode_hello(body: bytes) -> Hello:
+    """Parse a HELLO body; any defect raises :class:`MalformedMessage`."""
+    if len(body) > MAX_HELLO:
+        raise MalformedMessage(f"HELLO of {len(body)} bytes exceeds {MAX_HELLO}")
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise MalformedMessage(f"HELLO is not JSON: {e}") from None
+    if not isinstance(document, dict):
+        raise MalformedMessage("HELLO must be a JSON object")
+    version = document.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise MalformedMessage("HELLO version must be a non-negative integer")
+    keepalive = document.get("keepalive")
+    if not isinstance(keepalive, dict):
+        raise MalformedMessage("HELLO keepalive must be an object")
+    try:
+        settings = KeepaliveSettings(
+            keepalive.get("idle"),  # type: ignore[arg-type]
+            keepalive.get("interval"),  # type: ignore[arg-type]
+            keepalive.get("probes"),  # type: ignore[arg-type]
+        )
+    except (ValueError, TypeError) as e:
+        raise MalformedMessage(f"HELLO keepalive: {e}") from None
+    listen = document.get("listen", [])
+    if not isinstance(listen, list) or not all(
+        isinstance(item, str) and len(item) <= 512 for item in listen
+    ) or len(listen) > 16:
+        raise MalformedMessage("HELLO listen must be a list of at most 16 endpoint strings")
+    app = document.get("app", "")
+    if not isinstance(app, str) or len(app) > 64:
+        raise MalformedMessage("HELLO app must be a string of at most 64 characters")
+    return Hello(
+        node_id=document.get("node_id"),  # type: ignore[arg-type]
+        topology=document.get("topology"),  # type: ignore[arg-type]
+        role=document.get("role"),  # type: ignore[arg-type]
+        keepalive=settings,
+        version=version,
+        app=app,
+        listen=tuple(listen),
+        extra={k: v for k, v in document.items() if k not in _HELLO_FIELDS},
+    )
