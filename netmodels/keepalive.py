@@ -124,7 +124,9 @@ class KeepaliveSettings:
         try:
             idle, interval = float(parts[0]), float(parts[1])
         except ValueError:
-            raise ValueError(f"IDLE and INTERVAL must be numbers of seconds, not {text!r}") from None
+            raise ValueError(
+                f"IDLE and INTERVAL must be numbers of seconds, not {text!r}"
+            ) from None
         try:
             probes = int(parts[2])
         except ValueError:
@@ -162,7 +164,13 @@ class KeepaliveTracker:
     the owner re-arms one timer once per idle period, never per message.
     """
 
-    __slots__ = ("_probe_sent_at", "last_received", "next_deadline", "probes_unanswered", "settings")
+    __slots__ = (
+        "_probe_sent_at",
+        "last_received",
+        "next_deadline",
+        "probes_unanswered",
+        "settings",
+    )
 
     def __init__(self, settings: KeepaliveSettings, now: float) -> None:
         self.settings = settings

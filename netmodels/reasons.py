@@ -14,8 +14,8 @@ ICMP unreachable).
 
 from __future__ import annotations
 
-import errno as _errno
 import enum
+import errno as _errno
 
 from attrs import frozen
 from twisted.internet import error as _error
@@ -68,6 +68,9 @@ class Closure:
     initiator: Initiator
     errno: str | None = None
     detail: str = ""
+    #: Retrying cannot help (version or topology mismatch, bad credentials):
+    #: a reconnecting client stops and says why.
+    fatal: bool = False
 
 
 _ERRNO_REASONS: dict[int, tuple[CloseReason, Initiator]] = {
@@ -121,7 +124,9 @@ def classify_connect_failure(exc: BaseException) -> Closure:
     if isinstance(exc, _error.ConnectionRefusedError):
         return Closure(CloseReason.REFUSED, Initiator.REMOTE, "ECONNREFUSED")
     if isinstance(exc, _error.TimeoutError | _error.TCPTimedOutError):
-        return Closure(CloseReason.TIMEOUT, Initiator.LOCAL, "ETIMEDOUT", detail="connect timed out")
+        return Closure(
+            CloseReason.TIMEOUT, Initiator.LOCAL, "ETIMEDOUT", detail="connect timed out"
+        )
     if isinstance(exc, _error.DNSLookupError | _error.NoRouteError | _error.UnknownHostError):
         return Closure(CloseReason.UNREACHABLE, Initiator.REMOTE, errno_name(os_errno), str(exc))
     if isinstance(os_errno, int) and os_errno in _ERRNO_REASONS:

@@ -128,9 +128,7 @@ def apply_kernel_keepalive(
         return False
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, math.ceil(settings.idle)))
-    sock.setsockopt(
-        socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, math.ceil(settings.interval))
-    )
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, math.ceil(settings.interval)))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, settings.probes)
     if user_timeout:
         sock.setsockopt(

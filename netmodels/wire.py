@@ -270,9 +270,11 @@ def decode_hello(body: bytes) -> Hello:
     except (ValueError, TypeError) as e:
         raise MalformedMessage(f"HELLO keepalive: {e}") from None
     listen = document.get("listen", [])
-    if not isinstance(listen, list) or not all(
-        isinstance(item, str) and len(item) <= 512 for item in listen
-    ) or len(listen) > 16:
+    if (
+        not isinstance(listen, list)
+        or not all(isinstance(item, str) and len(item) <= 512 for item in listen)
+        or len(listen) > 16
+    ):
         raise MalformedMessage("HELLO listen must be a list of at most 16 endpoint strings")
     app = document.get("app", "")
     if not isinstance(app, str) or len(app) > 64:

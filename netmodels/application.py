@@ -1,0 +1,139 @@
+"""
+Applications: the user's code, as a small class.
+
+Subclass :class:`Application` and override what you need::
+
+    class Shout(Application):
+        def request_received(self, peer, payload):
+            return payload.upper()
+
+Then make it a plugin (see ``docs/writing-plugins.md``) and run it with
+``twistd -n netmodels --app shout``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.plugin import IPlugin
+from zope.interface import implementer, provider
+
+from netmodels.interfaces import IApplication, IApplicationFactory, IPeer
+
+if TYPE_CHECKING:
+    from netmodels.manager import ConnectionRecord
+    from netmodels.node import Node, NodeConfig
+
+__all__ = ["Application", "EchoApplication", "application_plugin"]
+
+
+@implementer(IApplication)
+class Application:
+    """No-op defaults for every :class:`~netmodels.interfaces.IApplication` callback."""
+
+    node: Node | None = None
+
+    def start(self, node: Node) -> None:
+        self.node = node
+
+    def stop(self) -> None:
+        pass
+
+    def peer_ready(self, peer: IPeer) -> None:
+        pass
+
+    def message_received(self, peer: IPeer, payload: bytes) -> None:
+        pass
+
+    def request_received(self, peer: IPeer, payload: bytes) -> bytes | Deferred[bytes]:
+        raise NotImplementedError(f"{type(self).__name__} does not answer requests")
+
+    def peer_lost(self, peer: IPeer, record: ConnectionRecord) -> None:
+        pass
+
+
+class _ApplicationPlugin:
+    def __init__(self, name: str, description: str, make: Any) -> None:
+        self.name = name
+        self.description = description
+        self._make = make
+
+    def __call__(self, config: NodeConfig) -> IApplication:
+        application: IApplication = self._make(config)
+        return application
+
+    def __repr__(self) -> str:
+        return f"<application plugin {self.name!r}>"
+
+
+def application_plugin(name: str, description: str, make: Any) -> Any:
+    """
+    Declare an application plugin: ``make(config)`` returns the application.
+    Assign the result to a module-level name in a ``netmodels/plugins/`` module.
+    """
+    plugin = _ApplicationPlugin(name, description, make)
+    return provider(IPlugin, IApplicationFactory)(plugin)
+
+
+class EchoApplication(Application):
+    """
+    Answers every request with its own bytes, and echoes one-way messages.
+    On the client role it sends a request every ``interval`` seconds and logs
+    the round trip, so a client-server pair does something out of the box.
+    """
+
+    log = Logger(namespace="netmodels.app.echo")
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.role = config.role
+        self.interval = config.interval
+        self.sent = 0
+        self.answered = 0
+        self._loop: LoopingCall | None = None
+
+    def start(self, node: Node) -> None:
+        super().start(node)
+        if self.role == "client" and self.interval > 0:
+            self._loop = LoopingCall(self._tick)
+            self._loop.clock = node.clock
+            self._loop.start(self.interval, now=False)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def message_received(self, peer: IPeer, payload: bytes) -> None:
+        if self.role != "client":
+            peer.send(payload)
+
+    def request_received(self, peer: IPeer, payload: bytes) -> bytes:
+        return payload
+
+    def _tick(self) -> None:
+        assert self.node is not None
+        clock = self.node.clock
+        for peer in self.node.peers():
+            self.sent += 1
+            started = clock.seconds()
+            payload = f"hello {self.sent}".encode()
+            peer.request(payload).addCallbacks(
+                lambda reply, p=peer, t=started: self._answered(p, reply, clock.seconds() - t),
+                lambda failure, p=peer: self.log.warn(
+                    "request to {peer} failed: {error}",
+                    peer=p.node_id,
+                    error=failure.getErrorMessage(),
+                ),
+            )
+
+    def _answered(self, peer: IPeer, reply: bytes, elapsed: float) -> None:
+        self.answered += 1
+        self.log.info(
+            "[{node}] {peer} answered {reply!r} in {ms:.2f} ms",
+            node=self.node.config.node_id if self.node is not None else "?",
+            peer=peer.node_id,
+            reply=reply.decode("utf-8", "replace"),
+            ms=elapsed * 1000,
+        )

@@ -1,0 +1,79 @@
+"""
+``twistd -n netmodels --demo``: a server and three clients in one process.
+
+Two clients send an echo request every second. The third ends its connection
+every few seconds, alternately with FIN and with RST, and reconnects by the
+close-reason policy, so the status page shows each close and why it happened.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Any
+
+import attrs
+from twisted.internet.task import LoopingCall
+
+from netmodels.application import EchoApplication
+from netmodels.node import Node, NodeConfig
+from netmodels.registry import topologies
+
+__all__ = ["demo_clients"]
+
+#: Seconds between the flaky client's deliberate closes.
+FLAKY_PERIOD = 5.0
+
+
+def _dial_string(listen: str) -> str:
+    match = re.match(r"^tcp6?:(?:port=)?(\d+)(?::interface=(.+))?$", listen)
+    if match is None:
+        raise ValueError(f"--demo needs a tcp:PORT listen endpoint, not {listen!r}")
+    host = match[2] or "127.0.0.1"
+    if ":" in host:
+        host = host.replace(":", r"\:")
+    return f"tcp:{host}:{match[1]}"
+
+
+class FlakyClient(EchoApplication):
+    """An echo client that ends its connection on purpose: FIN, then RST, in turn."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        super().__init__(config)
+        self._closes = itertools.cycle(["close", "reset"])
+        self._flaky: LoopingCall | None = None
+
+    def start(self, node: Node) -> None:
+        super().start(node)
+        self._flaky = LoopingCall(self._misbehave)
+        self._flaky.clock = node.clock
+        self._flaky.start(FLAKY_PERIOD, now=False)
+
+    def stop(self) -> None:
+        super().stop()
+        if self._flaky is not None and self._flaky.running:
+            self._flaky.stop()
+
+    def _misbehave(self) -> None:
+        assert self.node is not None
+        for peer in self.node.peers():
+            getattr(peer, next(self._closes))()
+
+
+def demo_clients(server: NodeConfig, reactor: Any) -> list[Node]:
+    """The demo's client nodes, dialling ``server``'s first listen endpoint."""
+    topology = topologies()["client-server"]
+    dial = _dial_string(server.listen[0])
+    nodes = []
+    for name, application_class in (
+        ("steady-1", EchoApplication),
+        ("steady-2", EchoApplication),
+        ("flaky", FlakyClient),
+    ):
+        config = attrs.evolve(
+            server, role="client", listen=(), connect=(dial,), node_id=name, status=None
+        )
+        node = Node(config, topology, application_class(config), reactor)
+        topology.build(node)
+        nodes.append(node)
+    return nodes

@@ -1,0 +1,588 @@
+"""
+The RST-aware connection manager, shared by every topology.
+
+One :class:`ConnectionManager` keeps a registry of every connection (inbound,
+outbound and failed connect attempts), each with a :class:`ConnectionRecord`.
+It observes connections by wrapping their factory (:meth:`~ConnectionManager.
+wrap_factory`), so the protocols it watches need not subclass anything; it
+captures the errno Twisted drops, applies connection limits, and records
+exactly one :class:`~netmodels.reasons.CloseReason` for every close.
+
+Closing on purpose is a stated policy (:data:`DEFAULT_CLOSE_POLICY`): every
+local reason maps to a :class:`CloseMode` -- FIN, FIN then RST after a
+deadline, or RST at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from attrs import define, field, frozen
+from twisted.internet import defer
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+
+from netmodels.reasons import (
+    CloseReason,
+    Closure,
+    Initiator,
+    classify_connect_failure,
+    classify_connection_lost,
+)
+from netmodels.tcp import capture_errno
+
+__all__ = [
+    "DEFAULT_CLOSE_POLICY",
+    "CloseMode",
+    "ConnectFailed",
+    "ConnectionLimits",
+    "ConnectionManager",
+    "ConnectionRecord",
+    "ConnectionState",
+    "Direction",
+    "ManagedConnection",
+    "format_address",
+]
+
+_log = Logger(namespace="netmodels.manager")
+
+
+class ConnectionState(enum.StrEnum):
+    CONNECTING = "connecting"
+    HANDSHAKING = "handshaking"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+    #: A connect attempt that never became a connection.
+    FAILED = "failed"
+
+
+class Direction(enum.StrEnum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class CloseMode(enum.Enum):
+    """How we end a connection on purpose."""
+
+    #: Orderly close: flush, then FIN.
+    FIN = "fin"
+    #: FIN, then RST if the write buffer has not drained by the deadline.
+    FIN_THEN_ABORT = "fin-then-abort"
+    #: Abortive close: RST at once (``SO_LINGER {1, 0}``); unsent data is dropped.
+    RST = "rst"
+
+
+#: Which close a local decision uses. A dead peer gets RST, since a FIN would
+#: only queue behind data it will never acknowledge. A protocol error or a
+#: rejection gets FIN (after a BYE saying why) so a well-meaning peer learns
+#: what it did wrong, with RST if it does not read.
+DEFAULT_CLOSE_POLICY: Mapping[CloseReason, CloseMode] = {
+    CloseReason.CLEAN: CloseMode.FIN_THEN_ABORT,
+    CloseReason.ABORTED: CloseMode.RST,
+    CloseReason.TIMEOUT: CloseMode.RST,
+    CloseReason.PROTOCOL_ERROR: CloseMode.FIN_THEN_ABORT,
+    CloseReason.REJECTED: CloseMode.FIN_THEN_ABORT,
+}
+
+
+class ConnectFailed(Exception):
+    """A connect attempt failed; :attr:`record` says why, :attr:`cause` is Twisted's error."""
+
+    def __init__(self, record: ConnectionRecord, cause: BaseException) -> None:
+        super().__init__(
+            f"connect to {record.peer} failed: {record.reason} ({record.detail or cause})"
+        )
+        self.record = record
+        self.cause = cause
+
+
+@frozen
+class ConnectionLimits:
+    """Limits on inbound connections; over them a connection is ``rejected``."""
+
+    max_connections: int | None = None
+    max_per_address: int | None = None
+
+
+def format_address(address: IAddress | None) -> str:
+    """``IPv4Address(TCP, '127.0.0.1', 80)`` -> ``"127.0.0.1:80"``; IPv6 in brackets."""
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None or port is None:
+        name = getattr(address, "name", None)
+        return str(name) if name else "unknown"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _transport_name(address: IAddress | None) -> str:
+    kind = getattr(address, "type", None)
+    if kind in ("TCP", "UDP"):
+        return str(kind).lower()
+    return "unix" if getattr(address, "name", None) is not None else "tcp"
+
+
+@define(slots=True, eq=False)
+class ConnectionRecord:
+    """What the manager knows of one connection or connect attempt."""
+
+    id: int
+    direction: Direction
+    peer: str
+    transport: str = "tcp"
+    state: ConnectionState = ConnectionState.CONNECTING
+    peer_id: str | None = None
+    opened_at: float | None = None
+    closed_at: float | None = None
+    reason: CloseReason | None = None
+    initiator: Initiator | None = None
+    errno: str | None = None
+    detail: str = ""
+    bytes_in: int = 0
+    bytes_out: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+    #: The peer's advertised keepalive settings, once known.
+    peer_keepalive: dict[str, float] | None = None
+    #: Retrying cannot help (see :attr:`Closure.fatal`).
+    fatal: bool = False
+    #: Round-trip time of the last answered keepalive probe, in seconds.
+    rtt: float | None = None
+    #: The Twisted transport name (``tls`` over ``tcp``, for instance).
+    extra: dict[str, Any] = field(factory=dict)
+
+    @property
+    def closed(self) -> bool:
+        return self.state in (ConnectionState.CLOSED, ConnectionState.FAILED)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape served by ``GET /status``."""
+        document: dict[str, Any] = {
+            "id": self.id,
+            "peer": self.peer,
+            "peer_id": self.peer_id,
+            "direction": str(self.direction),
+            "transport": self.transport,
+            "state": str(self.state),
+            "opened_at": self.opened_at,
+            "closed_at": self.closed_at,
+            "reason": None if self.reason is None else str(self.reason),
+            "initiator": None if self.initiator is None else str(self.initiator),
+            "errno": self.errno,
+            "detail": self.detail,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "messages_in": self.messages_in,
+            "messages_out": self.messages_out,
+            "peer_keepalive": self.peer_keepalive,
+            "rtt": self.rtt,
+            "fatal": self.fatal,
+        }
+        document.update(self.extra)
+        return document
+
+
+class ManagedConnection(ProtocolWrapper):
+    """
+    The manager's view of one live connection: wraps the real protocol and is
+    its transport. Protocols reach it as ``self.transport`` to report state
+    (:meth:`mark_open`) or end the connection with a reason (:meth:`end`).
+    """
+
+    factory: _ManagedFactory
+
+    def __init__(self, factory: _ManagedFactory, wrapped: Protocol, record: ConnectionRecord):
+        super().__init__(factory, wrapped)
+        self.record = record
+        self.manager = factory.manager
+        self.host = record.peer
+        self._os_errno: int | None = None
+        self._pending: Closure | None = None
+        self._abort_call: IDelayedCall | None = None
+        self._close_callbacks: list[Callable[[ConnectionRecord], None]] = []
+
+    # Twisted side
+
+    def makeConnection(self, transport: Any) -> None:
+        record = self.record
+        peer = transport.getPeer()
+        record.peer = format_address(peer)
+        record.transport = _transport_name(peer)
+        self.host = str(getattr(peer, "host", record.peer))
+        self.transport = transport
+        self.connected = 1
+        capture_errno(transport, self._record_errno)
+        manager = self.manager
+        refusal = manager._admit(self)
+        manager._opened(self)
+        if refusal is not None:
+            # Turned away before the application ever sees it.
+            payload = self.factory.rejection_payload
+            if payload is not None:
+                transport.write(payload(CloseReason.REJECTED, refusal))
+            self.end(CloseReason.REJECTED, refusal)
+            return
+        ProtocolWrapper.makeConnection(self, transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.record.state is ConnectionState.CLOSING:
+            # Closing on purpose: what the peer still sends is discarded.
+            return
+        self.record.bytes_in += len(data)
+        try:
+            self.wrappedProtocol.dataReceived(data)
+        except Exception as e:
+            # An application bug ends this connection, never the process or
+            # the other connections.
+            _log.failure("application error on connection {id}", Failure(), id=self.record.id)
+            self.end(CloseReason.ABORTED, f"application error: {e!r}", CloseMode.RST)
+
+    def write(self, data: bytes) -> None:
+        self.record.bytes_out += len(data)
+        self.transport.write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        data = list(data)
+        self.record.bytes_out += sum(len(chunk) for chunk in data)
+        self.transport.writeSequence(data)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
+        closure = self._pending or classify_connection_lost(reason.value, self._os_errno)
+        self.manager._closed(self, closure)
+        for callback in self._close_callbacks:
+            callback(self.record)
+        if self.wrappedProtocol is not None and self.wrappedProtocol.transport is not None:
+            # (A rejected connection never connected its protocol.)
+            ProtocolWrapper.connectionLost(self, reason)
+
+    def _record_errno(self, number: int) -> None:
+        self._os_errno = number
+
+    # Public side
+
+    def mark_handshaking(self) -> None:
+        if self.record.state is ConnectionState.CONNECTING:
+            self.record.state = ConnectionState.HANDSHAKING
+
+    def mark_open(self, peer_id: str | None = None) -> None:
+        """The protocol's handshake is done; the connection carries traffic."""
+        record = self.record
+        if peer_id is not None:
+            record.peer_id = peer_id
+        if record.state in (ConnectionState.CONNECTING, ConnectionState.HANDSHAKING):
+            record.state = ConnectionState.OPEN
+            self.manager._notify("ready", self)
+
+    def on_close(self, callback: Callable[[ConnectionRecord], None]) -> None:
+        """Call ``callback(record)`` once the connection has closed and been recorded."""
+        self._close_callbacks.append(callback)
+
+    def note_remote_close(self, reason: CloseReason, detail: str = "", fatal: bool = False) -> None:
+        """The peer announced why it is closing (a BYE): record that reason."""
+        if self._pending is None:
+            self._pending = Closure(reason, Initiator.REMOTE, detail=detail, fatal=fatal)
+
+    def end(
+        self,
+        reason: CloseReason,
+        detail: str = "",
+        mode: CloseMode | None = None,
+        fatal: bool = False,
+    ) -> None:
+        """
+        End the connection because of ``reason`` (recorded with initiator
+        ``local``), closing the way ``mode`` says, or by the manager's policy.
+        The first decision wins: a later ``end`` only escalates FIN to RST.
+        """
+        if mode is None:
+            mode = self.manager.close_policy.get(reason, CloseMode.FIN_THEN_ABORT)
+        if self._pending is None:
+            self._pending = Closure(reason, Initiator.LOCAL, detail=detail, fatal=fatal)
+        if not self.record.closed:
+            self.record.state = ConnectionState.CLOSING
+            self._close_transport(mode)
+
+    def close(self, deadline: float | None = None) -> None:
+        """Orderly close (FIN); RST if the write buffer has not drained by ``deadline``."""
+        self.end(CloseReason.CLEAN, mode=CloseMode.FIN_THEN_ABORT)
+        if deadline is not None and self._abort_call is not None:
+            self._abort_call.reset(deadline)
+
+    def reset(self, detail: str = "") -> None:
+        """Abortive close: RST now. The peer sees ``ECONNRESET``."""
+        self.end(CloseReason.ABORTED, detail, CloseMode.RST)
+
+    def _close_transport(self, mode: CloseMode) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if mode is CloseMode.RST:
+            transport.abortConnection()
+            return
+        self.disconnecting = 1
+        transport.loseConnection()
+        if mode is CloseMode.FIN_THEN_ABORT and self._abort_call is None:
+            self._abort_call = self.manager.clock.callLater(
+                self.manager.close_deadline, self._abort_after_deadline
+            )
+
+    def _abort_after_deadline(self) -> None:
+        self._abort_call = None
+        if self.record.closed or self.transport is None:
+            return
+        pending = self._pending
+        detail = f"write buffer did not drain within {self.manager.close_deadline:g} s"
+        if pending is None or pending.reason is CloseReason.CLEAN:
+            self._pending = Closure(CloseReason.ABORTED, Initiator.LOCAL, detail=detail)
+        self.transport.abortConnection()
+
+
+class _ManagedFactory(WrappingFactory):
+    protocol = ManagedConnection  # type: ignore[assignment]
+    noisy = False
+
+    def __init__(
+        self,
+        manager: ConnectionManager,
+        wrapped: Factory[Any],
+        direction: Direction,
+        record: ConnectionRecord | None = None,
+        rejection_payload: Callable[[CloseReason, str], bytes] | None = None,
+    ) -> None:
+        super().__init__(wrapped)
+        self.manager = manager
+        self.direction = direction
+        self.rejection_payload = rejection_payload
+        self._record = record
+
+    def buildProtocol(self, addr: IAddress) -> ManagedConnection | None:  # type: ignore[override]
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        record = self._record
+        self._record = None
+        if record is None:
+            record = self.manager._new_record(self.direction, format_address(addr))
+        return ManagedConnection(self, wrapped, record)
+
+    def registerProtocol(self, p: Any) -> None:
+        pass
+
+    def unregisterProtocol(self, p: Any) -> None:
+        pass
+
+
+class ConnectionManager:
+    """
+    The registry of connections of one node.
+
+    :param clock: the reactor's time, for close deadlines (injected).
+    :param limits: inbound limits; over them connections are ``rejected``.
+    :param history: how many closed connections and failed connects to keep.
+    :param close_policy: which :class:`CloseMode` each local reason uses.
+    :param close_deadline: seconds an orderly close may take before RST.
+    :param wall_clock: Unix time for ``opened_at``/``closed_at``.
+    :param name: the node's id, for log lines.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        limits: ConnectionLimits = ConnectionLimits(),
+        history: int = 256,
+        close_policy: Mapping[CloseReason, CloseMode] = DEFAULT_CLOSE_POLICY,
+        close_deadline: float = 5.0,
+        wall_clock: Callable[[], float] = time.time,
+        name: str = "",
+    ) -> None:
+        self.clock = clock
+        #: Prefixes log lines, to tell several nodes in one process apart.
+        self.name = name
+        self.limits = limits
+        self.close_policy = dict(close_policy)
+        self.close_deadline = close_deadline
+        self._wall_clock = wall_clock
+        self._next_id = 1
+        self.live: dict[int, ManagedConnection] = {}
+        self.pending_connects: dict[int, ConnectionRecord] = {}
+        self.history: collections.deque[ConnectionRecord] = collections.deque(maxlen=history)
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._per_address: collections.Counter[str] = collections.Counter()
+        self._observers: list[Callable[[str, ManagedConnection | ConnectionRecord], None]] = []
+
+    # Wiring
+
+    def wrap_factory(
+        self,
+        factory: Factory[Any],
+        direction: Direction = Direction.INBOUND,
+        rejection_payload: Callable[[CloseReason, str], bytes] | None = None,
+    ) -> WrappingFactory:
+        """A factory that builds ``factory``'s protocols under this manager."""
+        return _ManagedFactory(self, factory, direction, rejection_payload=rejection_payload)
+
+    def connect(
+        self, endpoint: IStreamClientEndpoint, factory: Factory[Any], peer: str
+    ) -> defer.Deferred[ManagedConnection]:
+        """
+        Connect ``endpoint`` with ``factory``, recording the attempt; a failed
+        attempt stays in the history with its reason (``refused``, ...). The
+        result is the :class:`ManagedConnection`; a failure is
+        :class:`ConnectFailed`, holding the record.
+        """
+        record = self._new_record(Direction.OUTBOUND, peer)
+        self.pending_connects[record.id] = record
+        self.counters["connect_attempts"] += 1
+        managed = _ManagedFactory(self, factory, Direction.OUTBOUND, record)
+        attempt = endpoint.connect(managed)
+
+        def failed(failure: Failure) -> Failure:
+            self.pending_connects.pop(record.id, None)
+            closure = classify_connect_failure(failure.value)
+            if isinstance(failure.value, defer.CancelledError):
+                closure = Closure(CloseReason.ABORTED, Initiator.LOCAL, detail="connect cancelled")
+            record.state = ConnectionState.FAILED
+            self._finish(record, closure)
+            self.counters["connect_failures"] += 1
+            _log.info(
+                "[{node}] connect to {peer} failed: {reason}{errno_text}{detail_text}",
+                node=self.name,
+                peer=record.peer,
+                reason=str(closure.reason),
+                errno_text=f" ({closure.errno})" if closure.errno else "",
+                detail_text=f": {closure.detail}" if closure.detail else "",
+                record=record,
+                event="connect-failed",
+            )
+            self._notify("failed", record)
+            return Failure(ConnectFailed(record, failure.value))
+
+        def connected(protocol: ManagedConnection) -> ManagedConnection:
+            self.pending_connects.pop(record.id, None)
+            return protocol
+
+        return attempt.addCallbacks(connected, failed)  # type: ignore[arg-type]
+
+    def subscribe(self, observer: Callable[[str, Any], None]) -> None:
+        """
+        Call ``observer(event, subject)`` on ``"opened"``, ``"ready"`` and
+        ``"closed"`` (subject: the :class:`ManagedConnection`) and ``"failed"``
+        (subject: the :class:`ConnectionRecord` of a failed connect).
+        """
+        self._observers.append(observer)
+
+    # Queries
+
+    def records(self) -> Iterator[ConnectionRecord]:
+        """Every known record: pending connects, live connections, then history."""
+        yield from self.pending_connects.values()
+        for connection in self.live.values():
+            yield connection.record
+        yield from reversed(self.history)
+
+    def find(self, connection_id: int) -> ManagedConnection | None:
+        return self.live.get(connection_id)
+
+    # Commands
+
+    def reset(self, connection: ManagedConnection) -> None:
+        """Close ``connection`` with RST; recorded as ``aborted``."""
+        connection.reset()
+
+    def close(self, connection: ManagedConnection, deadline: float | None = None) -> None:
+        """Close with FIN; RST if it has not finished by ``deadline`` seconds."""
+        connection.close(deadline)
+
+    def close_all(self, reason: CloseReason = CloseReason.CLEAN, detail: str = "") -> None:
+        for connection in list(self.live.values()):
+            connection.end(reason, detail)
+
+    # Internal, called by ManagedConnection
+
+    def _new_record(self, direction: Direction, peer: str) -> ConnectionRecord:
+        record = ConnectionRecord(id=self._next_id, direction=direction, peer=peer)
+        self._next_id += 1
+        return record
+
+    def _admit(self, connection: ManagedConnection) -> str | None:
+        if connection.record.direction is not Direction.INBOUND:
+            return None
+        limits = self.limits
+        if limits.max_connections is not None and len(self.live) >= limits.max_connections:
+            return f"connection limit of {limits.max_connections} reached"
+        host = connection.host
+        if limits.max_per_address is not None and self._per_address[host] >= limits.max_per_address:
+            return f"limit of {limits.max_per_address} connections from {host} reached"
+        return None
+
+    def _opened(self, connection: ManagedConnection) -> None:
+        record = connection.record
+        record.opened_at = self._wall_clock()
+        record.state = ConnectionState.HANDSHAKING
+        self.live[record.id] = connection
+        self._per_address[connection.host] += 1
+        self.counters[f"opened_{record.direction}"] += 1
+        _log.info(
+            "[{node}] connection {id} opened: {direction} {peer}",
+            node=self.name,
+            id=record.id,
+            direction=str(record.direction),
+            peer=record.peer,
+            record=record,
+            event="opened",
+        )
+        self._notify("opened", connection)
+
+    def _closed(self, connection: ManagedConnection, closure: Closure) -> None:
+        record = connection.record
+        if record.closed:
+            return
+        if self.live.pop(record.id, None) is not None:
+            host = connection.host
+            self._per_address[host] -= 1
+            if self._per_address[host] <= 0:
+                del self._per_address[host]
+        record.state = ConnectionState.CLOSED
+        self._finish(record, closure)
+        _log.info(
+            "[{node}] connection {id} to {peer} closed: "
+            "{reason} ({initiator}{errno_text}){detail_text}",
+            node=self.name,
+            id=record.id,
+            peer=record.peer,
+            reason=str(closure.reason),
+            initiator=str(closure.initiator),
+            errno_text=f", {closure.errno}" if closure.errno else "",
+            detail_text=f": {closure.detail}" if closure.detail else "",
+            record=record,
+            event="closed",
+        )
+        self._notify("closed", connection)
+
+    def _finish(self, record: ConnectionRecord, closure: Closure) -> None:
+        record.closed_at = self._wall_clock()
+        record.reason = closure.reason
+        record.initiator = closure.initiator
+        record.errno = closure.errno
+        record.fatal = closure.fatal
+        if closure.detail:
+            record.detail = closure.detail
+        self.history.append(record)
+        self.counters[str(closure.reason)] += 1
+
+    def _notify(self, event: str, subject: Any) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(event, subject)
+            except Exception:
+                _log.failure("connection observer failed on {event}", event=event)

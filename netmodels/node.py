@@ -1,0 +1,280 @@
+"""
+A running netmodels node: the runtime every topology builds on.
+
+A :class:`Node` owns one :class:`~netmodels.manager.ConnectionManager`, the
+application, the settings every session shares, and the listeners and
+reconnecting dialers its topology adds. It knows which peers are ready and
+renders the ``GET /status`` document.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import socket
+from typing import Any
+
+from attrs import field, frozen
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from netmodels.interfaces import IApplication, ITopology
+from netmodels.keepalive import DEFAULT as DEFAULT_KEEPALIVE
+from netmodels.keepalive import KeepaliveSettings
+from netmodels.manager import ConnectionLimits, ConnectionManager, ManagedConnection
+from netmodels.reconnect import ReconnectingClient
+from netmodels.session import Session, SessionFactory, SessionSettings, encode_bye
+from netmodels.wire import DEFAULT_MAX_FRAME, Hello
+
+__all__ = ["ListenFailed", "Node", "NodeConfig", "default_node_id", "endpoint_label"]
+
+_log = Logger(namespace="netmodels.node")
+
+
+def default_node_id() -> str:
+    """``<hostname>-<6 hex digits>``: readable, and distinct per process."""
+    return f"{socket.gethostname().split('.')[0][:40]}-{secrets.token_hex(3)}"
+
+
+@frozen
+class NodeConfig:
+    """A node's whole configuration, as parsed from the command line."""
+
+    topology: str = "client-server"
+    role: str = "server"
+    transport: str = "tcp"
+    listen: tuple[str, ...] = ()
+    connect: tuple[str, ...] = ()
+    node_id: str = field(factory=default_node_id)
+    app: str = ""
+    keepalive: KeepaliveSettings = DEFAULT_KEEPALIVE
+    status: str | None = None
+    max_frame: int = DEFAULT_MAX_FRAME
+    max_connections: int | None = 10_000
+    max_per_address: int | None = None
+    handshake_timeout: float = 10.0
+    request_timeout: float = 30.0
+    #: ``TCP_USER_TIMEOUT`` seconds; ``None`` means the keepalive bound, 0 off.
+    user_timeout: float | None = None
+    history: int = 256
+    #: Seconds between the requests a client application sends on its own.
+    interval: float = 1.0
+
+    @property
+    def effective_user_timeout(self) -> float | None:
+        if self.user_timeout is None:
+            return self.keepalive.worst_case
+        return self.user_timeout or None
+
+
+class ListenFailed(Exception):
+    """A listening endpoint could not be opened (port in use, no permission)."""
+
+
+_TCP_FORMS = (
+    re.compile(r"^tcp6?:(?:host=)?(?P<host>[^:=]+|\\?\[[^\]]*\]):(?:port=)?(?P<port>\d+)"),
+    re.compile(r"^(?:tls|ssl):(?:host=)?(?P<host>[^:=]+):(?:port=)?(?P<port>\d+)"),
+)
+
+
+def endpoint_label(description: str) -> str:
+    """``"tcp:example.com:80"`` -> ``"example.com:80"``; other forms stay as written."""
+    for form in _TCP_FORMS:
+        match = form.match(description)
+        if match:
+            return f"{match['host']}:{match['port']}"
+    return description
+
+
+class _Listener(Service):
+    """Listen on one endpoint description; a failure surfaces at start-up."""
+
+    def __init__(self, reactor: Any, description: str, factory: Factory[Any]) -> None:
+        self.reactor = reactor
+        self.description = description
+        self.factory = factory
+        self.port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        result: list[Any] = []
+        serverFromString(self.reactor, self.description).listen(self.factory).addBoth(result.append)
+        if not result:
+            raise ListenFailed(f"listening on {self.description} did not complete at start-up")
+        if not IListeningPort.providedBy(result[0]):
+            failure = result[0]
+            raise ListenFailed(f"cannot listen on {self.description}: {failure.getErrorMessage()}")
+        self.port = result[0]
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        return None if port is None else port.stopListening()
+
+    @property
+    def address(self) -> str:
+        if self.port is None:
+            return self.description
+        host = self.port.getHost()
+        kind = getattr(host, "type", "unix").lower()
+        if hasattr(host, "port"):
+            return f"{kind}:{endpoint_label(f'tcp:{host.host}:{host.port}')}"
+        return f"unix:{getattr(host, 'name', '?')}"
+
+
+class Node(MultiService):
+    """
+    One netmodels node. Topologies call :meth:`listen` and :meth:`connect`;
+    applications call :meth:`peers`.
+
+    :param reactor: the reactor (injected; tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        topology: ITopology,
+        application: IApplication,
+        reactor: IReactorTime,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.topology = topology
+        self.application = application
+        self.reactor = reactor
+        self.clock = reactor
+        self.manager = ConnectionManager(
+            reactor,
+            ConnectionLimits(config.max_connections, config.max_per_address),
+            history=config.history,
+            name=config.node_id,
+        )
+        self.session_settings = SessionSettings(
+            hello=Hello(
+                node_id=config.node_id,
+                topology=topology.name,
+                role=config.role,
+                keepalive=config.keepalive,
+                app=config.app,
+                listen=config.listen,
+            ),
+            keepalive=config.keepalive,
+            application=application,
+            max_frame=config.max_frame,
+            handshake_timeout=config.handshake_timeout,
+            request_timeout=config.request_timeout,
+            user_timeout=config.effective_user_timeout,
+            check_peer=lambda hello: self._check_peer(hello),
+        )
+        self.listeners: list[_Listener] = []
+        self.clients: list[ReconnectingClient] = []
+        self._sessions: dict[int, Session] = {}
+        self.manager.subscribe(self._connection_event)
+
+    # What topologies use
+
+    def session_factory(self) -> SessionFactory:
+        return SessionFactory(self.session_settings, self.clock)
+
+    def listen(self, description: str, factory: Factory[Any] | None = None) -> None:
+        """Accept connections on ``description`` (a Twisted endpoint string)."""
+        wrapped = self.manager.wrap_factory(
+            factory or self.session_factory(),
+            rejection_payload=lambda reason, detail: encode_bye(reason, detail),
+        )
+        listener = _Listener(self.reactor, description, wrapped)
+        listener.setServiceParent(self)
+        self.listeners.append(listener)
+
+    def connect(self, description: str, factory: Factory[Any] | None = None) -> ReconnectingClient:
+        """Keep a connection to ``description`` up, reconnecting by close reason."""
+        client = ReconnectingClient(
+            self.manager,
+            clientFromString(self.reactor, description),
+            factory or self.session_factory(),
+            endpoint_label(description),
+            self.clock,
+        )
+        client.setServiceParent(self)
+        self.clients.append(client)
+        return client
+
+    # What applications use
+
+    def peers(self) -> list[Session]:
+        """Peers that finished their handshake and are still connected."""
+        return list(self._sessions.values())
+
+    # Service
+
+    def startService(self) -> None:
+        _log.info(
+            "node {node_id}: topology {topology}, role {role}; {bound}",
+            node_id=self.config.node_id,
+            topology=self.topology.name,
+            role=self.config.role,
+            bound=self.config.keepalive.describe(),
+        )
+        super().startService()
+        for listener in self.listeners:
+            _log.info("listening on {address}", address=listener.address)
+        try:
+            self.application.start(self)
+        except Exception:
+            _log.failure("application failed to start")
+
+    def stopService(self) -> Deferred[None]:
+        try:
+            self.application.stop()
+        except Exception:
+            _log.failure("application failed to stop")
+        for session in self.peers():
+            session.close()
+        return super().stopService()  # type: ignore[no-any-return]
+
+    def status(self) -> dict[str, Any]:
+        """The ``GET /status`` document."""
+        config = self.config
+        return {
+            "node": {
+                "id": config.node_id,
+                "topology": self.topology.name,
+                "role": config.role,
+                "transport": config.transport,
+                "app": config.app,
+                "listening": [listener.address for listener in self.listeners],
+                "connecting": [client.status() for client in self.clients],
+            },
+            "keepalive": {
+                **config.keepalive.as_dict(),
+                "user_timeout": config.effective_user_timeout,
+                "describe": config.keepalive.describe(),
+            },
+            "limits": {
+                "max_frame": config.max_frame,
+                "max_connections": config.max_connections,
+                "max_per_address": config.max_per_address,
+            },
+            "connections": [record.as_dict() for record in self.manager.records()],
+            "counters": dict(self.manager.counters),
+        }
+
+    # Internals
+
+    def _check_peer(self, hello: Hello) -> str | None:
+        if hello.topology != self.topology.name:
+            return f"peer runs topology {hello.topology!r}, we run {self.topology.name!r}"
+        refusal: str | None = self.topology.check_peer(self.config.role, hello.role)
+        return refusal
+
+    def _connection_event(self, event: str, subject: Any) -> None:
+        if event == "ready" and isinstance(subject, ManagedConnection):
+            session = subject.wrappedProtocol
+            if isinstance(session, Session):
+                self._sessions[subject.record.id] = session
+        elif event == "closed" and isinstance(subject, ManagedConnection):
+            self._sessions.pop(subject.record.id, None)

@@ -1,0 +1,464 @@
+"""
+The netmodels protocol on a stream: one :class:`Session` per connection.
+
+A session sends its HELLO at once, expects the peer's HELLO before the
+handshake deadline, then carries DATA, REQUEST/RESPONSE/ERROR, keepalive
+PING/PONG and BYE. Framing is :class:`netmodels.wire.FrameDecoder`; keepalive
+is :class:`netmodels.keepalive.KeepaliveMixin`; closing goes through the
+connection manager so every close is recorded with its reason.
+
+It is also the :class:`~netmodels.interfaces.IPeer` the application sees.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from attrs import frozen
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from netmodels.interfaces import IApplication, IPeer
+from netmodels.keepalive import KeepaliveMixin, KeepaliveSettings
+from netmodels.manager import ConnectionRecord, ConnectionState, Direction, ManagedConnection
+from netmodels.reasons import CloseReason
+from netmodels.tcp import apply_kernel_keepalive, set_no_delay
+from netmodels.wire import (
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    Hello,
+    MessageType,
+    ProtocolError,
+    decode_correlated,
+    decode_hello,
+    decode_ping,
+    encode_correlated,
+    encode_frame,
+    encode_hello,
+    encode_ping,
+)
+
+__all__ = [
+    "MessageTooLarge",
+    "PeerClosed",
+    "RemoteError",
+    "RequestTimeout",
+    "Session",
+    "SessionFactory",
+    "SessionSettings",
+    "encode_bye",
+]
+
+_log = Logger(namespace="netmodels.session")
+
+_DATA = MessageType.DATA
+_REQUEST = MessageType.REQUEST
+_RESPONSE = MessageType.RESPONSE
+_ERROR = MessageType.ERROR
+_PING = MessageType.PING
+_PONG = MessageType.PONG
+_HELLO = MessageType.HELLO
+_BYE = MessageType.BYE
+
+
+class MessageTooLarge(ValueError):
+    """The application tried to send more than the frame limit allows."""
+
+
+class PeerClosed(ConnectionError):
+    """The connection ended; :attr:`record` says why."""
+
+    def __init__(self, record: ConnectionRecord) -> None:
+        super().__init__(f"connection {record.id} to {record.peer} ended: {record.reason}")
+        self.record = record
+
+
+class RequestTimeout(TimeoutError):
+    """No response arrived within the request timeout."""
+
+
+class RemoteError(Exception):
+    """The peer's application failed the request; the message is its text."""
+
+
+def encode_bye(reason: CloseReason, detail: str = "", fatal: bool = False) -> bytes:
+    """A BYE frame saying why we close, so the peer records the same reason."""
+    document: dict[str, Any] = {"reason": str(reason), "detail": detail[:512]}
+    if fatal:
+        document["fatal"] = True
+    return encode_frame(MessageType.BYE, json.dumps(document).encode())
+
+
+def decode_bye(body: bytes) -> tuple[CloseReason, str, bool]:
+    """Tolerant: a BYE we cannot read still means a clean close."""
+    try:
+        document = json.loads(body)
+        reason = CloseReason(document.get("reason", "clean"))
+        detail = str(document.get("detail", ""))[:512]
+        return reason, detail, bool(document.get("fatal", False))
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError):
+        return CloseReason.CLEAN, body[:512].decode("utf-8", "replace"), False
+
+
+@frozen
+class SessionSettings:
+    """Everything a session needs to know of its node, fixed at start-up."""
+
+    hello: Hello
+    keepalive: KeepaliveSettings
+    application: IApplication
+    max_frame: int
+    handshake_timeout: float = 10.0
+    request_timeout: float = 30.0
+    #: ``TCP_USER_TIMEOUT`` in seconds; ``None`` leaves the kernel default.
+    user_timeout: float | None = None
+    kernel_keepalive: bool = True
+    #: ``None`` if a peer's HELLO is acceptable, else why not (made fatal).
+    check_peer: Callable[[Hello], str | None] = lambda hello: None
+
+
+@implementer(IPeer)
+class Session(Protocol, KeepaliveMixin):
+    """The netmodels wire protocol over one stream connection."""
+
+    transport: ManagedConnection  # type: ignore[assignment]
+
+    def __init__(self, settings: SessionSettings, clock: IReactorTime) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.application = settings.application
+        self.peer_hello: Hello | None = None
+        self.record: ConnectionRecord | None = None
+        self._decoder = FrameDecoder(settings.max_frame)
+        self._max_body = settings.max_frame - 1
+        self._handshake_call: IDelayedCall | None = None
+        self._pending: dict[int, tuple[defer.Deferred[bytes], float]] = {}
+        self._next_request_id = 1
+        self._request_call: IDelayedCall | None = None
+        self._ping_sequence = 0
+        self._ping_sent_at = 0.0
+        self._ready = False
+
+    # IPeer
+
+    @property
+    def connection_id(self) -> int:
+        return -1 if self.record is None else self.record.id
+
+    @property
+    def node_id(self) -> str | None:
+        return None if self.peer_hello is None else self.peer_hello.node_id
+
+    @property
+    def role(self) -> str | None:
+        return None if self.peer_hello is None else self.peer_hello.role
+
+    def send(self, payload: bytes) -> None:
+        if len(payload) > self._max_body:
+            raise MessageTooLarge(
+                f"message of {len(payload)} bytes exceeds the frame limit of {self._max_body}"
+            )
+        record = self.record
+        if record is None or not self._ready or record.closed:
+            raise PeerClosed(self._record_or_placeholder())
+        record.messages_out += 1
+        self.transport.write(encode_frame(_DATA, payload))
+
+    def request(self, payload: bytes, timeout: float | None = None) -> defer.Deferred[bytes]:
+        if len(payload) + 4 > self._max_body:
+            raise MessageTooLarge(
+                f"request of {len(payload)} bytes exceeds the frame limit of {self._max_body - 4}"
+            )
+        record = self.record
+        if record is None or not self._ready or record.closed:
+            return defer.fail(PeerClosed(self._record_or_placeholder()))
+        request_id = self._next_request_id
+        self._next_request_id = (request_id + 1) & 0xFFFFFFFF or 1
+        deferred: defer.Deferred[bytes] = defer.Deferred()
+        deadline = self.clock.seconds() + (
+            self.settings.request_timeout if timeout is None else timeout
+        )
+        self._pending[request_id] = (deferred, deadline)
+        if self._request_call is None:
+            self._request_call = self.clock.callLater(
+                max(0.0, deadline - self.clock.seconds()), self._expire_requests
+            )
+        record.messages_out += 1
+        self.transport.write(encode_correlated(_REQUEST, request_id, payload))
+        return deferred
+
+    def close(self) -> None:
+        self._end(CloseReason.CLEAN)
+
+    def reset(self) -> None:
+        if self.record is not None and not self.record.closed:
+            self.transport.reset()
+
+    # Twisted
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        self.record = getattr(transport, "record", None)
+        settings = self.settings
+        set_no_delay(transport)
+        if settings.kernel_keepalive:
+            apply_kernel_keepalive(transport, settings.keepalive, settings.user_timeout)
+        transport.write(encode_hello(settings.hello))
+        self._handshake_call = self.clock.callLater(
+            settings.handshake_timeout, self._handshake_expired
+        )
+        self.setKeepalive(settings.keepalive)
+
+    def dataReceived(self, data: bytes) -> None:
+        tracker = self._keepalive_tracker
+        if tracker is not None:
+            tracker.last_received = self.clock.seconds()
+        decoder = self._decoder
+        frames = decoder.feed(data)
+        if frames:
+            record = self.record
+            if record is not None:
+                record.messages_in += len(frames)
+            if self._ready:
+                self._dispatch(frames)
+            else:
+                self._handshake(frames)
+        if decoder.error is not None:
+            self._protocol_error(str(decoder.error))
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self.setKeepalive(None)
+        for call in (self._handshake_call, self._request_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._handshake_call = self._request_call = None
+        record = self._record_or_placeholder()
+        pending, self._pending = self._pending, {}
+        for deferred, _ in pending.values():
+            deferred.errback(PeerClosed(record))
+        if self._ready:
+            self._ready = False
+            self._call_application(self.application.peer_lost, self, record)
+
+    # Keepalive
+
+    def keepaliveProbe(self) -> None:
+        self._ping_sequence = (self._ping_sequence + 1) & 0xFFFFFFFF
+        self._ping_sent_at = self.clock.seconds()
+        self.transport.write(encode_ping(self._ping_sequence))
+
+    def keepaliveTimeout(self) -> None:
+        settings = self.settings.keepalive
+        detail = (
+            f"no answer to {settings.probes} keepalive probes "
+            f"({settings.describe().removeprefix('a dead peer is detected ')})"
+        )
+        _log.warn(
+            "connection {id} to {peer}: {detail}",
+            id=self.connection_id,
+            peer=self._peer_text(),
+            detail=detail,
+        )
+        self.transport.end(CloseReason.TIMEOUT, detail)
+
+    # Internals
+
+    def _dispatch(self, frames: list[tuple[int, bytes]]) -> None:
+        application = self.application
+        for message_type, body in frames:
+            if message_type == _DATA:
+                application.message_received(self, body)
+            elif message_type == _REQUEST:
+                self._request_received(body)
+            elif message_type in (_RESPONSE, _ERROR):
+                self._response_received(message_type, body)
+            elif message_type == _PING:
+                self.transport.write(encode_ping(self._sequence(body), pong=True))
+            elif message_type == _PONG:
+                if self._sequence(body) == self._ping_sequence and self.record is not None:
+                    self.record.rtt = self.clock.seconds() - self._ping_sent_at
+            elif message_type == _BYE:
+                self._bye_received(body)
+                return
+            else:  # HELLO again
+                self._protocol_error("HELLO received twice")
+                return
+            if self.record is not None and self.record.state is not ConnectionState.OPEN:
+                return
+
+    def _sequence(self, body: bytes) -> int:
+        try:
+            return decode_ping(body)
+        except ProtocolError as e:
+            self._protocol_error(str(e))
+            return -1
+
+    def _handshake(self, frames: list[tuple[int, bytes]]) -> None:
+        message_type, body = frames[0]
+        if message_type == _BYE:
+            self._bye_received(body)
+            return
+        if message_type != _HELLO:
+            self._protocol_error(f"expected HELLO, got {MessageType(message_type).name}")
+            return
+        try:
+            hello = decode_hello(body)
+        except ProtocolError as e:
+            self._protocol_error(str(e))
+            return
+        if hello.version != PROTOCOL_VERSION:
+            self._protocol_error(
+                f"peer speaks protocol version {hello.version}, we speak {PROTOCOL_VERSION}",
+                fatal=True,
+            )
+            return
+        refusal = self.settings.check_peer(hello)
+        if refusal is not None:
+            self._protocol_error(refusal, fatal=True)
+            return
+        if self._handshake_call is not None and self._handshake_call.active():
+            self._handshake_call.cancel()
+        self._handshake_call = None
+        self.peer_hello = hello
+        self._ready = True
+        record = self.record
+        if record is not None:
+            record.peer_keepalive = {
+                "idle": hello.keepalive.idle,
+                "interval": hello.keepalive.interval,
+                "probes": hello.keepalive.probes,
+                "worst_case": hello.keepalive.worst_case,
+            }
+        self.transport.mark_open(hello.node_id)
+        self._call_application(self.application.peer_ready, self)
+        if len(frames) > 1 and self._ready:
+            self._dispatch(frames[1:])
+
+    def _request_received(self, body: bytes) -> None:
+        try:
+            request_id, payload = decode_correlated(body)
+        except ProtocolError as e:
+            self._protocol_error(str(e))
+            return
+        try:
+            result = self.application.request_received(self, payload)
+        except Exception as e:
+            _log.failure("request handler failed", Failure())
+            self._respond(request_id, _ERROR, str(e).encode("utf-8", "replace"))
+            return
+        if isinstance(result, bytes):
+            self._respond(request_id, _RESPONSE, result)
+        elif isinstance(result, defer.Deferred):
+            result.addCallbacks(
+                lambda response: self._respond(request_id, _RESPONSE, response),
+                lambda failure: self._respond(
+                    request_id, _ERROR, failure.getErrorMessage().encode("utf-8", "replace")
+                ),
+            )
+        else:
+            self._respond(
+                request_id,
+                _ERROR,
+                b"application returned %s, not bytes" % type(result).__name__.encode(),
+            )
+
+    def _respond(self, request_id: int, message_type: int, body: bytes) -> None:
+        record = self.record
+        if record is None or record.closed or record.state is ConnectionState.CLOSING:
+            return
+        if len(body) + 4 > self._max_body:
+            message_type = _ERROR
+            body = b"response exceeds the frame limit"
+        record.messages_out += 1
+        self.transport.write(encode_correlated(message_type, request_id, body))
+
+    def _response_received(self, message_type: int, body: bytes) -> None:
+        try:
+            request_id, payload = decode_correlated(body)
+        except ProtocolError as e:
+            self._protocol_error(str(e))
+            return
+        entry = self._pending.pop(request_id, None)
+        if entry is None:
+            # A response after its request timed out: dropped, not an error.
+            return
+        if message_type == _RESPONSE:
+            entry[0].callback(payload)
+        else:
+            entry[0].errback(RemoteError(payload.decode("utf-8", "replace")))
+
+    def _expire_requests(self) -> None:
+        # One timer per session, at the earliest deadline, instead of a timer
+        # per request: a request costs a dict insert and pop, nothing more.
+        self._request_call = None
+        now = self.clock.seconds()
+        expired = [rid for rid, (_, deadline) in self._pending.items() if deadline <= now]
+        for request_id in expired:
+            deferred, _ = self._pending.pop(request_id)
+            deferred.errback(RequestTimeout(f"request {request_id} got no response in time"))
+        if self._pending:
+            earliest = min(deadline for _, deadline in self._pending.values())
+            self._request_call = self.clock.callLater(
+                max(0.0, earliest - now), self._expire_requests
+            )
+
+    def _bye_received(self, body: bytes) -> None:
+        reason, detail, fatal = decode_bye(body)
+        self.transport.note_remote_close(reason, detail, fatal)
+        self.transport.end(CloseReason.CLEAN)
+
+    def _handshake_expired(self) -> None:
+        self._handshake_call = None
+        self._protocol_error(
+            f"no HELLO within the handshake deadline of {self.settings.handshake_timeout:g} s"
+        )
+
+    def _protocol_error(self, detail: str, fatal: bool = False) -> None:
+        record = self.record
+        if record is not None and (record.closed or record.state is ConnectionState.CLOSING):
+            return
+        _log.warn(
+            "connection {id} to {peer}: protocol error: {detail}; closing",
+            id=self.connection_id,
+            peer=self._peer_text(),
+            detail=detail,
+        )
+        self._end(CloseReason.PROTOCOL_ERROR, detail, fatal)
+
+    def _end(self, reason: CloseReason, detail: str = "", fatal: bool = False) -> None:
+        record = self.record
+        if record is None or record.closed or record.state is ConnectionState.CLOSING:
+            return
+        self.transport.write(encode_bye(reason, detail, fatal))
+        self.transport.end(reason, detail, fatal=fatal)
+
+    def _call_application(self, method: Callable[..., Any], *args: Any) -> None:
+        try:
+            method(*args)
+        except Exception:
+            _log.failure("application callback {name} failed", Failure(), name=method.__name__)
+
+    def _peer_text(self) -> str:
+        return "?" if self.record is None else self.record.peer
+
+    def _record_or_placeholder(self) -> ConnectionRecord:
+        return self.record or ConnectionRecord(id=-1, direction=Direction.OUTBOUND, peer="?")
+
+
+class SessionFactory(Factory[Session]):
+    """Builds a :class:`Session` per connection with the node's settings."""
+
+    noisy = False
+
+    def __init__(self, settings: SessionSettings, clock: IReactorTime) -> None:
+        self.settings = settings
+        self.clock = clock
+
+    def buildProtocol(self, addr: Any) -> Session:
+        return Session(self.settings, self.clock)

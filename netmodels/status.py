@@ -1,0 +1,117 @@
+"""
+``GET /status``: a node's state as JSON; ``GET /`` a page that shows it live.
+
+``POST /connections/<id>/reset`` and ``/close`` end one connection with RST
+or FIN, for operators (serve the status endpoint on loopback or behind TLS).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+__all__ = ["StatusPage", "status_site"]
+
+
+def _json(request: Request, document: Any, code: int = 200) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(document, indent=1, default=str).encode() + b"\n"
+
+
+class _StatusDocument(Resource):
+    isLeaf = True
+
+    def __init__(self, render_status: Callable[[], dict[str, Any]]) -> None:
+        super().__init__()
+        self._render_status = render_status
+
+    def render_GET(self, request: Request) -> bytes:
+        return _json(request, self._render_status())
+
+
+class _ConnectionCommand(Resource):
+    """``POST /connections/<id>/reset`` or ``/close``."""
+
+    isLeaf = True
+
+    def __init__(self, nodes: Sequence[Any]) -> None:
+        super().__init__()
+        self._nodes = nodes
+
+    def render_POST(self, request: Request) -> bytes:
+        parts = [part.decode("ascii", "replace") for part in request.postpath]
+        if len(parts) != 2 or parts[1] not in ("reset", "close") or not parts[0].isdigit():
+            return _json(request, {"error": "use POST /connections/<id>/reset or /close"}, 404)
+        connection_id = int(parts[0])
+        for node in self._nodes:
+            connection = node.manager.find(connection_id)
+            if connection is not None:
+                if parts[1] == "reset":
+                    connection.reset("reset by operator")
+                else:
+                    connection.close()
+                return _json(request, {"id": connection_id, "done": parts[1]})
+        return _json(request, {"error": f"no live connection {connection_id}"}, 404)
+
+
+_PAGE = b"""<!doctype html>
+<html><head><meta charset="utf-8"><title>netmodels</title>
+<style>
+body{font:14px system-ui,sans-serif;margin:1.5em}table{border-collapse:collapse}
+td,th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left}
+.open{color:#080}.closed,.failed{color:#888}.reset,.timeout,.refused,.protocol-error{color:#b00}
+</style></head><body>
+<h1>netmodels <span id="node"></span></h1><p id="keepalive"></p>
+<table><thead><tr><th>id</th><th>node</th><th>peer</th><th>peer id</th><th>dir</th><th>state</th>
+<th>reason</th><th>initiator</th><th>errno</th><th>msgs in/out</th><th>rtt ms</th><th>detail</th>
+</tr></thead><tbody id="rows"></tbody></table>
+<p id="counters"></p>
+<script>
+async function tick(){
+ const r=await fetch('status/all');const docs=await r.json();const rows=[];
+ document.getElementById('node').textContent=docs.map(d=>d.node.id+' ('+d.node.topology+' '+d.node.role+')').join(', ');
+ document.getElementById('keepalive').textContent=docs[0].keepalive.describe;
+ for(const d of docs){for(const c of d.connections){
+  rows.push('<tr class="'+c.state+'"><td>'+c.id+'</td><td>'+d.node.id+'</td><td>'+c.peer+'</td><td>'+(c.peer_id||'')+
+  '</td><td>'+c.direction+'</td><td class="'+c.state+'">'+c.state+'</td><td class="'+(c.reason||'')+'">'+(c.reason||'')+
+  '</td><td>'+(c.initiator||'')+'</td><td>'+(c.errno||'')+'</td><td>'+c.messages_in+'/'+c.messages_out+
+  '</td><td>'+(c.rtt==null?'':(c.rtt*1000).toFixed(2))+'</td><td>'+(c.detail||'').replace(/</g,'&lt;')+'</td></tr>')}}
+ document.getElementById('rows').innerHTML=rows.join('');
+ document.getElementById('counters').textContent=docs.map(d=>d.node.id+': '+JSON.stringify(d.counters)).join('  ');
+}
+tick();setInterval(tick,1000);
+</script></body></html>
+"""
+
+
+class StatusPage(Resource):
+    """The root: the live page, ``status`` (the first node) and ``status/all``."""
+
+    def __init__(self, nodes: Sequence[Any]) -> None:
+        super().__init__()
+        self._nodes = nodes
+        status = _StatusDocument(lambda: nodes[0].status())
+        status.putChild(b"all", _StatusDocument(lambda: [node.status() for node in nodes]))  # type: ignore[arg-type,return-value]
+        status.isLeaf = False
+        self.putChild(b"status", status)
+        self.putChild(b"connections", _ConnectionCommand(nodes))
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return self if path == b"" else super().getChild(path, request)
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return _PAGE
+
+
+def status_site(nodes: Sequence[Any]) -> Site:
+    """A ``Site`` serving :class:`StatusPage` for ``nodes`` (the first is ``/status``)."""
+    site = Site(StatusPage(nodes))
+    site.displayTracebacks = False
+    return site

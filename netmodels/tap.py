@@ -1,0 +1,220 @@
+"""
+``twistd netmodels``: command-line options and the service they build.
+
+This is the only module that touches the global reactor; everything it builds
+takes the reactor as an argument.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.python import usage
+
+from netmodels.keepalive import KeepaliveSettings
+from netmodels.node import Node, NodeConfig, default_node_id
+from netmodels.registry import applications, topologies
+from netmodels.status import status_site
+from netmodels.wire import DEFAULT_MAX_FRAME
+
+__all__ = ["Options", "makeService"]
+
+#: Where ``--demo`` listens when ``--listen`` is not given.
+DEMO_LISTEN = "tcp:8750:interface=127.0.0.1"
+
+
+def _number(option: str, text: str, minimum: float = 0.0, allow_zero: bool = False) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise usage.UsageError(f"--{option}: expected a number of seconds, not {text!r}") from None
+    if not (value > minimum or (allow_zero and value == 0)) or value != value:
+        raise usage.UsageError(f"--{option}: must be greater than {minimum:g}, not {text!r}")
+    return value
+
+
+def _count(option: str, text: str | None) -> int | None:
+    if text is None or text in ("", "none", "0"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise usage.UsageError(f"--{option}: expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise usage.UsageError(f"--{option}: must be at least 1, not {text!r}")
+    return value
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run a netmodels node. Pick a topology and role, give Twisted endpoint strings to "
+        "listen on and connect to, and watch GET /status on the --status endpoint for why "
+        "every connection ended."
+    )
+
+    optFlags = [
+        ["demo", None, "Run a local demo: a server and three clients in one process."],
+    ]
+    optParameters = [
+        ["topology", "t", "client-server", "Topology (see --list-topologies)."],
+        ["role", "r", None, "Role in the topology (default: the topology's first role)."],
+        ["transport", None, "tcp", "Transport: tcp."],
+        ["node-id", None, None, "This node's id (default: hostname plus random hex)."],
+        ["app", "a", None, "Application (see --list-apps; default: the topology's)."],
+        [
+            "keepalive",
+            "k",
+            "default",
+            "IDLE,INTERVAL,PROBES in seconds (fractions allowed), or a preset: "
+            "default (15,10,3), linux (7200,75,9), fast (1,1,3).",
+        ],
+        [
+            "status",
+            "s",
+            None,
+            "Endpoint for the HTTP status page, e.g. tcp:8080:interface=127.0.0.1.",
+        ],
+        ["max-frame", None, str(DEFAULT_MAX_FRAME), "Largest frame accepted, in bytes."],
+        ["max-connections", None, "10000", "Most inbound connections at once (0: no limit)."],
+        ["max-per-address", None, "0", "Most inbound connections from one address (0: no limit)."],
+        ["handshake-timeout", None, "10", "Seconds a peer has to send its HELLO."],
+        ["request-timeout", None, "30", "Seconds a request waits for its response."],
+        [
+            "user-timeout",
+            None,
+            None,
+            "TCP_USER_TIMEOUT in seconds (default: the keepalive bound; 0: off).",
+        ],
+        ["interval", None, "1", "Seconds between the requests a client application sends."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["connect"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Endpoint to listen on, e.g. tcp:8750 or ssl:8750:privateKey=key.pem (repeatable)."""
+        self["listen"].append(description)
+
+    def opt_connect(self, description: str) -> None:
+        """Endpoint to dial, e.g. tcp:127.0.0.1:8750 or tls:example.com:8750 (repeatable)."""
+        self["connect"].append(description)
+
+    def opt_list_topologies(self) -> None:
+        """List installed topologies and exit."""
+        for name, topology in sorted(topologies().items()):
+            print(f"{name:16} {topology.description}  [roles: {', '.join(topology.roles)}]")
+        sys.exit(0)
+
+    def opt_list_apps(self) -> None:
+        """List installed applications and exit."""
+        for name, factory in sorted(applications().items()):
+            print(f"{name:16} {factory.description}")
+        sys.exit(0)
+
+    def postOptions(self) -> None:
+        from twisted.internet import reactor
+
+        installed = topologies()
+        topology = installed.get(self["topology"])
+        if topology is None:
+            raise usage.UsageError(
+                f"--topology: unknown topology {self['topology']!r}; installed: "
+                f"{', '.join(sorted(installed))}"
+            )
+        if self["demo"]:
+            if self["topology"] != "client-server":
+                raise usage.UsageError("--demo: runs the client-server topology only")
+            self["listen"] = self["listen"] or [DEMO_LISTEN]
+            self["role"] = "server"
+        role = self["role"] or topology.roles[0]
+        app = self["app"] or topology.default_app
+        if app not in applications():
+            raise usage.UsageError(
+                f"--app: unknown application {app!r}; installed: {', '.join(sorted(applications()))}"
+            )
+        try:
+            keepalive = KeepaliveSettings.parse(self["keepalive"])
+        except ValueError as e:
+            raise usage.UsageError(f"--keepalive: {e}") from None
+        for description in self["listen"]:
+            _check_endpoint("listen", description, lambda d: serverFromString(reactor, d))
+        for description in self["connect"]:
+            _check_endpoint("connect", description, lambda d: clientFromString(reactor, d))
+        if self["status"] is not None:
+            _check_endpoint("status", self["status"], lambda d: serverFromString(reactor, d))
+        max_frame = _count("max-frame", self["max-frame"])
+        if max_frame is None or max_frame < 64:
+            raise usage.UsageError("--max-frame: must be at least 64 bytes")
+        user_timeout = self["user-timeout"]
+        config = NodeConfig(
+            topology=topology.name,
+            role=role,
+            transport=self["transport"],
+            listen=tuple(self["listen"]),
+            connect=tuple(self["connect"]),
+            node_id=self["node-id"] or default_node_id(),
+            app=app,
+            keepalive=keepalive,
+            status=self["status"],
+            max_frame=max_frame,
+            max_connections=_count("max-connections", self["max-connections"]),
+            max_per_address=_count("max-per-address", self["max-per-address"]),
+            handshake_timeout=_number("handshake-timeout", self["handshake-timeout"]),
+            request_timeout=_number("request-timeout", self["request-timeout"]),
+            user_timeout=None
+            if user_timeout is None
+            else _number("user-timeout", user_timeout, allow_zero=True),
+            interval=_number("interval", self["interval"], allow_zero=True),
+        )
+        if self["node-id"] is not None and not 0 < len(self["node-id"]) <= 128:
+            raise usage.UsageError("--node-id: must be 1 to 128 characters")
+        try:
+            topology.validate(config)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        self["config"] = config
+
+
+def _check_endpoint(option: str, description: str, parse: Any) -> None:
+    try:
+        parse(description)
+    except Exception as e:
+        raise usage.UsageError(f"--{option}: bad endpoint {description!r}: {e}") from None
+
+
+def build_node(config: NodeConfig, reactor: Any) -> Node:
+    """A node for ``config``, with its topology's listeners and dialers added."""
+    topology = topologies()[config.topology]
+    application = applications()[config.app](config)
+    node = Node(config, topology, application, reactor)
+    topology.build(node)
+    return node
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    config: NodeConfig = options["config"]
+    top = MultiService()
+    nodes = [build_node(config, reactor)]
+    if options["demo"]:
+        from netmodels.demo import demo_clients
+
+        nodes.extend(demo_clients(config, reactor))
+    for node in nodes:
+        node.setServiceParent(top)
+    if config.status is not None:
+        status = StreamServerEndpointService(
+            serverFromString(reactor, config.status), status_site(nodes)
+        )
+        # Fail at start-up (port in use) instead of logging later.
+        status._raiseSynchronously = True
+        status.setServiceParent(top)
+    return top
