@@ -255,15 +255,15 @@ class Session(Protocol, KeepaliveMixin):
 
     def keepaliveTimeout(self) -> None:
         settings = self.settings.keepalive
+        tracker = self._keepalive_tracker
+        silent = 0.0 if tracker is None else self.clock.seconds() - tracker.last_received
         detail = (
-            f"no answer to {settings.probes} keepalive probes "
-            f"({settings.describe().removeprefix('a dead peer is detected ')})"
+            f"no answer to {settings.probes} keepalive probes; nothing received for "
+            f"{silent:.3g} s (bound {settings.worst_case:g} s = idle {settings.idle:g} + "
+            f"{settings.probes} x {settings.interval:g})"
         )
         _log.warn(
-            "connection {id} to {peer}: {detail}",
-            id=self.connection_id,
-            peer=self._peer_text(),
-            detail=detail,
+            "connection {id} to {peer}: {detail}", id=self.connection_id, peer=self._peer_text(), detail=detail
         )
         self.transport.end(CloseReason.TIMEOUT, detail)
 

@@ -81,7 +81,12 @@ def capture_errno(transport: object, on_error: Callable[[int], None]) -> bool:
     """
     connection = find_tcp_connection(transport)
     if connection is None:
-        return False
+        # Fakes (netmodels.testing.MemoryTransport) report errnos themselves.
+        observe = getattr(transport, "set_errno_observer", None)
+        if observe is None:
+            return False
+        observe(on_error)
+        return True
     sock = connection.socket
     if isinstance(sock, _ErrnoRecordingSocket):
         return True

@@ -1,0 +1,313 @@
+"""
+Test support for netmodels users and plugin authors: an in-memory stream
+network on a :class:`~twisted.internet.task.Clock` that can inject the faults
+real networks produce.
+
+::
+
+    clock = Clock()
+    network = MemoryNetwork(clock)
+    server_node.listen(...)          # or network.server_endpoint("server:1")
+    link = network.links[0]
+    link.reset(from_side=0)          # the peer sees ECONNRESET
+    link.blackhole()                 # nothing crosses until heal()
+    network.refuse("server:1")       # connects get ECONNREFUSED
+
+Everything is deterministic: data crosses when the clock advances (by the
+network's ``latency``, 0 by default, so ``clock.advance(0)`` delivers).
+
+Faults and what each side sees, as on a real network:
+
+=================  ===========================================  ==========================
+fault              the other side                                recorded reason
+=================  ===========================================  ==========================
+``close``          EOF after the data written before it          ``clean``
+``reset``          ``ECONNRESET``; unsent data dropped           ``reset``
+``blackhole``      nothing; data held until ``heal`` (TCP         ``timeout`` by keepalive
+                   retransmits)
+``kill(errno)``    the errno from the next read (ETIMEDOUT,      by errno
+                   EHOSTUNREACH...)
+``refuse``         connects fail with ``ECONNREFUSED``           ``refused``
+=================  ===========================================  ==========================
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, error
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+    ITransport,
+)
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = ["MemoryLink", "MemoryNetwork", "MemoryTransport"]
+
+
+@implementer(ITransport)
+class MemoryTransport:
+    """One end of a :class:`MemoryLink`. Speaks enough of ``ITCPTransport``."""
+
+    disconnecting = False
+
+    def __init__(self, link: MemoryLink, side: int, host: IPv4Address, peer: IPv4Address):
+        self.link = link
+        self.side = side
+        self._host = host
+        self._peer = peer
+        self.protocol: Protocol | None = None
+        self.connected = True
+        self.producer: Any = None
+        self._errno_observer: Callable[[int], None] | None = None
+
+    # ITransport
+
+    def write(self, data: bytes) -> None:
+        if self.connected and not self.disconnecting:
+            self.link._send(self.side, data)
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        if self.connected and not self.disconnecting:
+            self.disconnecting = True
+            self.link._fin(self.side)
+
+    def abortConnection(self) -> None:
+        if self.connected:
+            self.link._rst(self.side)
+
+    def getPeer(self) -> IPv4Address:
+        return self._peer
+
+    def getHost(self) -> IPv4Address:
+        return self._host
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        pass
+
+    # netmodels.tcp.capture_errno hook: a memory transport reports the errno
+    # of the fault that ended it, as a real socket's recv() would.
+    def set_errno_observer(self, observer: Callable[[int], None]) -> None:
+        self._errno_observer = observer
+
+    def _lost(self, reason: Failure, os_errno: int | None = None) -> None:
+        if not self.connected:
+            return
+        self.connected = False
+        if os_errno is not None and self._errno_observer is not None:
+            self._errno_observer(os_errno)
+        protocol, self.protocol = self.protocol, None
+        if protocol is not None:
+            protocol.connectionLost(reason)
+
+
+class MemoryLink:
+    """A connection between two :class:`MemoryTransport` ends (0 = client, 1 = server)."""
+
+    def __init__(self, network: MemoryNetwork, client: MemoryTransport, server: MemoryTransport):
+        self.network = network
+        self.ends = (client, server)
+        self.blackholed = False
+        # Per direction (index = receiving side): bytes in flight and whether
+        # a FIN follows them.
+        self._queued: list[list[bytes]] = [[], []]
+        self._fin_after: list[bool] = [False, False]
+        self._delivery: Any = None
+
+    @property
+    def client(self) -> MemoryTransport:
+        return self.ends[0]
+
+    @property
+    def server(self) -> MemoryTransport:
+        return self.ends[1]
+
+    # Fault injection
+
+    def close(self, from_side: int) -> None:
+        """Orderly close (FIN) from ``from_side``."""
+        self.ends[from_side].loseConnection()
+
+    def reset(self, from_side: int) -> None:
+        """``from_side`` sends RST: it sees ``ConnectionAborted``, the other ``ECONNRESET``."""
+        self.ends[from_side].abortConnection()
+
+    def blackhole(self) -> None:
+        """Both directions go silent; data waits for :meth:`heal`, as TCP retransmits."""
+        self.blackholed = True
+
+    def heal(self) -> None:
+        self.blackholed = False
+        self._schedule()
+
+    def kill(self, side: int, os_errno: int = _errno.ETIMEDOUT) -> None:
+        """``side``'s kernel gives up with ``os_errno`` (ETIMEDOUT, EHOSTUNREACH...)."""
+        self.ends[side]._lost(
+            Failure(error.ConnectionLost(f"[Errno {os_errno}] {_errno.errorcode[os_errno]}")),
+            os_errno,
+        )
+
+    # Internals
+
+    def _send(self, side: int, data: bytes) -> None:
+        self._queued[1 - side].append(data)
+        self._schedule()
+
+    def _fin(self, side: int) -> None:
+        self._fin_after[1 - side] = True
+        self._schedule()
+
+    def _rst(self, side: int) -> None:
+        self._queued[1 - side].clear()
+        self._queued[side].clear()
+        self.ends[side]._lost(Failure(error.ConnectionAborted()))
+        if not self.blackholed:
+            self.ends[1 - side]._lost(
+                Failure(error.ConnectionLost("Connection reset by peer")), _errno.ECONNRESET
+            )
+
+    def _schedule(self) -> None:
+        if self._delivery is None and not self.blackholed:
+            self._delivery = self.network.clock.callLater(self.network.latency, self._deliver)
+
+    def _deliver(self) -> None:
+        self._delivery = None
+        if self.blackholed:
+            return
+        for receiver in (0, 1):
+            chunks, self._queued[receiver] = self._queued[receiver], []
+            end = self.ends[receiver]
+            for chunk in chunks:
+                if end.connected and end.protocol is not None:
+                    end.protocol.dataReceived(chunk)
+            if self._fin_after[receiver]:
+                self._fin_after[receiver] = False
+                sender = self.ends[1 - receiver]
+                # The closing side is done once its FIN is out; the other end
+                # reads EOF. (A netmodels peer closes back on EOF.)
+                sender._lost(Failure(error.ConnectionDone()))
+                end._lost(Failure(error.ConnectionDone()))
+
+
+@implementer(IListeningPort)
+class _MemoryPort:
+    def __init__(self, network: MemoryNetwork, address: str, factory: IProtocolFactory):
+        self.network = network
+        self.address = address
+        self.factory = factory
+
+    def startListening(self) -> None:
+        pass
+
+    def stopListening(self) -> defer.Deferred[None]:
+        self.network._listeners.pop(self.address, None)
+        return defer.succeed(None)
+
+    def getHost(self) -> IPv4Address:
+        return self.network._ip(self.address)
+
+
+@implementer(IStreamServerEndpoint)
+class _ServerEndpoint:
+    def __init__(self, network: MemoryNetwork, address: str) -> None:
+        self.network = network
+        self.address = address
+
+    def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
+        if self.address in self.network._listeners:
+            return defer.fail(error.CannotListenError("", self.address, OSError(_errno.EADDRINUSE)))
+        port = _MemoryPort(self.network, self.address, factory)
+        self.network._listeners[self.address] = port
+        factory.doStart()
+        return defer.succeed(port)
+
+
+@implementer(IStreamClientEndpoint)
+class _ClientEndpoint:
+    def __init__(self, network: MemoryNetwork, address: str) -> None:
+        self.network = network
+        self.address = address
+
+    def connect(self, factory: IProtocolFactory) -> defer.Deferred[Any]:
+        return self.network._connect(self.address, factory)
+
+
+class MemoryNetwork:
+    """
+    Named stream endpoints (any string, e.g. ``"server:1"``) connected in memory.
+
+    :param clock: drives delivery; tests advance it.
+    :param latency: seconds each delivery takes.
+    """
+
+    def __init__(self, clock: IReactorTime, latency: float = 0.0) -> None:
+        self.clock = clock
+        self.latency = latency
+        self.links: list[MemoryLink] = []
+        self._listeners: dict[str, _MemoryPort] = {}
+        self._refused: set[str] = set()
+        self._unreachable: set[str] = set()
+        self._client_ports = 40000
+
+    def server_endpoint(self, address: str) -> IStreamServerEndpoint:
+        return _ServerEndpoint(self, address)
+
+    def client_endpoint(self, address: str) -> IStreamClientEndpoint:
+        return _ClientEndpoint(self, address)
+
+    def refuse(self, address: str, refused: bool = True) -> None:
+        """Connects to ``address`` fail with ``ECONNREFUSED`` (as with no listener)."""
+        (self._refused.add if refused else self._refused.discard)(address)
+
+    def unreachable(self, address: str, unreachable: bool = True) -> None:
+        """Connects to ``address`` fail with ``EHOSTUNREACH``."""
+        (self._unreachable.add if unreachable else self._unreachable.discard)(address)
+
+    def _ip(self, address: str) -> IPv4Address:
+        host, _, port = address.rpartition(":")
+        return IPv4Address("TCP", host or address, int(port) if port.isdigit() else 0)
+
+    def _connect(self, address: str, factory: IProtocolFactory) -> defer.Deferred[Any]:
+        if address in self._unreachable:
+            return defer.fail(error.NoRouteError(string=address))
+        port = self._listeners.get(address)
+        if port is None or address in self._refused:
+            return defer.fail(error.ConnectionRefusedError(string=address))
+        self._client_ports += 1
+        client_address = IPv4Address("TCP", "10.0.0.1", self._client_ports)
+        server_address = self._ip(address)
+        server_protocol = port.factory.buildProtocol(client_address)
+        client_protocol = factory.buildProtocol(server_address)
+        if server_protocol is None or client_protocol is None:
+            return defer.fail(error.ConnectError(string="factory refused the connection"))
+        link = MemoryLink(self, None, None)  # type: ignore[arg-type]
+        client = MemoryTransport(link, 0, client_address, server_address)
+        server = MemoryTransport(link, 1, server_address, client_address)
+        link.ends = (client, server)
+        self.links.append(link)
+        client.protocol = client_protocol
+        server.protocol = server_protocol
+        server_protocol.makeConnection(server)
+        client_protocol.makeConnection(client)
+        return defer.succeed(client_protocol)
