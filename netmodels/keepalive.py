@@ -61,7 +61,12 @@ def describe_duration(seconds: float) -> str:
 
 
 def _positive(instance: object, attribute: Attribute[float], value: float) -> None:
-    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value < 1e9  # also keeps math.isfinite from overflowing on huge ints
+        or not math.isfinite(value)
+    ):
         name = attribute.name
         raise ValueError(f"keepalive {name} must be a positive number, not {value!r}")
 

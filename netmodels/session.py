@@ -12,7 +12,6 @@ It is also the :class:`~netmodels.interfaces.IPeer` the application sees.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +28,7 @@ from netmodels.keepalive import KeepaliveMixin, KeepaliveSettings
 from netmodels.manager import ConnectionRecord, ConnectionState, Direction, ManagedConnection
 from netmodels.reasons import CloseReason
 from netmodels.tcp import apply_kernel_keepalive, set_no_delay
+from netmodels import wire
 from netmodels.wire import (
     PROTOCOL_VERSION,
     FrameDecoder,
@@ -89,21 +89,15 @@ class RemoteError(Exception):
 
 def encode_bye(reason: CloseReason, detail: str = "", fatal: bool = False) -> bytes:
     """A BYE frame saying why we close, so the peer records the same reason."""
-    document: dict[str, Any] = {"reason": str(reason), "detail": detail[:512]}
-    if fatal:
-        document["fatal"] = True
-    return encode_frame(MessageType.BYE, json.dumps(document).encode())
+    return wire.encode_bye(str(reason), detail, fatal)
 
 
 def decode_bye(body: bytes) -> tuple[CloseReason, str, bool]:
-    """Tolerant: a BYE we cannot read still means a clean close."""
+    reason, detail, fatal = wire.decode_bye(body)
     try:
-        document = json.loads(body)
-        reason = CloseReason(document.get("reason", "clean"))
-        detail = str(document.get("detail", ""))[:512]
-        return reason, detail, bool(document.get("fatal", False))
-    except (ValueError, TypeError, AttributeError, UnicodeDecodeError):
-        return CloseReason.CLEAN, body[:512].decode("utf-8", "replace"), False
+        return CloseReason(reason), detail, fatal
+    except ValueError:
+        return CloseReason.CLEAN, f"{reason}: {detail}", fatal
 
 
 @frozen

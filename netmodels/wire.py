@@ -31,6 +31,7 @@ __all__ = [
     "MessageType",
     "ProtocolError",
     "UnknownMessageType",
+    "decode_bye",
     "decode_correlated",
     "decode_hello",
     "decode_ping",
@@ -161,7 +162,10 @@ class FrameDecoder:
                 if length > limit or length == 0:
                     self.error = FrameTooLarge(length, limit)
                     return frames
-            self._needed = 5
+                self._needed = 5
+            else:
+                # Check the length as soon as its 4th byte arrives.
+                self._needed = 4
         if position < size:
             buffer += data[position:]
         return frames
@@ -194,8 +198,28 @@ def decode_correlated(body: bytes) -> tuple[int, bytes]:
     return int(_U32.unpack_from(body)[0]), body[4:]
 
 
-def encode_bye(reason: str = "") -> bytes:
-    return encode_frame(MessageType.BYE, reason.encode("utf-8")[:1024])
+def encode_bye(reason: str = "clean", detail: str = "", fatal: bool = False) -> bytes:
+    """
+    BYE: the sender is closing, and says why, so the peer records the same
+    close reason. ``fatal`` tells a reconnecting peer that retrying cannot help.
+    """
+    # Cut by characters, so a multi-byte character is never split.
+    document: dict[str, Any] = {"reason": reason, "detail": detail[:512]}
+    if fatal:
+        document["fatal"] = True
+    return encode_frame(MessageType.BYE, json.dumps(document).encode())
+
+
+def decode_bye(body: bytes) -> tuple[str, str, bool]:
+    """``(reason, detail, fatal)``. Tolerant: an unreadable BYE still means a clean close."""
+    try:
+        document = json.loads(body)
+        reason = document.get("reason", "clean")
+        if not isinstance(reason, str):
+            raise TypeError
+        return reason[:32], str(document.get("detail", ""))[:512], bool(document.get("fatal", False))
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError, RecursionError):
+        return "clean", body[:512].decode("utf-8", "replace"), False
 
 
 def _text(name: str, max_length: int = 128) -> Any:
@@ -204,6 +228,11 @@ def _text(name: str, max_length: int = 128) -> Any:
             raise MalformedMessage(f"HELLO {name} must be a string of 1-{max_length} characters")
 
     return check
+
+
+def _check_app(value: object) -> None:
+    if not isinstance(value, str) or len(value) > 64:
+        raise MalformedMessage("HELLO app must be a string of at most 64 characters")
 
 
 @frozen
@@ -215,7 +244,7 @@ class Hello:
     role: str = field(validator=_text("role", 64))
     keepalive: KeepaliveSettings
     version: int = PROTOCOL_VERSION
-    app: str = ""
+    app: str = field(default="", validator=lambda i, a, v: _check_app(v))
     #: Endpoints this node accepts connections on (used by p2p and callback).
     listen: tuple[str, ...] = ()
     #: Topology-specific fields, kept so newer peers can add to HELLO.
@@ -251,7 +280,7 @@ def decode_hello(body: bytes) -> Hello:
         raise MalformedMessage(f"HELLO of {len(body)} bytes exceeds {MAX_HELLO}")
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise MalformedMessage(f"HELLO is not JSON: {e}") from None
     if not isinstance(document, dict):
         raise MalformedMessage("HELLO must be a JSON object")
@@ -267,7 +296,7 @@ def decode_hello(body: bytes) -> Hello:
             keepalive.get("interval"),  # type: ignore[arg-type]
             keepalive.get("probes"),  # type: ignore[arg-type]
         )
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OverflowError) as e:
         raise MalformedMessage(f"HELLO keepalive: {e}") from None
     listen = document.get("listen", [])
     if (
