@@ -70,9 +70,7 @@ def demo_clients(server: NodeConfig, reactor: Any) -> list[Node]:
         ("steady-2", EchoApplication),
         ("flaky", FlakyClient),
     ):
-        config = attrs.evolve(
-            server, role="client", listen=(), connect=(dial,), node_id=name, status=None
-        )
+        config = attrs.evolve(server, role="client", listen=(), connect=(dial,), node_id=name, status=None)
         node = Node(config, topology, application_class(config), reactor)
         topology.build(node)
         nodes.append(node)

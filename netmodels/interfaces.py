@@ -10,7 +10,13 @@ netmodels exactly the way the built-in ones are written.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from netmodels.manager import ConnectionRecord
+    from netmodels.node import Node, NodeConfig
 
 __all__ = ["IApplication", "IApplicationFactory", "IPeer", "ITopology"]
 
@@ -50,7 +56,7 @@ class IApplication(Interface):
     Subclass :class:`netmodels.application.Application` for no-op defaults.
     """
 
-    def start(node: object) -> None:
+    def start(node: Node) -> None:
         """The node is running; ``node`` offers ``peers()`` and ``clock``."""
 
     def stop() -> None:
@@ -68,7 +74,7 @@ class IApplication(Interface):
         them. An exception (or failed Deferred) is sent back as an ERROR.
         """
 
-    def peer_lost(peer: IPeer, record: object) -> None:
+    def peer_lost(peer: IPeer, record: ConnectionRecord) -> None:
         """The connection to ``peer`` ended; ``record.reason`` says why."""
 
 
@@ -78,7 +84,7 @@ class IApplicationFactory(Interface):
     name = Attribute("str: the --app value.")
     description = Attribute("str: one line for --list-apps.")
 
-    def __call__(config: object) -> IApplication:
+    def __call__(config: NodeConfig) -> IApplication:
         """Make the application for a node configured by ``config``."""
 
 
@@ -91,11 +97,11 @@ class ITopology(Interface):
     transports = Attribute("tuple[str, ...]: the transports it runs on ('tcp', 'udp').")
     default_app = Attribute("str: the application used when --app is not given.")
 
-    def validate(config: object) -> None:
+    def validate(config: NodeConfig) -> None:
         """Raise ``ValueError`` naming the option if ``config`` cannot work."""
 
     def check_peer(our_role: str, peer_role: str) -> str | None:
         """``None`` if a peer of ``peer_role`` may talk to us, else why not."""
 
-    def build(node: object) -> None:
+    def build(node: Node) -> None:
         """Add this topology's listeners and dialers to ``node`` (a ``Node``)."""

@@ -123,15 +123,12 @@ class KeepaliveSettings:
         parts = [part.strip() for part in text.split(",")]
         if len(parts) != 3:
             raise ValueError(
-                f"expected IDLE,INTERVAL,PROBES or one of {', '.join(sorted(PRESETS))}, "
-                f"not {text!r}"
+                f"expected IDLE,INTERVAL,PROBES or one of {', '.join(sorted(PRESETS))}, not {text!r}"
             )
         try:
             idle, interval = float(parts[0]), float(parts[1])
         except ValueError:
-            raise ValueError(
-                f"IDLE and INTERVAL must be numbers of seconds, not {text!r}"
-            ) from None
+            raise ValueError(f"IDLE and INTERVAL must be numbers of seconds, not {text!r}") from None
         try:
             probes = int(parts[2])
         except ValueError:
@@ -262,8 +259,6 @@ class KeepaliveMixin:
             self._keepalive_call = None
             self.keepaliveTimeout()
             return
-        self._keepalive_call = self.clock.callLater(
-            max(0.0, tracker.next_deadline - now), self._keepaliveDue
-        )
+        self._keepalive_call = self.clock.callLater(max(0.0, tracker.next_deadline - now), self._keepaliveDue)
         if action is KeepaliveAction.PROBE:
             self.keepaliveProbe()

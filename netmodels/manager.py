@@ -97,9 +97,7 @@ class ConnectFailed(Exception):
     """A connect attempt failed; :attr:`record` says why, :attr:`cause` is Twisted's error."""
 
     def __init__(self, record: ConnectionRecord, cause: BaseException) -> None:
-        super().__init__(
-            f"connect to {record.peer} failed: {record.reason} ({record.detail or cause})"
-        )
+        super().__init__(f"connect to {record.peer} failed: {record.reason} ({record.detail or cause})")
         self.record = record
         self.cause = cause
 
@@ -197,9 +195,12 @@ class ManagedConnection(ProtocolWrapper):
     """
 
     factory: _ManagedFactory
+    # The TCP (or TLS, or memory) transport under us; Any because the
+    # interfaces Twisted declares lack abortConnection and getHandle.
+    transport: Any
 
     def __init__(self, factory: _ManagedFactory, wrapped: Protocol, record: ConnectionRecord):
-        super().__init__(factory, wrapped)
+        super().__init__(factory, wrapped)  # type: ignore[arg-type]
         self.record = record
         self.manager = factory.manager
         self.host = record.peer
@@ -257,11 +258,12 @@ class ManagedConnection(ProtocolWrapper):
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
+        assert reason.value is not None
         closure = self._pending or classify_connection_lost(reason.value, self._os_errno)
         self.manager._closed(self, closure)
         for callback in self._close_callbacks:
             callback(self.record)
-        if self.wrappedProtocol is not None and self.wrappedProtocol.transport is not None:
+        if getattr(self.wrappedProtocol, "transport", None) is not None:
             # (A rejected connection never connected its protocol.)
             ProtocolWrapper.connectionLost(self, reason)
 
@@ -348,7 +350,7 @@ class ManagedConnection(ProtocolWrapper):
 
 
 class _ManagedFactory(WrappingFactory):
-    protocol = ManagedConnection  # type: ignore[assignment]
+    protocol = ManagedConnection
     noisy = False
 
     def __init__(
@@ -448,7 +450,9 @@ class ConnectionManager:
 
         def failed(failure: Failure) -> Failure:
             self.pending_connects.pop(record.id, None)
-            closure = classify_connect_failure(failure.value)
+            cause = failure.value
+            assert cause is not None
+            closure = classify_connect_failure(cause)
             if isinstance(failure.value, defer.CancelledError):
                 closure = Closure(CloseReason.ABORTED, Initiator.LOCAL, detail="connect cancelled")
             record.state = ConnectionState.FAILED
@@ -465,13 +469,13 @@ class ConnectionManager:
                 event="connect-failed",
             )
             self._notify("failed", record)
-            return Failure(ConnectFailed(record, failure.value))
+            return Failure(ConnectFailed(record, cause))
 
         def connected(protocol: ManagedConnection) -> ManagedConnection:
             self.pending_connects.pop(record.id, None)
             return protocol
 
-        return attempt.addCallbacks(connected, failed)  # type: ignore[arg-type]
+        return attempt.addCallbacks(connected, failed)
 
     def subscribe(self, observer: Callable[[str, Any], None]) -> None:
         """
@@ -555,8 +559,7 @@ class ConnectionManager:
         record.state = ConnectionState.CLOSED
         self._finish(record, closure)
         _log.info(
-            "[{node}] connection {id} to {peer} closed: "
-            "{reason} ({initiator}{errno_text}){detail_text}",
+            "[{node}] connection {id} to {peer} closed: {reason} ({initiator}{errno_text}){detail_text}",
             node=self.name,
             id=record.id,
             peer=record.peer,

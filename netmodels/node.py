@@ -119,7 +119,7 @@ class _Listener(Service):
     def address(self) -> str:
         if self.port is None:
             return self.description
-        host = self.port.getHost()
+        host: Any = self.port.getHost()
         kind = getattr(host, "type", "unix").lower()
         if hasattr(host, "port"):
             return f"{kind}:{endpoint_label(f'tcp:{host.host}:{host.port}')}"

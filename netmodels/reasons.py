@@ -124,9 +124,7 @@ def classify_connect_failure(exc: BaseException) -> Closure:
     if isinstance(exc, _error.ConnectionRefusedError):
         return Closure(CloseReason.REFUSED, Initiator.REMOTE, "ECONNREFUSED")
     if isinstance(exc, _error.TimeoutError | _error.TCPTimedOutError):
-        return Closure(
-            CloseReason.TIMEOUT, Initiator.LOCAL, "ETIMEDOUT", detail="connect timed out"
-        )
+        return Closure(CloseReason.TIMEOUT, Initiator.LOCAL, "ETIMEDOUT", detail="connect timed out")
     if isinstance(exc, _error.DNSLookupError | _error.NoRouteError | _error.UnknownHostError):
         return Closure(CloseReason.UNREACHABLE, Initiator.REMOTE, errno_name(os_errno), str(exc))
     if isinstance(os_errno, int) and os_errno in _ERRNO_REASONS:

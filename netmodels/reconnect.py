@@ -62,9 +62,7 @@ class ReconnectPolicy:
     #: For reasons not in ``by_reason``.
     fallback: Backoff = Backoff(1.0, 2.0, 60.0)
 
-    def next_delay(
-        self, record: ConnectionRecord, attempt: int, draw: Callable[[], float]
-    ) -> float | None:
+    def next_delay(self, record: ConnectionRecord, attempt: int, draw: Callable[[], float]) -> float | None:
         if record.fatal:
             return None
         reason = record.reason or CloseReason.RESET
@@ -188,6 +186,7 @@ class ReconnectingClient(Service):
         if self.state is ClientState.STOPPED:
             return
         failure.trap(ConnectFailed)
+        assert isinstance(failure.value, ConnectFailed)
         self._schedule(failure.value.record)
 
     def _connection_closed(self, record: ConnectionRecord) -> None:

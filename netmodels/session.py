@@ -23,12 +23,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netmodels import wire
 from netmodels.interfaces import IApplication, IPeer
 from netmodels.keepalive import KeepaliveMixin, KeepaliveSettings
 from netmodels.manager import ConnectionRecord, ConnectionState, Direction, ManagedConnection
 from netmodels.reasons import CloseReason
 from netmodels.tcp import apply_kernel_keepalive, set_no_delay
-from netmodels import wire
 from netmodels.wire import (
     PROTOCOL_VERSION,
     FrameDecoder,
@@ -175,9 +175,7 @@ class Session(Protocol, KeepaliveMixin):
         request_id = self._next_request_id
         self._next_request_id = (request_id + 1) & 0xFFFFFFFF or 1
         deferred: defer.Deferred[bytes] = defer.Deferred()
-        deadline = self.clock.seconds() + (
-            self.settings.request_timeout if timeout is None else timeout
-        )
+        deadline = self.clock.seconds() + (self.settings.request_timeout if timeout is None else timeout)
         self._pending[request_id] = (deferred, deadline)
         if self._request_call is None:
             self._request_call = self.clock.callLater(
@@ -204,9 +202,7 @@ class Session(Protocol, KeepaliveMixin):
         if settings.kernel_keepalive:
             apply_kernel_keepalive(transport, settings.keepalive, settings.user_timeout)
         transport.write(encode_hello(settings.hello))
-        self._handshake_call = self.clock.callLater(
-            settings.handshake_timeout, self._handshake_expired
-        )
+        self._handshake_call = self.clock.callLater(settings.handshake_timeout, self._handshake_expired)
         self.setKeepalive(settings.keepalive)
 
     def dataReceived(self, data: bytes) -> None:
@@ -257,7 +253,10 @@ class Session(Protocol, KeepaliveMixin):
             f"{settings.probes} x {settings.interval:g})"
         )
         _log.warn(
-            "connection {id} to {peer}: {detail}", id=self.connection_id, peer=self._peer_text(), detail=detail
+            "connection {id} to {peer}: {detail}",
+            id=self.connection_id,
+            peer=self._peer_text(),
+            detail=detail,
         )
         self.transport.end(CloseReason.TIMEOUT, detail)
 
@@ -398,9 +397,7 @@ class Session(Protocol, KeepaliveMixin):
             deferred.errback(RequestTimeout(f"request {request_id} got no response in time"))
         if self._pending:
             earliest = min(deadline for _, deadline in self._pending.values())
-            self._request_call = self.clock.callLater(
-                max(0.0, earliest - now), self._expire_requests
-            )
+            self._request_call = self.clock.callLater(max(0.0, earliest - now), self._expire_requests)
 
     def _bye_received(self, body: bytes) -> None:
         reason, detail, fatal = decode_bye(body)

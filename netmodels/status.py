@@ -45,7 +45,7 @@ class _ConnectionCommand(Resource):
         self._nodes = nodes
 
     def render_POST(self, request: Request) -> bytes:
-        parts = [part.decode("ascii", "replace") for part in request.postpath]
+        parts = [part.decode("ascii", "replace") for part in request.postpath or []]
         if len(parts) != 2 or parts[1] not in ("reset", "close") or not parts[0].isdigit():
             return _json(request, {"error": "use POST /connections/<id>/reset or /close"}, 404)
         connection_id = int(parts[0])
@@ -65,7 +65,8 @@ _PAGE = b"""<!doctype html>
 <style>
 body{font:14px system-ui,sans-serif;margin:1.5em}table{border-collapse:collapse}
 td,th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left}
-.open{color:#080}.closed,.failed{color:#888}.reset,.timeout,.refused,.protocol-error{color:#b00}
+.open{color:#080}.closed,.failed{color:#888}
+.reset,.timeout,.refused,.protocol-error,.rejected{color:#b00}
 </style></head><body>
 <h1>netmodels <span id="node"></span></h1><p id="keepalive"></p>
 <table><thead><tr><th>id</th><th>node</th><th>peer</th><th>peer id</th><th>dir</th><th>state</th>
@@ -73,17 +74,19 @@ td,th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left}
 </tr></thead><tbody id="rows"></tbody></table>
 <p id="counters"></p>
 <script>
+const esc=t=>String(t??'').replace(/&/g,'&amp;').replace(/</g,'&lt;');
+function row(d,c){
+ const cells=[c.id,d.node.id,c.peer,c.peer_id,c.direction,c.state,c.reason,c.initiator,c.errno,
+  c.messages_in+'/'+c.messages_out,c.rtt==null?'':(c.rtt*1000).toFixed(2),c.detail];
+ return '<tr class="'+esc(c.state)+' '+esc(c.reason)+'">'+cells.map(x=>'<td>'+esc(x)+'</td>').join('')+'</tr>';
+}
 async function tick(){
- const r=await fetch('status/all');const docs=await r.json();const rows=[];
- document.getElementById('node').textContent=docs.map(d=>d.node.id+' ('+d.node.topology+' '+d.node.role+')').join(', ');
- document.getElementById('keepalive').textContent=docs[0].keepalive.describe;
- for(const d of docs){for(const c of d.connections){
-  rows.push('<tr class="'+c.state+'"><td>'+c.id+'</td><td>'+d.node.id+'</td><td>'+c.peer+'</td><td>'+(c.peer_id||'')+
-  '</td><td>'+c.direction+'</td><td class="'+c.state+'">'+c.state+'</td><td class="'+(c.reason||'')+'">'+(c.reason||'')+
-  '</td><td>'+(c.initiator||'')+'</td><td>'+(c.errno||'')+'</td><td>'+c.messages_in+'/'+c.messages_out+
-  '</td><td>'+(c.rtt==null?'':(c.rtt*1000).toFixed(2))+'</td><td>'+(c.detail||'').replace(/</g,'&lt;')+'</td></tr>')}}
- document.getElementById('rows').innerHTML=rows.join('');
- document.getElementById('counters').textContent=docs.map(d=>d.node.id+': '+JSON.stringify(d.counters)).join('  ');
+ const docs=await (await fetch('status/all')).json();
+ const $=id=>document.getElementById(id);
+ $('node').textContent=docs.map(d=>d.node.id+' ('+d.node.topology+' '+d.node.role+')').join(', ');
+ $('keepalive').textContent=docs[0].keepalive.describe;
+ $('rows').innerHTML=docs.flatMap(d=>d.connections.map(c=>row(d,c))).join('');
+ $('counters').textContent=docs.map(d=>d.node.id+': '+JSON.stringify(d.counters)).join('  ');
 }
 tick();setInterval(tick,1000);
 </script></body></html>

@@ -211,9 +211,7 @@ def makeService(options: Options) -> IService:
     for node in nodes:
         node.setServiceParent(top)
     if config.status is not None:
-        status = StreamServerEndpointService(
-            serverFromString(reactor, config.status), status_site(nodes)
-        )
+        status = StreamServerEndpointService(serverFromString(reactor, config.status), status_site(nodes))
         # Fail at start-up (port in use) instead of logging later.
         status._raiseSynchronously = True
         status.setServiceParent(top)

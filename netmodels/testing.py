@@ -41,13 +41,13 @@ from twisted.internet import defer, error
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import (
     IListeningPort,
+    IProtocol,
     IProtocolFactory,
     IReactorTime,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
     ITransport,
 )
-from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -65,7 +65,7 @@ class MemoryTransport:
         self.side = side
         self._host = host
         self._peer = peer
-        self.protocol: Protocol | None = None
+        self.protocol: IProtocol | None = None
         self.connected = True
         self.producer: Any = None
         self._errno_observer: Callable[[int], None] | None = None

@@ -269,9 +269,7 @@ def encode_hello(hello: Hello) -> bytes:
     return encode_frame(MessageType.HELLO, json.dumps(document, separators=(",", ":")).encode())
 
 
-_HELLO_FIELDS: Final = frozenset(
-    {"version", "node_id", "topology", "role", "app", "listen", "keepalive"}
-)
+_HELLO_FIELDS: Final = frozenset({"version", "node_id", "topology", "role", "app", "listen", "keepalive"})
 
 
 def decode_hello(body: bytes) -> Hello:
