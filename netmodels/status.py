@@ -78,7 +78,8 @@ const esc=t=>String(t??'').replace(/&/g,'&amp;').replace(/</g,'&lt;');
 function row(d,c){
  const cells=[c.id,d.node.id,c.peer,c.peer_id,c.direction,c.state,c.reason,c.initiator,c.errno,
   c.messages_in+'/'+c.messages_out,c.rtt==null?'':(c.rtt*1000).toFixed(2),c.detail];
- return '<tr class="'+esc(c.state)+' '+esc(c.reason)+'">'+cells.map(x=>'<td>'+esc(x)+'</td>').join('')+'</tr>';
+ const tds=cells.map(x=>'<td>'+esc(x)+'</td>').join('');
+ return '<tr class="'+esc(c.state)+' '+esc(c.reason)+'">'+tds+'</tr>';
 }
 async function tick(){
  const docs=await (await fetch('status/all')).json();
