@@ -100,7 +100,8 @@ def _raw_socket(transport: object) -> socket.socket | None:
         return None
     sock = connection.socket
     if isinstance(sock, _ErrnoRecordingSocket):
-        return sock._socket
+        sock = sock._socket
+    # UNIX sockets ride on tcp.Connection too, without TCP options.
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return None
     return sock

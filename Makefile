@@ -1,0 +1,106 @@
+# Developer and CI entry points for netmodels.
+#
+#   make run     set up if needed, then run the demo node with its status page
+#   make test    set up if needed, then run the suite under trial and under pytest
+#   make lint    ruff check, ruff format --check, mypy
+#   make docs    build the HTML docs into docs/_build/html
+#   make bench   run the benchmarks
+#   make clean   remove build artifacts and caches (keeps .venv; see distclean)
+#
+# Setup is idempotent: the venv is created only when .venv/bin/python is missing, and
+# the package is (re)installed only when setup.cfg or pyproject.toml changed, or a file
+# was added to or removed from netmodels/ or plugins/ (the strict editable install links
+# each file, so new modules such as netmodels/tap.py need the install re-run).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+STAMP  := $(VENV)/.netmodels-installed
+FILES  := $(VENV)/.netmodels-files
+
+PIP_FLAGS := --quiet --disable-pip-version-check --no-input
+
+# The files the strict editable install links into build/__editable__.*.
+PKG_FILES := $(sort $(shell find netmodels plugins -type f \( -name '*.py' -o -name '*.pyi' -o -name 'py.typed' \) -not -path '*/__pycache__/*' 2>/dev/null))
+
+STATUS_URL := http://127.0.0.1:8080/status
+
+.PHONY: help setup sysdeps run test lint docs bench clean distclean FORCE
+
+help:
+	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
+
+# --- setup ------------------------------------------------------------------
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install $(PIP_FLAGS) --upgrade pip
+
+# Rewritten only when the list of package files changes, so its mtime tracks that.
+$(FILES): FORCE | $(VPY)
+	@echo '$(PKG_FILES)' | tr ' ' '\n' | cmp -s - $@ 2>/dev/null \
+	  || echo '$(PKG_FILES)' | tr ' ' '\n' > $@
+
+$(STAMP): setup.cfg pyproject.toml $(FILES) | $(VPY)
+	$(VPY) -m pip install $(PIP_FLAGS) -e '.[dev,docs]' --config-settings editable_mode=strict
+	$(VPY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin)); import netmodels.plugins; list(getPlugins(IPlugin, netmodels.plugins))"
+	@touch $@
+
+setup: $(STAMP)
+
+# ip and iptables for the lab tests: installed only when missing, as root, with apt-get.
+# Never fails: without them the lab tests skip.
+sysdeps:
+	@if command -v ip >/dev/null 2>&1 && command -v iptables >/dev/null 2>&1; then \
+	  :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "==> installing iproute2 iptables"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq iproute2 iptables >/dev/null 2>&1 \
+	    || { apt-get update -qq >/dev/null 2>&1; apt-get install -y -qq iproute2 iptables >/dev/null 2>&1; } \
+	    || echo "warning: could not install iproute2/iptables; lab tests will skip"; \
+	else \
+	  echo "note: ip/iptables missing and cannot install them here; lab tests will skip"; \
+	fi
+
+# --- targets ----------------------------------------------------------------
+
+run: setup
+	@echo "netmodels status page: $(STATUS_URL)"
+	$(VENV)/bin/twistd -n netmodels --demo --status tcp:8080:interface=127.0.0.1
+
+# Both runners always run; the target fails if either fails.
+test: setup sysdeps
+	@rc=0; \
+	echo "==> trial"; \
+	$(VPY) -m twisted.trial tests || rc=1; \
+	echo "==> pytest"; \
+	$(VENV)/bin/pytest tests || rc=1; \
+	exit $$rc
+
+lint: setup
+	@rc=0; \
+	echo "==> ruff check"; $(VENV)/bin/ruff check . || rc=1; \
+	echo "==> ruff format --check"; $(VENV)/bin/ruff format --check . || rc=1; \
+	echo "==> mypy"; $(VENV)/bin/mypy || rc=1; \
+	exit $$rc
+
+docs: setup
+	$(VENV)/bin/sphinx-build docs docs/_build/html
+
+bench: setup
+	$(VPY) benchmarks/run_all.py
+
+# Removing build/ also removes the strict editable tree (build/__editable__.*), so the
+# stamp goes too and the next target reinstalls.
+clean:
+	rm -rf build dist docs/_build _trial_temp _trial_temp-* .hypothesis .mypy_cache .ruff_cache .pytest_cache
+	rm -rf *.egg-info $(STAMP) $(FILES)
+	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name dropin.cache \) -print0 \
+	  | xargs -0 rm -rf
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,123 @@
+"""
+``--listen``/``--connect`` take Twisted endpoint strings, so TLS and UNIX
+sockets work with no netmodels code of their own. Real sockets, loopback only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import tempfile
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+
+from netmodels.application import EchoApplication
+from netmodels.keepalive import KeepaliveSettings
+from netmodels.manager import ConnectionState
+from netmodels.node import Node, NodeConfig
+from netmodels.reasons import CloseReason
+from netmodels.topology import ClientServer
+
+KEEPALIVE = KeepaliveSettings(5, 5, 3)
+
+
+def write_self_signed_certificate(directory: str) -> tuple[str, str]:
+    """
+    A key and a certificate for ``localhost`` (with a subjectAltName, as
+    verification needs). The certificate is alone in ``directory``, which is
+    then fit to be a ``trustRoots`` folder; the key goes next to it.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_path = os.path.join(os.path.dirname(directory), "key.pem")
+    certificate_path = os.path.join(directory, "cert.pem")
+    with open(key_path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    with open(certificate_path, "wb") as f:
+        f.write(certificate.public_bytes(serialization.Encoding.PEM))
+    return key_path, certificate_path
+
+
+class EndpointStringTests(TestCase):
+    timeout = 20
+
+    def run_pair(self, listen: str, connect_for: object) -> defer.Deferred[tuple[Node, Node]]:
+        server_config = NodeConfig(role="server", listen=(listen,), node_id="server", keepalive=KEEPALIVE)
+        server = Node(server_config, ClientServer(), EchoApplication(server_config), reactor)
+        ClientServer().build(server)
+        server.startService()
+        self.addCleanup(server.stopService)
+        connect = connect_for(server)  # type: ignore[operator]
+        client_config = NodeConfig(
+            role="client", connect=(connect,), node_id="client", keepalive=KEEPALIVE, interval=0
+        )
+        client = Node(client_config, ClientServer(), EchoApplication(client_config), reactor)
+        ClientServer().build(client)
+        ready: defer.Deferred[tuple[Node, Node]] = defer.Deferred()
+        client.manager.subscribe(
+            lambda event, subject: event == "ready" and not ready.called and ready.callback((server, client))
+        )
+        client.startService()
+        self.addCleanup(client.stopService)
+        return ready
+
+    @defer.inlineCallbacks
+    def assert_round_trip_then_clean_close(self, server: Node, client: Node, transport: str):  # type: ignore[no-untyped-def]
+        [peer] = client.peers()
+        reply = yield peer.request(b"over " + transport.encode())
+        self.assertEqual(reply, b"over " + transport.encode())
+        closed: defer.Deferred[None] = defer.Deferred()
+        server.manager.subscribe(lambda event, subject: event == "closed" and closed.callback(None))
+        peer.close()
+        yield closed
+        [record] = [r for r in server.manager.records() if r.state is ConnectionState.CLOSED]
+        self.assertEqual((record.reason, record.peer_id), (CloseReason.CLEAN, "client"))
+
+    @defer.inlineCallbacks
+    def test_tls(self):  # type: ignore[no-untyped-def]
+        """ssl: to listen and tls: to connect, with the certificate verified for localhost."""
+        directory = os.path.join(tempfile.mkdtemp(), "trust")
+        os.mkdir(directory)
+        key, certificate = write_self_signed_certificate(directory)
+        listen = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={certificate}"
+        server, client = yield self.run_pair(
+            listen,
+            lambda server: f"tls:localhost:{server.listeners[0].port.getHost().port}:trustRoots={directory}",
+        )
+        [peer] = client.peers()
+        self.assertEqual(peer.record.transport, "tcp")
+        yield self.assert_round_trip_then_clean_close(server, client, "tls")
+
+    @defer.inlineCallbacks
+    def test_unix(self):  # type: ignore[no-untyped-def]
+        """unix: sockets work both ways; kernel TCP options are skipped, app keepalive still runs."""
+        path = os.path.join(tempfile.mkdtemp(), "node.sock")
+        server, client = yield self.run_pair(f"unix:{path}", lambda server: f"unix:{path}")
+        [peer] = client.peers()
+        self.assertEqual(peer.record.transport, "unix")
+        self.assertIsNotNone(peer._keepalive_tracker)
+        yield self.assert_round_trip_then_clean_close(server, client, "unix")
