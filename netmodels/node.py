@@ -16,7 +16,7 @@ from typing import Any
 
 from attrs import field, frozen
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory
@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from netmodels.interfaces import IApplication, ITopology
 from netmodels.keepalive import DEFAULT as DEFAULT_KEEPALIVE
 from netmodels.keepalive import KeepaliveSettings
-from netmodels.manager import ConnectionLimits, ConnectionManager, ManagedConnection
+from netmodels.manager import ConnectionLimits, ConnectionManager, ConnectionRecord, ManagedConnection
 from netmodels.reconnect import ReconnectingClient
 from netmodels.session import Session, SessionFactory, SessionSettings, encode_bye
 from netmodels.wire import DEFAULT_MAX_FRAME, Hello
@@ -228,13 +228,27 @@ class Node(MultiService):
             _log.failure("application failed to start")
 
     def stopService(self) -> Deferred[None]:
+        """
+        Stop the application, say BYE to every peer and wait until each
+        connection has closed (at most the manager's close deadline, after
+        which it is reset), then stop listening and dialling.
+        """
         try:
             self.application.stop()
         except Exception:
             _log.failure("application failed to stop")
-        for session in self.peers():
-            session.close()
-        return super().stopService()  # type: ignore[no-any-return]
+        closing: list[Deferred[ConnectionRecord]] = []
+        for connection in list(self.manager.live.values()):
+            closed: Deferred[ConnectionRecord] = Deferred()
+            connection.on_close(closed.callback)
+            closing.append(closed)
+            session = connection.wrappedProtocol
+            if isinstance(session, Session):
+                session.close()
+            else:
+                connection.close()
+        stopped: Deferred[Any] = super().stopService()
+        return gatherResults([stopped, *closing]).addCallback(lambda _: None)
 
     def status(self) -> dict[str, Any]:
         """The ``GET /status`` document."""

@@ -18,7 +18,7 @@ from typing import Any
 from attrs import frozen
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -222,7 +222,7 @@ class Session(Protocol, KeepaliveMixin):
         if decoder.error is not None:
             self._protocol_error(str(decoder.error))
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.setKeepalive(None)
         for call in (self._handshake_call, self._request_call):
             if call is not None and call.active():
