@@ -175,12 +175,14 @@ class Session(Protocol, KeepaliveMixin):
         request_id = self._next_request_id
         self._next_request_id = (request_id + 1) & 0xFFFFFFFF or 1
         deferred: defer.Deferred[bytes] = defer.Deferred()
-        deadline = self.clock.seconds() + (self.settings.request_timeout if timeout is None else timeout)
+        wait = self.settings.request_timeout if timeout is None else timeout
+        deadline = self.clock.seconds() + wait
         self._pending[request_id] = (deferred, deadline)
-        if self._request_call is None:
-            self._request_call = self.clock.callLater(
-                max(0.0, deadline - self.clock.seconds()), self._expire_requests
-            )
+        call = self._request_call
+        if call is None:
+            self._request_call = self.clock.callLater(wait, self._expire_requests)
+        elif deadline < call.getTime():
+            call.reset(wait)
         record.messages_out += 1
         self.transport.write(encode_correlated(_REQUEST, request_id, payload))
         return deferred
@@ -391,13 +393,15 @@ class Session(Protocol, KeepaliveMixin):
         # per request: a request costs a dict insert and pop, nothing more.
         self._request_call = None
         now = self.clock.seconds()
-        expired = [rid for rid, (_, deadline) in self._pending.items() if deadline <= now]
-        for request_id in expired:
-            deferred, _ = self._pending.pop(request_id)
-            deferred.errback(RequestTimeout(f"request {request_id} got no response in time"))
-        if self._pending:
-            earliest = min(deadline for _, deadline in self._pending.values())
+        pending = self._pending
+        expired = [rid for rid, (_, deadline) in pending.items() if deadline <= now]
+        failed = [(rid, pending.pop(rid)[0]) for rid in expired]
+        if pending:
+            earliest = min(deadline for _, deadline in pending.values())
             self._request_call = self.clock.callLater(max(0.0, earliest - now), self._expire_requests)
+        # Last, as an errback may send a new request (which re-arms the timer).
+        for request_id, deferred in failed:
+            deferred.errback(RequestTimeout(f"request {request_id} got no response in time"))
 
     def _bye_received(self, body: bytes) -> None:
         reason, detail, fatal = decode_bye(body)
