@@ -227,7 +227,7 @@ class ManagedConnection(ProtocolWrapper):
             # Turned away before the application ever sees it.
             payload = self.factory.rejection_payload
             if payload is not None:
-                transport.write(payload(CloseReason.REJECTED, refusal))
+                self.write(payload(CloseReason.REJECTED, refusal))
             self.end(CloseReason.REJECTED, refusal)
             return
         ProtocolWrapper.makeConnection(self, transport)
@@ -420,6 +420,7 @@ class ConnectionManager:
         self.history: collections.deque[ConnectionRecord] = collections.deque(maxlen=history)
         self.counters: collections.Counter[str] = collections.Counter()
         self._per_address: collections.Counter[str] = collections.Counter()
+        self._inbound = 0
         self._observers: list[Callable[[str, ManagedConnection | ConnectionRecord], None]] = []
 
     # Wiring
@@ -522,7 +523,7 @@ class ConnectionManager:
         if connection.record.direction is not Direction.INBOUND:
             return None
         limits = self.limits
-        if limits.max_connections is not None and len(self.live) >= limits.max_connections:
+        if limits.max_connections is not None and self._inbound >= limits.max_connections:
             return f"connection limit of {limits.max_connections} reached"
         host = connection.host
         if limits.max_per_address is not None and self._per_address[host] >= limits.max_per_address:
@@ -534,7 +535,9 @@ class ConnectionManager:
         record.opened_at = self._wall_clock()
         record.state = ConnectionState.HANDSHAKING
         self.live[record.id] = connection
-        self._per_address[connection.host] += 1
+        if record.direction is Direction.INBOUND:
+            self._inbound += 1
+            self._per_address[connection.host] += 1
         self.counters[f"opened_{record.direction}"] += 1
         _log.info(
             "[{node}] connection {id} opened: {direction} {peer}",
@@ -551,7 +554,8 @@ class ConnectionManager:
         record = connection.record
         if record.closed:
             return
-        if self.live.pop(record.id, None) is not None:
+        if self.live.pop(record.id, None) is not None and record.direction is Direction.INBOUND:
+            self._inbound -= 1
             host = connection.host
             self._per_address[host] -= 1
             if self._per_address[host] <= 0:

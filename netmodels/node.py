@@ -25,7 +25,13 @@ from twisted.logger import Logger
 from netmodels.interfaces import IApplication, ITopology
 from netmodels.keepalive import DEFAULT as DEFAULT_KEEPALIVE
 from netmodels.keepalive import KeepaliveSettings
-from netmodels.manager import ConnectionLimits, ConnectionManager, ConnectionRecord, ManagedConnection
+from netmodels.manager import (
+    ConnectionLimits,
+    ConnectionManager,
+    ConnectionRecord,
+    ManagedConnection,
+    format_address,
+)
 from netmodels.reconnect import ReconnectingClient
 from netmodels.session import Session, SessionFactory, SessionSettings, encode_bye
 from netmodels.wire import DEFAULT_MAX_FRAME, Hello
@@ -120,9 +126,8 @@ class _Listener(Service):
         if self.port is None:
             return self.description
         host: Any = self.port.getHost()
-        kind = getattr(host, "type", "unix").lower()
         if hasattr(host, "port"):
-            return f"{kind}:{endpoint_label(f'tcp:{host.host}:{host.port}')}"
+            return f"{host.type.lower()}:{format_address(host)}"
         return f"unix:{getattr(host, 'name', '?')}"
 
 
@@ -151,6 +156,7 @@ class Node(MultiService):
             reactor,
             ConnectionLimits(config.max_connections, config.max_per_address),
             history=config.history,
+            wall_clock=reactor.seconds,
             name=config.node_id,
         )
         self.session_settings = SessionSettings(

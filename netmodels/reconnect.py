@@ -25,11 +25,11 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from netmodels.interfaces import IPeer
 from netmodels.manager import (
     ConnectFailed,
     ConnectionManager,
     ConnectionRecord,
-    ConnectionState,
     ManagedConnection,
 )
 from netmodels.reasons import CloseReason
@@ -91,6 +91,15 @@ _DEFAULT_BACKOFFS: dict[CloseReason, Backoff | None] = {
 DEFAULT_RECONNECT_POLICY = ReconnectPolicy()
 
 
+def _close(connection: ManagedConnection) -> None:
+    """Close the way the protocol on top knows best (a session says BYE first)."""
+    peer = connection.wrappedProtocol
+    if IPeer.providedBy(peer):
+        peer.close()
+    else:
+        connection.close()
+
+
 class ClientState(enum.StrEnum):
     IDLE = "idle"
     CONNECTING = "connecting"
@@ -132,6 +141,7 @@ class ReconnectingClient(Service):
         self._attempt: defer.Deferred[ManagedConnection] | None = None
         self._retry_call: IDelayedCall | None = None
         self._stopped: defer.Deferred[None] | None = None
+        manager.subscribe(self._connection_event)
 
     def startService(self) -> None:
         super().startService()
@@ -147,7 +157,7 @@ class ReconnectingClient(Service):
             self._attempt.cancel()
         if self.connection is not None and not self.connection.record.closed:
             self._stopped = defer.Deferred()
-            self.connection.close()
+            _close(self.connection)
             return self._stopped
         return defer.succeed(None)
 
@@ -175,7 +185,7 @@ class ReconnectingClient(Service):
     def _connected(self, connection: ManagedConnection) -> None:
         self._attempt = None
         if self.state is ClientState.STOPPED:
-            connection.close()
+            _close(connection)
             return
         self.state = ClientState.CONNECTED
         self.connection = connection
@@ -189,11 +199,13 @@ class ReconnectingClient(Service):
         assert isinstance(failure.value, ConnectFailed)
         self._schedule(failure.value.record)
 
-    def _connection_closed(self, record: ConnectionRecord) -> None:
-        self.connection = None
-        if record.state is ConnectionState.CLOSED and record.peer_id is not None:
+    def _connection_event(self, event: str, subject: object) -> None:
+        if event == "ready" and subject is self.connection:
             # It completed a handshake: the endpoint is good again.
             self.failures = 0
+
+    def _connection_closed(self, record: ConnectionRecord) -> None:
+        self.connection = None
         if self.state is ClientState.STOPPED:
             if self._stopped is not None:
                 stopped, self._stopped = self._stopped, None

@@ -274,7 +274,9 @@ class Session(Protocol, KeepaliveMixin):
             elif message_type in (_RESPONSE, _ERROR):
                 self._response_received(message_type, body)
             elif message_type == _PING:
-                self.transport.write(encode_ping(self._sequence(body), pong=True))
+                sequence = self._sequence(body)
+                if sequence >= 0:
+                    self.transport.write(encode_ping(sequence, pong=True))
             elif message_type == _PONG:
                 if self._sequence(body) == self._ping_sequence and self.record is not None:
                     self.record.rtt = self.clock.seconds() - self._ping_sent_at
@@ -347,21 +349,22 @@ class Session(Protocol, KeepaliveMixin):
             _log.failure("request handler failed", Failure())
             self._respond(request_id, _ERROR, str(e).encode("utf-8", "replace"))
             return
-        if isinstance(result, bytes):
-            self._respond(request_id, _RESPONSE, result)
-        elif isinstance(result, defer.Deferred):
+        if isinstance(result, defer.Deferred):
             result.addCallbacks(
-                lambda response: self._respond(request_id, _RESPONSE, response),
+                lambda response: self._respond_with(request_id, response),
                 lambda failure: self._respond(
                     request_id, _ERROR, failure.getErrorMessage().encode("utf-8", "replace")
                 ),
-            )
+            ).addErrback(lambda failure: _log.failure("responding failed", failure))
         else:
-            self._respond(
-                request_id,
-                _ERROR,
-                b"application returned %s, not bytes" % type(result).__name__.encode(),
-            )
+            self._respond_with(request_id, result)
+
+    def _respond_with(self, request_id: int, response: object) -> None:
+        if isinstance(response, bytes):
+            self._respond(request_id, _RESPONSE, response)
+        else:
+            text = f"application returned {type(response).__name__}, not bytes"
+            self._respond(request_id, _ERROR, text.encode())
 
     def _respond(self, request_id: int, message_type: int, body: bytes) -> None:
         record = self.record

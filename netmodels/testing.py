@@ -33,7 +33,9 @@ fault              the other side                                recorded reason
 
 from __future__ import annotations
 
+import collections
 import errno as _errno
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +54,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 __all__ = ["MemoryLink", "MemoryNetwork", "MemoryTransport"]
+
+#: Marks an orderly close (FIN) in a link's queue.
+_FIN = None
 
 
 @implementer(ITransport)
@@ -129,10 +134,12 @@ class MemoryLink:
         self.network = network
         self.ends = (client, server)
         self.blackholed = False
-        # Per direction (index = receiving side): bytes in flight and whether
-        # a FIN follows them.
-        self._queued: list[list[bytes]] = [[], []]
-        self._fin_after: list[bool] = [False, False]
+        # Per direction (index = receiving side): what is in flight, in order,
+        # each with the time it is due; ``_FIN`` marks an orderly close.
+        self._queued: list[collections.deque[tuple[float, bytes | None]]] = [
+            collections.deque(),
+            collections.deque(),
+        ]
         self._delivery: Any = None
 
     @property
@@ -171,11 +178,13 @@ class MemoryLink:
     # Internals
 
     def _send(self, side: int, data: bytes) -> None:
-        self._queued[1 - side].append(data)
-        self._schedule()
+        self._enqueue(1 - side, data)
 
     def _fin(self, side: int) -> None:
-        self._fin_after[1 - side] = True
+        self._enqueue(1 - side, _FIN)
+
+    def _enqueue(self, receiver: int, item: bytes | None) -> None:
+        self._queued[receiver].append((self.network.clock.seconds() + self.network.latency, item))
         self._schedule()
 
     def _rst(self, side: int) -> None:
@@ -188,26 +197,31 @@ class MemoryLink:
             )
 
     def _schedule(self) -> None:
-        if self._delivery is None and not self.blackholed:
-            self._delivery = self.network.clock.callLater(self.network.latency, self._deliver)
+        if self._delivery is not None or self.blackholed:
+            return
+        due = [queue[0][0] for queue in self._queued if queue]
+        if due:
+            delay = max(0.0, min(due) - self.network.clock.seconds())
+            self._delivery = self.network.clock.callLater(delay, self._deliver)
 
     def _deliver(self) -> None:
         self._delivery = None
         if self.blackholed:
             return
+        now = self.network.clock.seconds()
         for receiver in (0, 1):
-            chunks, self._queued[receiver] = self._queued[receiver], []
+            queue = self._queued[receiver]
             end = self.ends[receiver]
-            for chunk in chunks:
-                if end.connected and end.protocol is not None:
-                    end.protocol.dataReceived(chunk)
-            if self._fin_after[receiver]:
-                self._fin_after[receiver] = False
-                sender = self.ends[1 - receiver]
-                # The closing side is done once its FIN is out; the other end
-                # reads EOF. (A netmodels peer closes back on EOF.)
-                sender._lost(Failure(error.ConnectionDone()))
-                end._lost(Failure(error.ConnectionDone()))
+            while queue and queue[0][0] <= now:
+                _, item = queue.popleft()
+                if item is _FIN:
+                    # The closing side is done once its FIN is out; the other
+                    # end reads EOF. (A netmodels peer closes back on EOF.)
+                    self.ends[1 - receiver]._lost(Failure(error.ConnectionDone()))
+                    end._lost(Failure(error.ConnectionDone()))
+                elif end.connected and end.protocol is not None:
+                    end.protocol.dataReceived(item)
+        self._schedule()
 
 
 @implementer(IListeningPort)
@@ -236,7 +250,8 @@ class _ServerEndpoint:
 
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
         if self.address in self.network._listeners:
-            return defer.fail(error.CannotListenError("", self.address, OSError(_errno.EADDRINUSE)))
+            in_use = OSError(_errno.EADDRINUSE, os.strerror(_errno.EADDRINUSE))
+            return defer.fail(error.CannotListenError("", self.address, in_use))
         port = _MemoryPort(self.network, self.address, factory)
         self.network._listeners[self.address] = port
         factory.doStart()
@@ -290,7 +305,7 @@ class MemoryNetwork:
 
     def _connect(self, address: str, factory: IProtocolFactory) -> defer.Deferred[Any]:
         if address in self._unreachable:
-            return defer.fail(error.NoRouteError(string=address))
+            return defer.fail(error.NoRouteError(_errno.EHOSTUNREACH, address))
         port = self._listeners.get(address)
         if port is None or address in self._refused:
             return defer.fail(error.ConnectionRefusedError(string=address))
