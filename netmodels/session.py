@@ -57,14 +57,17 @@ __all__ = [
 
 _log = Logger(namespace="netmodels.session")
 
-_DATA = MessageType.DATA
-_REQUEST = MessageType.REQUEST
-_RESPONSE = MessageType.RESPONSE
-_ERROR = MessageType.ERROR
-_PING = MessageType.PING
-_PONG = MessageType.PONG
-_HELLO = MessageType.HELLO
-_BYE = MessageType.BYE
+# Plain ints: the decoder yields ints, and comparing them with IntEnum members
+# is slower on the per-message path.
+_DATA = int(MessageType.DATA)
+_REQUEST = int(MessageType.REQUEST)
+_RESPONSE = int(MessageType.RESPONSE)
+_ERROR = int(MessageType.ERROR)
+_PING = int(MessageType.PING)
+_PONG = int(MessageType.PONG)
+_HELLO = int(MessageType.HELLO)
+_BYE = int(MessageType.BYE)
+_OPEN = ConnectionState.OPEN
 
 
 class MessageTooLarge(ValueError):
@@ -265,10 +268,11 @@ class Session(Protocol, KeepaliveMixin):
     # Internals
 
     def _dispatch(self, frames: list[tuple[int, bytes]]) -> None:
-        application = self.application
+        message_received = self.application.message_received
+        record = self.record
         for message_type, body in frames:
             if message_type == _DATA:
-                application.message_received(self, body)
+                message_received(self, body)
             elif message_type == _REQUEST:
                 self._request_received(body)
             elif message_type in (_RESPONSE, _ERROR):
@@ -286,7 +290,8 @@ class Session(Protocol, KeepaliveMixin):
             else:  # HELLO again
                 self._protocol_error("HELLO received twice")
                 return
-            if self.record is not None and self.record.state is not ConnectionState.OPEN:
+            # Stop if a handler closed the connection (ours or the application's).
+            if record is not None and record.state is not _OPEN:
                 return
 
     def _sequence(self, body: bytes) -> int:
