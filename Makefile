@@ -89,7 +89,7 @@ lint: setup
 	exit $$rc
 
 docs: setup
-	$(VENV)/bin/sphinx-build docs docs/_build/html
+	$(VENV)/bin/sphinx-build -W docs docs/_build/html
 
 bench: setup
 	$(VPY) benchmarks/run_all.py

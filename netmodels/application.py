@@ -7,7 +7,7 @@ Subclass :class:`Application` and override what you need::
         def request_received(self, peer, payload):
             return payload.upper()
 
-Then make it a plugin (see ``docs/writing-plugins.md``) and run it with
+Then make it a plugin (see ``docs/writing-apps.rst``) and run it with
 ``twistd -n netmodels --app shout``.
 """
 
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from netmodels.node import Node, NodeConfig
 
 __all__ = ["Application", "EchoApplication", "application_plugin"]
+
+_log = Logger(namespace="netmodels.app.echo")
 
 
 @implementer(IApplication)
@@ -85,8 +87,6 @@ class EchoApplication(Application):
     the round trip, so a client-server pair does something out of the box.
     """
 
-    log = Logger(namespace="netmodels.app.echo")
-
     def __init__(self, config: NodeConfig) -> None:
         self.role = config.role
         self.interval = config.interval
@@ -121,7 +121,7 @@ class EchoApplication(Application):
             payload = f"hello {self.sent}".encode()
             peer.request(payload).addCallbacks(
                 lambda reply, p=peer, t=started: self._answered(p, reply, clock.seconds() - t),
-                lambda failure, p=peer: self.log.warn(
+                lambda failure, p=peer: _log.warn(
                     "request to {peer} failed: {error}",
                     peer=p.node_id,
                     error=failure.getErrorMessage(),
@@ -130,7 +130,7 @@ class EchoApplication(Application):
 
     def _answered(self, peer: IPeer, reply: bytes, elapsed: float) -> None:
         self.answered += 1
-        self.log.info(
+        _log.info(
             "[{node}] {peer} answered {reply!r} in {ms:.2f} ms",
             node=self.node.config.node_id if self.node is not None else "?",
             peer=peer.node_id,

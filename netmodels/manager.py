@@ -55,6 +55,8 @@ _log = Logger(namespace="netmodels.manager")
 
 
 class ConnectionState(enum.StrEnum):
+    """Where a connection is in its life; ``failed`` is a connect that never was."""
+
     CONNECTING = "connecting"
     HANDSHAKING = "handshaking"
     OPEN = "open"
@@ -65,6 +67,8 @@ class ConnectionState(enum.StrEnum):
 
 
 class Direction(enum.StrEnum):
+    """Who dialled: the peer (``inbound``) or us (``outbound``)."""
+
     INBOUND = "inbound"
     OUTBOUND = "outbound"
 
@@ -149,11 +153,11 @@ class ConnectionRecord:
     messages_out: int = 0
     #: The peer's advertised keepalive settings, once known.
     peer_keepalive: dict[str, float] | None = None
-    #: Retrying cannot help (see :attr:`Closure.fatal`).
+    #: Retrying cannot help (see :attr:`netmodels.reasons.Closure.fatal`).
     fatal: bool = False
     #: Round-trip time of the last answered keepalive probe, in seconds.
     rtt: float | None = None
-    #: The Twisted transport name (``tls`` over ``tcp``, for instance).
+    #: Topology-specific fields, merged into the status document.
     extra: dict[str, Any] = field(factory=dict)
 
     @property
@@ -227,6 +231,7 @@ class ManagedConnection(ProtocolWrapper):
             # Turned away before the application ever sees it.
             payload = self.factory.rejection_payload
             if payload is not None:
+                record.messages_out += 1
                 self.write(payload(CloseReason.REJECTED, refusal))
             self.end(CloseReason.REJECTED, refusal)
             return
@@ -273,6 +278,7 @@ class ManagedConnection(ProtocolWrapper):
     # Public side
 
     def mark_handshaking(self) -> None:
+        """The protocol started its handshake."""
         if self.record.state is ConnectionState.CONNECTING:
             self.record.state = ConnectionState.HANDSHAKING
 
@@ -496,6 +502,7 @@ class ConnectionManager:
         yield from reversed(self.history)
 
     def find(self, connection_id: int) -> ManagedConnection | None:
+        """The live connection with ``connection_id``, if any."""
         return self.live.get(connection_id)
 
     # Commands
@@ -509,6 +516,7 @@ class ConnectionManager:
         connection.close(deadline)
 
     def close_all(self, reason: CloseReason = CloseReason.CLEAN, detail: str = "") -> None:
+        """End every live connection with ``reason``, by the close policy."""
         for connection in list(self.live.values()):
             connection.end(reason, detail)
 

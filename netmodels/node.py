@@ -167,6 +167,7 @@ class Node(MultiService):
                 keepalive=config.keepalive,
                 app=config.app,
                 listen=config.listen,
+                max_frame=config.max_frame,
             ),
             keepalive=config.keepalive,
             application=application,

@@ -114,7 +114,7 @@ def classify_connection_lost(exc: BaseException, os_errno: int | None) -> Closur
     if _is_tls_error(exc):
         return Closure(CloseReason.PROTOCOL_ERROR, Initiator.REMOTE, detail=f"TLS: {exc}")
     # A lost connection whose errno we could not see: an RST is by far the
-    # likeliest cause (see docs/concepts.md), and saying so beats "unknown".
+    # likeliest cause (see the concepts page of the docs), and saying so beats "unknown".
     return Closure(CloseReason.RESET, Initiator.REMOTE, errno_name(os_errno), detail=str(exc))
 
 

@@ -157,6 +157,7 @@ class Session(Protocol, KeepaliveMixin):
         return None if self.peer_hello is None else self.peer_hello.role
 
     def send(self, payload: bytes) -> None:
+        """Send one DATA message; see :meth:`netmodels.interfaces.IPeer.send`."""
         if len(payload) > self._max_body:
             raise MessageTooLarge(
                 f"message of {len(payload)} bytes exceeds the frame limit of {self._max_body}"
@@ -168,6 +169,7 @@ class Session(Protocol, KeepaliveMixin):
         self.transport.write(encode_frame(_DATA, payload))
 
     def request(self, payload: bytes, timeout: float | None = None) -> defer.Deferred[bytes]:
+        """Send a REQUEST; see :meth:`netmodels.interfaces.IPeer.request`."""
         if len(payload) + 4 > self._max_body:
             raise MessageTooLarge(
                 f"request of {len(payload)} bytes exceeds the frame limit of {self._max_body - 4}"
@@ -191,9 +193,11 @@ class Session(Protocol, KeepaliveMixin):
         return deferred
 
     def close(self) -> None:
+        """Say BYE, then FIN (RST if the write buffer does not drain in time)."""
         self._end(CloseReason.CLEAN)
 
     def reset(self) -> None:
+        """RST now: recorded ``aborted`` here, ``reset`` at the peer."""
         if self.record is not None and not self.record.closed:
             self.transport.reset()
 
@@ -206,7 +210,7 @@ class Session(Protocol, KeepaliveMixin):
         set_no_delay(transport)
         if settings.kernel_keepalive:
             apply_kernel_keepalive(transport, settings.keepalive, settings.user_timeout)
-        transport.write(encode_hello(settings.hello))
+        self._write_control(encode_hello(settings.hello))
         self._handshake_call = self.clock.callLater(settings.handshake_timeout, self._handshake_expired)
         self.setKeepalive(settings.keepalive)
 
@@ -244,11 +248,17 @@ class Session(Protocol, KeepaliveMixin):
     # Keepalive
 
     def keepaliveProbe(self) -> None:
+        if self._closing():
+            # Closing on purpose: the close deadline bounds it, not keepalive.
+            self.setKeepalive(None)
+            return
         self._ping_sequence = (self._ping_sequence + 1) & 0xFFFFFFFF
         self._ping_sent_at = self.clock.seconds()
-        self.transport.write(encode_ping(self._ping_sequence))
+        self._write_control(encode_ping(self._ping_sequence))
 
     def keepaliveTimeout(self) -> None:
+        if self._closing():
+            return
         settings = self.settings.keepalive
         tracker = self._keepalive_tracker
         silent = 0.0 if tracker is None else self.clock.seconds() - tracker.last_received
@@ -280,7 +290,7 @@ class Session(Protocol, KeepaliveMixin):
             elif message_type == _PING:
                 sequence = self._sequence(body)
                 if sequence >= 0:
-                    self.transport.write(encode_ping(sequence, pong=True))
+                    self._write_control(encode_ping(sequence, pong=True))
             elif message_type == _PONG:
                 if self._sequence(body) == self._ping_sequence and self.record is not None:
                     self.record.rtt = self.clock.seconds() - self._ping_sent_at
@@ -328,6 +338,8 @@ class Session(Protocol, KeepaliveMixin):
             self._handshake_call.cancel()
         self._handshake_call = None
         self.peer_hello = hello
+        # Never send more than either side accepts.
+        self._max_body = min(self.settings.max_frame, hello.max_frame) - 1
         self._ready = True
         record = self.record
         if record is not None:
@@ -351,7 +363,8 @@ class Session(Protocol, KeepaliveMixin):
         try:
             result = self.application.request_received(self, payload)
         except Exception as e:
-            _log.failure("request handler failed", Failure())
+            # The caller gets the error as RemoteError; here it is a line, not a traceback.
+            _log.warn("request handler answered with an error: {error!r}", error=e)
             self._respond(request_id, _ERROR, str(e).encode("utf-8", "replace"))
             return
         if isinstance(result, defer.Deferred):
@@ -423,8 +436,7 @@ class Session(Protocol, KeepaliveMixin):
         )
 
     def _protocol_error(self, detail: str, fatal: bool = False) -> None:
-        record = self.record
-        if record is not None and (record.closed or record.state is ConnectionState.CLOSING):
+        if self._closing():
             return
         _log.warn(
             "connection {id} to {peer}: protocol error: {detail}; closing",
@@ -435,11 +447,22 @@ class Session(Protocol, KeepaliveMixin):
         self._end(CloseReason.PROTOCOL_ERROR, detail, fatal)
 
     def _end(self, reason: CloseReason, detail: str = "", fatal: bool = False) -> None:
-        record = self.record
-        if record is None or record.closed or record.state is ConnectionState.CLOSING:
+        if self._closing():
             return
-        self.transport.write(encode_bye(reason, detail, fatal))
+        self.setKeepalive(None)
+        self._write_control(encode_bye(reason, detail, fatal))
         self.transport.end(reason, detail, fatal=fatal)
+
+    def _closing(self) -> bool:
+        record = self.record
+        return record is not None and (record.closed or record.state is ConnectionState.CLOSING)
+
+    def _write_control(self, frame: bytes) -> None:
+        # Every frame counts as a message, both ways: HELLO, PING, PONG, BYE too.
+        record = self.record
+        if record is not None:
+            record.messages_out += 1
+        self.transport.write(frame)
 
     def _call_application(self, method: Callable[..., Any], *args: Any) -> None:
         try:

@@ -1,8 +1,9 @@
 """
 ``GET /status``: a node's state as JSON; ``GET /`` a page that shows it live.
 
-``POST /connections/<id>/reset`` and ``/close`` end one connection with RST
-or FIN, for operators (serve the status endpoint on loopback or behind TLS).
+``POST /connections/<id>/reset`` and ``/close`` end one connection with RST,
+or with BYE and FIN, for operators (serve the status endpoint on loopback or
+behind TLS: it has no authentication of its own).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+
+from netmodels.interfaces import IPeer
 
 __all__ = ["StatusPage", "status_site"]
 
@@ -36,7 +39,10 @@ class _StatusDocument(Resource):
 
 
 class _ConnectionCommand(Resource):
-    """``POST /connections/<id>/reset`` or ``/close``."""
+    """
+    ``POST /connections/<id>/reset`` or ``/close``; ``?node=<node id>`` picks
+    the node when one process runs several (the first node by default).
+    """
 
     isLeaf = True
 
@@ -48,16 +54,21 @@ class _ConnectionCommand(Resource):
         parts = [part.decode("ascii", "replace") for part in request.postpath or []]
         if len(parts) != 2 or parts[1] not in ("reset", "close") or not parts[0].isdigit():
             return _json(request, {"error": "use POST /connections/<id>/reset or /close"}, 404)
-        connection_id = int(parts[0])
-        for node in self._nodes:
-            connection = node.manager.find(connection_id)
-            if connection is not None:
-                if parts[1] == "reset":
-                    connection.reset("reset by operator")
-                else:
-                    connection.close()
-                return _json(request, {"id": connection_id, "done": parts[1]})
-        return _json(request, {"error": f"no live connection {connection_id}"}, 404)
+        connection_id, action = int(parts[0]), parts[1]
+        wanted = (request.args or {}).get(b"node", [b""])[0].decode("utf-8", "replace")
+        nodes = [node for node in self._nodes if node.config.node_id == wanted] if wanted else self._nodes[:1]
+        if not nodes:
+            return _json(request, {"error": f"no node {wanted!r}"}, 404)
+        connection = nodes[0].manager.find(connection_id)
+        if connection is None:
+            return _json(request, {"error": f"no live connection {connection_id}"}, 404)
+        if action == "reset":
+            connection.reset("reset by operator")
+        elif IPeer.providedBy(connection.wrappedProtocol):
+            connection.wrappedProtocol.close()
+        else:
+            connection.close()
+        return _json(request, {"node": nodes[0].config.node_id, "id": connection_id, "done": action})
 
 
 _PAGE = b"""<!doctype html>

@@ -24,6 +24,7 @@ from netmodels.keepalive import KeepaliveSettings
 __all__ = [
     "DEFAULT_MAX_FRAME",
     "PROTOCOL_VERSION",
+    "EmptyFrame",
     "FrameDecoder",
     "FrameTooLarge",
     "Hello",
@@ -79,7 +80,7 @@ class ProtocolError(ValueError):
 
 
 class FrameTooLarge(ProtocolError):
-    """A frame claimed more bytes than the limit (or zero). Never allocated."""
+    """A frame claimed more bytes than the limit. The claimed size is never allocated."""
 
     def __init__(self, length: int, limit: int) -> None:
         super().__init__(f"frame of {length} bytes exceeds the limit of {limit} bytes")
@@ -87,7 +88,16 @@ class FrameTooLarge(ProtocolError):
         self.limit = limit
 
 
+class EmptyFrame(ProtocolError):
+    """A frame of length 0: it cannot even hold its type byte."""
+
+    def __init__(self) -> None:
+        super().__init__("frame of length 0 has no message type")
+
+
 class UnknownMessageType(ProtocolError):
+    """A frame whose type byte this version does not know."""
+
     def __init__(self, message_type: int) -> None:
         super().__init__(f"unknown message type 0x{message_type:02x}")
         self.message_type = message_type
@@ -126,6 +136,7 @@ class FrameDecoder:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Add ``data``; return the ``(message_type, body)`` frames it completed."""
         if self.error is not None:
             return []
         buffer = self._buffer
@@ -145,7 +156,7 @@ class FrameDecoder:
         while size - position >= 5:
             length, message_type = unpack(data, position)
             if length > limit or length == 0:
-                self.error = FrameTooLarge(length, limit)
+                self.error = FrameTooLarge(length, limit) if length else EmptyFrame()
                 return frames
             if message_type not in known:
                 self.error = UnknownMessageType(message_type)
@@ -160,7 +171,7 @@ class FrameDecoder:
             if size - position >= 4:
                 (length,) = _LENGTH.unpack_from(data, position)
                 if length > limit or length == 0:
-                    self.error = FrameTooLarge(length, limit)
+                    self.error = FrameTooLarge(length, limit) if length else EmptyFrame()
                     return frames
                 self._needed = 5
             else:
@@ -177,11 +188,13 @@ def encode_frame(message_type: int, body: bytes = b"") -> bytes:
 
 
 def encode_ping(sequence: int, pong: bool = False) -> bytes:
+    """A keepalive probe (PING) or its answer (PONG), carrying a u32 sequence number."""
     kind = MessageType.PONG if pong else MessageType.PING
     return _HEADER.pack(5, kind) + _U32.pack(sequence & 0xFFFFFFFF)
 
 
 def decode_ping(body: bytes) -> int:
+    """The sequence number of a PING or PONG body."""
     if len(body) != 4:
         raise MalformedMessage(f"PING/PONG body must be 4 bytes, not {len(body)}")
     return int(_U32.unpack(body)[0])
@@ -193,6 +206,7 @@ def encode_correlated(message_type: int, correlation_id: int, body: bytes) -> by
 
 
 def decode_correlated(body: bytes) -> tuple[int, bytes]:
+    """``(correlation_id, payload)`` of a REQUEST, RESPONSE or ERROR body."""
     if len(body) < 4:
         raise MalformedMessage("REQUEST/RESPONSE/ERROR body shorter than its 4-byte id")
     return int(_U32.unpack_from(body)[0]), body[4:]
@@ -247,11 +261,14 @@ class Hello:
     app: str = field(default="", validator=lambda i, a, v: _check_app(v))
     #: Endpoints this node accepts connections on (used by p2p and callback).
     listen: tuple[str, ...] = ()
+    #: The largest frame the sender accepts; peers never send it more.
+    max_frame: int = DEFAULT_MAX_FRAME
     #: Topology-specific fields, kept so newer peers can add to HELLO.
     extra: Mapping[str, Any] = field(factory=dict)
 
 
 def encode_hello(hello: Hello) -> bytes:
+    """A HELLO frame: a JSON object (see ``docs/protocol.md``)."""
     document = dict(hello.extra)
     document.update(
         version=hello.version,
@@ -260,6 +277,7 @@ def encode_hello(hello: Hello) -> bytes:
         role=hello.role,
         app=hello.app,
         listen=list(hello.listen),
+        max_frame=hello.max_frame,
         keepalive={
             "idle": hello.keepalive.idle,
             "interval": hello.keepalive.interval,
@@ -269,7 +287,9 @@ def encode_hello(hello: Hello) -> bytes:
     return encode_frame(MessageType.HELLO, json.dumps(document, separators=(",", ":")).encode())
 
 
-_HELLO_FIELDS: Final = frozenset({"version", "node_id", "topology", "role", "app", "listen", "keepalive"})
+_HELLO_FIELDS: Final = frozenset(
+    {"version", "node_id", "topology", "role", "app", "listen", "keepalive", "max_frame"}
+)
 
 
 def decode_hello(body: bytes) -> Hello:
@@ -303,6 +323,9 @@ def decode_hello(body: bytes) -> Hello:
         or len(listen) > 16
     ):
         raise MalformedMessage("HELLO listen must be a list of at most 16 endpoint strings")
+    max_frame = document.get("max_frame", DEFAULT_MAX_FRAME)
+    if not isinstance(max_frame, int) or isinstance(max_frame, bool) or not 64 <= max_frame < 2**32:
+        raise MalformedMessage("HELLO max_frame must be an integer from 64 to 2**32 - 1")
     app = document.get("app", "")
     if not isinstance(app, str) or len(app) > 64:
         raise MalformedMessage("HELLO app must be a string of at most 64 characters")
@@ -314,5 +337,6 @@ def decode_hello(body: bytes) -> Hello:
         version=version,
         app=app,
         listen=tuple(listen),
+        max_frame=max_frame,
         extra={k: v for k, v in document.items() if k not in _HELLO_FIELDS},
     )

@@ -18,6 +18,7 @@ from netmodels.wire import (
     DEFAULT_MAX_FRAME,
     MAX_HELLO,
     PROTOCOL_VERSION,
+    EmptyFrame,
     FrameDecoder,
     FrameTooLarge,
     Hello,
@@ -314,13 +315,13 @@ class FrameLimitTests(SynchronousTestCase):
         """A zero length (no room for the type byte) is rejected from its 4 bytes alone."""
         decoder = FrameDecoder()
         decoder.feed(length_prefix(0))
-        self.assertTooLarge(decoder, 0, DEFAULT_MAX_FRAME)
+        self.assertIsInstance(decoder.error, EmptyFrame)
 
     def test_zero_length_with_type_byte_rejected(self) -> None:
         """A zero length followed by a valid type byte is still rejected."""
         decoder = FrameDecoder()
         decoder.feed(length_prefix(0) + bytes([MessageType.DATA]))
-        self.assertTooLarge(decoder, 0, DEFAULT_MAX_FRAME)
+        self.assertIsInstance(decoder.error, EmptyFrame)
 
 
 class FrameErrorTests(SynchronousTestCase):

@@ -1,0 +1,82 @@
+"""The status site: GET /status JSON, the live page, and the operator commands."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import getChildForRequest
+from twisted.web.test.requesthelper import DummyRequest
+
+from netmodels.manager import ConnectionState
+from netmodels.reasons import CloseReason, Initiator
+from netmodels.status import StatusPage
+from tests.test_testing import CLIENT_ID, SERVER_ID, Pair
+
+
+def render(root: StatusPage, method: bytes, path: str, args: dict[bytes, list[bytes]] | None = None) -> Any:
+    request = DummyRequest([segment.encode() for segment in path.strip("/").split("/")])
+    request.method = method
+    request.args = args or {}
+    resource = getChildForRequest(root, request)
+    body = resource.render(request)
+    return request.responseCode or 200, body
+
+
+class StatusSiteTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.pair = Pair()
+        self.pair.start()
+        self.root = StatusPage([self.pair.server, self.pair.client])
+
+    def tearDown(self) -> None:
+        self.pair.stop()
+
+    def test_status_is_the_first_node(self) -> None:
+        """GET /status serves the first node's document as JSON."""
+        code, body = render(self.root, b"GET", "/status")
+        document = json.loads(body)
+        self.assertEqual(code, 200)
+        self.assertEqual(document["node"]["id"], SERVER_ID)
+        [connection] = document["connections"]
+        self.assertEqual((connection["peer_id"], connection["state"]), (CLIENT_ID, "open"))
+
+    def test_status_all_lists_every_node(self) -> None:
+        _, body = render(self.root, b"GET", "/status/all")
+        self.assertEqual([doc["node"]["id"] for doc in json.loads(body)], [SERVER_ID, CLIENT_ID])
+
+    def test_page_is_html(self) -> None:
+        request = DummyRequest([b""])
+        body = getChildForRequest(self.root, request).render(request)
+        self.assertIn(b"<table>", body)
+        self.assertEqual(
+            request.responseHeaders.getRawHeaders(b"content-type"), [b"text/html; charset=utf-8"]
+        )
+
+    def test_close_says_bye(self) -> None:
+        """POST /connections/<id>/close ends it with BYE then FIN: the peer records clean/remote."""
+        connection_id = self.pair.server_record().id
+        code, body = render(self.root, b"POST", f"/connections/{connection_id}/close")
+        self.pair.clock.advance(0)
+        self.assertEqual((code, json.loads(body)["done"]), (200, "close"))
+        client = self.pair.client_record()
+        self.assertEqual((client.reason, client.initiator), (CloseReason.CLEAN, Initiator.REMOTE))
+
+    def test_reset_on_a_named_node(self) -> None:
+        """?node= picks the node: resetting the client's connection makes the server see reset."""
+        connection_id = self.pair.client_record().id
+        code, _ = render(
+            self.root, b"POST", f"/connections/{connection_id}/reset", {b"node": [CLIENT_ID.encode()]}
+        )
+        self.pair.clock.advance(0)
+        self.assertEqual(code, 200)
+        self.assertEqual(self.pair.client_record().reason, CloseReason.ABORTED)
+        server = self.pair.server_record()
+        self.assertEqual((server.reason, server.errno), (CloseReason.RESET, "ECONNRESET"))
+
+    def test_unknown_connection_or_node_is_404(self) -> None:
+        self.assertEqual(render(self.root, b"POST", "/connections/999/reset")[0], 404)
+        self.assertEqual(render(self.root, b"POST", "/connections/1/reset", {b"node": [b"nope"]})[0], 404)
+        self.assertEqual(render(self.root, b"POST", "/connections/1/explode")[0], 404)
+        self.assertEqual(self.pair.server_record().state, ConnectionState.OPEN)
