@@ -1,0 +1,284 @@
+"""
+Idle connections: server memory (RSS) per connection and idle CPU.
+
+The C load generator (``loadgen.c -m idle``, a separate process on the other
+CPU) opens N connections (default 10,000; the open-files hard limit here is
+20,000 per process) and then sends nothing. For netmodels it sends a client
+HELLO first and answers every keepalive PING with a PONG, as a live netmodels
+peer does.
+
+raw       : Twisted with an ``Int32StringReceiver`` per connection (TCP_NODELAY), no timers.
+netmodels : a server ``Node`` with the defaults: connection manager, application
+            keepalive 15,10,3 (a timer per connection), kernel keepalive.
+
+The server samples its RSS (``VmRSS``) after listening (baseline) and again
+once all N connections are up (for netmodels: handshaken) and it has settled
+for a second, after a ``gc.collect()`` in both cases; per connection =
+(after - baseline) / N. Idle CPU is the server's CPU time over the following
+idle window (default 15 s = one keepalive idle period, so each netmodels
+connection sends one PING in it and gets its PONG back; ``--quick`` uses 3 s,
+which catches no probe). Kernel socket memory (~10 KB per loopback pair) is not
+in RSS and not counted.
+
+    python benchmarks/idle_mem.py [--idle-conns 10000] [--idle-seconds 15] [--idle-reps 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+from typing import Any
+
+import common
+from common import Row
+
+BACKLOG = 4096
+
+
+def serve(impl: str, conns: int, settle: float, seconds: float, trace: str | None = None) -> None:
+    if trace:
+        import tracemalloc
+
+        tracemalloc.start(1)
+    common.quiet_logging()
+    from twisted.internet import reactor
+    from twisted.internet.task import LoopingCall
+
+    connected = [0]
+    node = None
+    if impl == "raw":
+        from twisted.internet.protocol import Factory
+        from twisted.protocols.basic import Int32StringReceiver
+
+        class Idle(Int32StringReceiver):
+            def connectionMade(self) -> None:
+                self.transport.setTcpNoDelay(True)
+                connected[0] += 1
+
+            def connectionLost(self, reason: Any = None) -> None:
+                connected[0] -= 1
+
+            def stringReceived(self, string: bytes) -> None:
+                pass
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Idle), interface=common.HOST, backlog=BACKLOG)
+        number = port.getHost().port
+    else:
+        from netmodels.application import Application
+
+        import ingest
+
+        class Counting(Application):
+            def peer_ready(self, peer: Any) -> None:
+                connected[0] += 1
+
+            def peer_lost(self, peer: Any, record: Any) -> None:
+                connected[0] -= 1
+
+        node = ingest.build_netmodels_server(
+            reactor, Counting(), keepalive=True, max_connections=max(10_000, conns), backlog=BACKLOG
+        )
+        number = node.listeners[0].port.getHost().port
+    gc.collect()
+    baseline = common.rss_kb()
+    before = None
+    if trace:
+        import tracemalloc
+
+        before = tracemalloc.take_snapshot()
+    started = time.monotonic()
+    result: dict[str, Any] = {"rss_base_kb": baseline, "conns": conns}
+    common.emit("READY", str(number))
+
+    def finish_window(cpu0: float, t0: float) -> None:
+        elapsed = time.monotonic() - t0
+        result["idle_seconds"] = elapsed
+        result["idle_cpu_pct"] = 100 * (common.cpu_seconds() - cpu0) / elapsed
+        result["conns_at_end"] = connected[0]
+        if node is not None:
+            result["pings_answered"] = sum(1 for c in node.manager.live.values() if c.record.rtt is not None)
+        common.emit("RESULT", result)
+
+    def measure() -> None:
+        gc.collect()
+        rss = common.rss_kb()
+        result["rss_kb"] = rss
+        result["conns_measured"] = connected[0]
+        result["kb_per_conn"] = (rss - baseline) / max(1, connected[0])
+        if trace and before is not None:
+            write_trace(trace, before, max(1, connected[0]))
+        reactor.callLater(seconds, finish_window, common.cpu_seconds(), time.monotonic())
+
+    def poll() -> None:
+        elapsed = time.monotonic() - started
+        if connected[0] >= conns or elapsed > 120:
+            loop.stop()
+            result["connect_seconds"] = elapsed
+            reactor.callLater(settle, measure)
+
+    loop = LoopingCall(poll)
+    reactor.callLater(0.2, loop.start, 0.05)
+    reactor.run()
+
+
+def write_trace(path: str, before: Any, connections: int) -> None:
+    """Python allocations per connection by source line (tracemalloc), biggest first."""
+    import tracemalloc
+
+    after = tracemalloc.take_snapshot()
+    stats = after.compare_to(before, "lineno")
+    total = sum(stat.size_diff for stat in stats)
+    with open(path, "w") as out:
+        out.write(
+            f"Python heap growth: {total / connections:.0f} B per connection over {connections} "
+            "connections (tracemalloc; RSS also counts allocator overhead)\n"
+        )
+        for stat in stats[:40]:
+            frame = stat.traceback[0]
+            out.write(
+                f"{stat.size_diff / connections:8.1f} B/conn {stat.count_diff / connections:6.2f} "
+                f"blocks/conn  {frame.filename}:{frame.lineno}\n"
+            )
+
+
+def run_once(impl: str, args: argparse.Namespace) -> dict[str, Any]:
+    loadgen = common.build_loadgen()
+    with common.Children() as children:
+        server = children.start(
+            f"idle {impl} server",
+            common.pinned(
+                common.python_command(
+                    "idle_mem.py",
+                    "server",
+                    "--impl",
+                    impl,
+                    "--idle-conns",
+                    str(args.idle_conns),
+                    "--idle-seconds",
+                    str(args.idle_seconds),
+                    *(
+                        ["--trace-memory", f"{args.trace_memory}.{impl}.txt"]
+                        if getattr(args, "trace_memory", None)
+                        else []
+                    ),
+                ),
+                common.server_cpu(),
+            ),
+        )
+        port = server.expect("READY", 30)
+        command = [str(loadgen), "-m", "idle", "-p", port, "-c", str(args.idle_conns), "-t", "3600"]
+        if impl != "raw":
+            command += ["-x", common.netmodels_hello_hex()]
+        children.start("loadgen idle", common.pinned(command, common.client_cpu()))
+        result = server.result(args.idle_seconds + 200)
+        server.stop()  # the server first: closing 10,000 sockets by exiting is quickest
+    return result
+
+
+def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
+    results: dict[str, list[dict[str, Any]]] = {"raw": [], "nm": []}
+    for rep in range(args.idle_reps):
+        for impl in ("raw", "nm"):
+            common.progress(f"idle rep {rep + 1}/{args.idle_reps}: {impl}, {args.idle_conns} connections")
+            results[impl].append(run_once(impl, args))
+
+    def series(impl: str, key: str) -> list[float]:
+        return [r[key] for r in results[impl] if r.get(key) is not None]
+
+    rows = [
+        Row(
+            f"RSS per idle connection ({args.idle_conns:,})",
+            "KB",
+            series("raw", "kb_per_conn"),
+            series("nm", "kb_per_conn"),
+            ("<=", 2.5),
+            1.6,
+            absolute=True,
+        ),
+        Row(
+            f"idle CPU over {args.idle_seconds:g} s",
+            "%",
+            series("raw", "idle_cpu_pct"),
+            series("nm", "idle_cpu_pct"),
+            # Without a keepalive probe in the window the figure says nothing about the target.
+            ("<=", 1.0) if args.idle_seconds >= 15 else None,
+            0.2,
+            absolute=True,
+        ),
+        Row(
+            "time to accept all (and handshake)",
+            "s",
+            series("raw", "connect_seconds"),
+            series("nm", "connect_seconds"),
+        ),
+    ]
+    notes = [
+        "raw = Int32StringReceiver per connection, no timers; netmodels = server Node with "
+        "keepalive (15,10,3) + kernel keepalive + connection manager on (defaults)",
+        "targets 'nm ≤ …' bound the netmodels value itself (performance.md), not the ratio",
+    ]
+    for impl, runs in results.items():
+        for r in runs:
+            if r.get("conns_measured", 0) < r["conns"] or r.get("conns_at_end", 0) < r["conns"]:
+                notes.append(
+                    f"{impl}: only {r.get('conns_measured')} connections up at the measurement "
+                    f"and {r.get('conns_at_end')} at the end of {r['conns']}"
+                )
+    if args.idle_seconds < 15:
+        notes.append(
+            f"idle window {args.idle_seconds:g} s is shorter than the keepalive idle (15 s): "
+            "it contains no keepalive probe, so idle CPU is not judged (run without --quick)"
+        )
+    else:
+        answered = [r.get("pings_answered") for r in results["nm"]]
+        notes.append(f"netmodels connections with an answered keepalive probe in the window: {answered}")
+    return rows, notes
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--idle-conns", type=int, default=10_000)
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=15.0,
+        help="idle CPU window (default 15 s, one keepalive idle period)",
+    )
+    parser.add_argument("--idle-reps", type=int, default=1)
+    parser.add_argument(
+        "--trace-memory",
+        default=None,
+        metavar="PREFIX",
+        help="write the servers' tracemalloc growth per connection to PREFIX.{raw,nm}.txt "
+        "(slows the servers; the RSS figures then include tracemalloc's own overhead)",
+    )
+
+
+def apply_quick(args: argparse.Namespace) -> None:
+    if getattr(args, "quick", False):
+        args.idle_seconds = min(args.idle_seconds, 3.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command")
+    p = sub.add_parser("server")
+    p.add_argument("--impl", choices=("raw", "nm"), required=True)
+    add_arguments(p)
+    p.add_argument("--settle", type=float, default=1.0)
+    add_arguments(parser)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.command == "server":
+        serve(args.impl, args.idle_conns, args.settle, args.idle_seconds, args.trace_memory)
+        return
+    apply_quick(args)
+    print("\n".join(common.machine_info()))
+    rows, notes = run(args)
+    print(common.format_table("idle connections", rows, notes))
+
+
+if __name__ == "__main__":
+    main()

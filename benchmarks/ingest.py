@@ -1,0 +1,315 @@
+"""
+Fan-in ingest of small messages: the C load generator (``loadgen.c``) streams
+64-byte frames over 100 connections into one server; the server counts the
+messages it delivers over the window. The server is what is measured, so the
+generator runs on the other CPU and is several times faster than the server.
+
+raw       : ``Int32StringReceiver``; ``stringReceived`` increments a counter.
+            Frames are 4-byte length + 64-byte body.
+netmodels : a server ``Node`` (client-server topology, default settings:
+            application keepalive 15,10,3, kernel keepalive, manager, errno
+            capture); ``Application.message_received`` increments a counter.
+            Each connection first sends a valid client HELLO, then DATA frames
+            (4-byte length + type 0x02 + 63-byte body): 68 bytes a frame, as raw.
+
+``keepalive_cost.py`` runs the same measurement with netmodels keepalive on and off.
+
+    python benchmarks/ingest.py [--seconds 3] [--reps 3] [--conns 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import common
+from common import Row
+
+BODY = 64
+IMPLS = ("raw", "nm", "nm-off")
+
+
+# --------------------------------------------------------------------------
+# The server process
+
+
+def build_netmodels_server(
+    reactor: Any,
+    application: Any,
+    keepalive: bool,
+    max_connections: int | None = 10_000,
+    backlog: int | None = None,
+) -> Any:
+    """
+    A started netmodels server node on 127.0.0.1, port chosen by the kernel.
+
+    With ``keepalive=False`` netmodels keepalive is OFF, meaning all of:
+    no kernel keepalive (``SessionSettings.kernel_keepalive=False``), no
+    ``TCP_USER_TIMEOUT`` (``user_timeout=0``), and no application keepalive:
+    each session stops its tracker and timer right after ``connectionMade``
+    (``setKeepalive(None)``), so ``dataReceived`` skips its time stamp too. The
+    HELLO still advertises keepalive settings (huge ones: 1e6,1e6,1), which a
+    peer may use for its own side.
+    """
+    import attrs
+    from netmodels.keepalive import KeepaliveSettings
+    from netmodels.node import Node, NodeConfig
+    from netmodels.session import Session, SessionFactory
+    from netmodels.topology import ClientServer
+
+    listen = f"tcp:0:interface={common.HOST}"
+    if backlog is not None:
+        listen += f":backlog={backlog}"
+    if keepalive:
+        config = NodeConfig(
+            role="server", listen=(listen,), node_id="bench-server", max_connections=max_connections
+        )
+    else:
+        config = NodeConfig(
+            role="server",
+            listen=(listen,),
+            node_id="bench-server",
+            keepalive=KeepaliveSettings(1e6, 1e6, 1),
+            user_timeout=0,
+            max_connections=max_connections,
+        )
+    node = Node(config, ClientServer(), application, reactor)
+    factory = None
+    if not keepalive:
+        node.session_settings = attrs.evolve(node.session_settings, kernel_keepalive=False)
+
+        class NoKeepaliveSession(Session):
+            def connectionMade(self) -> None:
+                super().connectionMade()
+                self.setKeepalive(None)
+
+        class NoKeepaliveFactory(SessionFactory):
+            def buildProtocol(self, addr: Any) -> Session:
+                return NoKeepaliveSession(self.settings, self.clock)
+
+        factory = NoKeepaliveFactory(node.session_settings, node.clock)
+    node.listen(listen, factory)
+    node.startService()
+    return node
+
+
+#: Listen backlog: the default (50) overflows when 100 connections arrive at once, and a
+#: dropped SYN stalls the generator's connect() for a whole second.
+BACKLOG = 1024
+
+
+def serve(impl: str, warmup: float, seconds: float, profile: str | None, conns: int) -> None:
+    common.quiet_logging()
+    from twisted.internet import reactor
+
+    counter = [0]
+    window = common.Window(
+        reactor, warmup, seconds, lambda: counter[0], lambda r: common.emit("RESULT", r), profile
+    )
+    ready = [0]
+
+    def connected() -> None:
+        # The warm-up starts once every generator connection is up (or 5 s after the first).
+        ready[0] += 1
+        if ready[0] == 1:
+            reactor.callLater(5.0, window.begin)
+        if ready[0] >= conns:
+            window.begin()
+
+    if impl == "raw":
+        from twisted.internet.protocol import Factory
+        from twisted.protocols.basic import Int32StringReceiver
+
+        class Sink(Int32StringReceiver):
+            def connectionMade(self) -> None:
+                self.transport.setTcpNoDelay(True)
+                connected()
+
+            def stringReceived(self, string: bytes) -> None:
+                counter[0] += 1
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Sink), interface=common.HOST, backlog=BACKLOG)
+        number = port.getHost().port
+    else:
+        from netmodels.application import Application
+
+        class Counting(Application):
+            def peer_ready(self, peer: Any) -> None:
+                connected()
+
+            def message_received(self, peer: Any, payload: bytes) -> None:
+                counter[0] += 1
+
+        node = build_netmodels_server(reactor, Counting(), keepalive=impl == "nm", backlog=BACKLOG)
+        number = node.listeners[0].port.getHost().port
+    common.emit("READY", str(number))
+    reactor.run()
+
+
+# --------------------------------------------------------------------------
+# Orchestration
+
+
+def run_once(impl: str, args: argparse.Namespace, tag: str) -> dict[str, Any]:
+    loadgen = common.build_loadgen()
+    profile = common.profile_path(args, f"{tag}-{impl}") if impl != "raw" else None
+    with common.Children() as children:
+        server_args = [
+            "server",
+            "--impl",
+            impl,
+            "--warmup",
+            str(args.warmup),
+            "--seconds",
+            str(args.seconds),
+            "--conns",
+            str(args.conns),
+        ]
+        if profile:
+            server_args += ["--profile", profile]
+        server = children.start(
+            f"ingest {impl} server",
+            common.pinned(common.python_command("ingest.py", *server_args), common.server_cpu()),
+        )
+        port = server.expect("READY", 30)
+        command = [
+            str(loadgen),
+            "-m",
+            "stream",
+            "-p",
+            port,
+            "-c",
+            str(args.conns),
+            "-s",
+            str(BODY),
+            "-t",
+            str(args.warmup + args.seconds + 1.0),
+        ]
+        if impl != "raw":
+            command += ["-T", "2", "-x", common.netmodels_hello_hex()]
+        generator = children.start("loadgen", common.pinned(command, common.client_cpu()))
+        generator.expect("CONNECTED", 30)
+        result = server.result(args.warmup + args.seconds + 30)
+        try:
+            sent = generator.expect("SENT", 10)
+            result["loadgen"] = dict(item.split("=") for item in sent.split())
+        except common.BenchError:
+            result["loadgen"] = {}
+    return result
+
+
+def disturbed(result: dict[str, Any]) -> str | None:
+    """Did another process take CPU time from the server or the generator?"""
+    wait = result["runq_wait"]
+    if wait > 0.03:
+        return f"the server waited for its CPU {wait:.0%} of the window"
+    generator = result.get("loadgen", {})
+    try:
+        generator_wait = float(generator["runq_wait"]) / float(generator["elapsed"])
+    except (KeyError, ValueError, ZeroDivisionError):
+        return None
+    if generator_wait > 0.03:
+        return f"the generator waited for its CPU {generator_wait:.0%} of its run"
+    return None
+
+
+def measure(
+    impls: tuple[str, str], args: argparse.Namespace, tag: str, log: list[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Interleaved A/B/A/B repetitions of ``impls``; results per impl."""
+    results: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
+    for rep in range(args.reps):
+        for impl in impls:
+            label = f"{tag} rep {rep + 1}/{args.reps}: {impl}"
+            common.progress(label)
+            results[impl].append(
+                common.measured(
+                    lambda impl=impl, rep=rep: run_once(impl, args, f"{tag}-{rep}"),
+                    disturbed,
+                    args.retries,
+                    label,
+                    log,
+                )
+            )
+    return results
+
+
+def saturation_notes(results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    notes = []
+    for impl, runs in results.items():
+        utils = [r["cpu_util"] for r in runs if not r.get("disturbed")]
+        if utils and min(utils) < 0.93:
+            notes.append(
+                f"{impl} server CPU was only {min(utils):.0%} busy in some undisturbed window: "
+                "the generator may not be saturating it"
+            )
+        for r in runs:
+            lost = r.get("loadgen", {}).get("conns_lost")
+            if lost not in (None, "0"):
+                notes.append(f"{impl}: the generator lost {lost} connections (server closed them?)")
+    return notes
+
+
+def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
+    log: list[str] = []
+    results = measure(("raw", "nm"), args, "ingest", log)
+
+    def series(impl: str, key: str) -> list[float]:
+        return [r[key] for r in results[impl] if r.get(key) is not None]
+
+    rows = [
+        Row(
+            f"fan-in ingest, {args.conns} conns, 64 B frames",
+            "msg/s",
+            series("raw", "rate"),
+            series("nm", "rate"),
+            (">=", 1.00),
+            1.20,
+        ),
+        Row("server CPU per message", "µs", series("raw", "cpu_us_per_op"), series("nm", "cpu_us_per_op")),
+        Row(
+            "server CPU busy",
+            "%",
+            [100 * v for v in series("raw", "cpu_util")],
+            [100 * v for v in series("nm", "cpu_util")],
+        ),
+    ]
+    notes = [
+        "raw = Int32StringReceiver.stringReceived counting; netmodels = server Node, "
+        "Application.message_received counting, keepalive + kernel keepalive on (defaults)",
+        "load: C generator (epoll, ~64 KB batched non-blocking sends) on the other CPU",
+        *saturation_notes(results),
+        *log,
+    ]
+    return rows, notes
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    common.add_common_arguments(parser)
+    parser.add_argument("--conns", type=int, default=100, help="generator connections (default 100)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command")
+    p = sub.add_parser("server")
+    p.add_argument("--impl", choices=IMPLS, required=True)
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--profile", default=None)
+    p.add_argument("--conns", type=int, default=100)
+    add_arguments(parser)
+    args = parser.parse_args()
+    if args.command == "server":
+        serve(args.impl, args.warmup, args.seconds, args.profile, args.conns)
+        return
+    common.apply_quick(args)
+    print("\n".join(common.machine_info()))
+    rows, notes = run(args)
+    print(common.format_table("fan-in ingest", rows, notes))
+
+
+if __name__ == "__main__":
+    main()

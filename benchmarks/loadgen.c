@@ -1,0 +1,316 @@
+/*
+ * loadgen.c -- the C load generator of the netmodels benchmarks.
+ *
+ * Built on demand by benchmarks/common.py into benchmarks/bin/loadgen:
+ *     gcc -O2 -Wall -o benchmarks/bin/loadgen benchmarks/loadgen.c
+ *
+ * A Python load generator is slower than the Python server it feeds, so the
+ * benchmarks that measure a server (ingest, idle connections) drive it from
+ * here. Two modes:
+ *
+ *   stream  Open CONNS connections to HOST:PORT, send the optional HELLO bytes
+ *           on each, then write an endless stream of frames with epoll and
+ *           non-blocking batched send()s (each send() offers up to ~64 KB of
+ *           ready-made frames; partial sends resume mid-stream, so the byte
+ *           stream is always whole frames). Whatever the server sends (its
+ *           HELLO, keepalive PINGs) is read and discarded, so nothing can
+ *           deadlock on a full receive buffer.
+ *
+ *   idle    Open CONNS connections, send the optional HELLO bytes, then send
+ *           nothing. Frames from the server are parsed: a netmodels PING
+ *           (type 0x03, 4-byte body) is answered with a PONG (type 0x04, same
+ *           body), as a live netmodels peer would; everything else is
+ *           discarded. Prints "CONNECTED n" once all connections are up.
+ *
+ * A frame is a 4-byte big-endian length then that many bytes. With -T TYPE the
+ * first body byte is TYPE (a netmodels message type) and the remaining
+ * BODY-1 bytes are filler; without it the whole BODY is filler (raw
+ * Int32StringReceiver framing). Either way each frame is 4 + BODY bytes.
+ *
+ * Runs for -t SECONDS after the connections are up, then closes everything and
+ * prints "SENT frames=N bytes=N conns_lost=N elapsed=S cpu=S runq_wait=S": its
+ * own CPU time, and the time it spent runnable but waiting for a CPU (from
+ * /proc/thread-self/schedstat), so the harness can tell a disturbed run.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define STREAM_TARGET (64 * 1024)
+#define MAX_EVENTS 256
+
+struct conn {
+    int fd;
+    int alive;
+    size_t offset;          /* stream mode: position in the frame buffer */
+    /* idle mode: frame parser state */
+    unsigned char header[5];
+    int header_have;
+    uint32_t body_left;
+    unsigned char ping[4];
+    int ping_have;
+    int is_ping;
+};
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Seconds spent runnable but waiting for a CPU (0 if schedstat is missing). */
+static double runq_wait(void) {
+    unsigned long long run = 0, wait = 0;
+    FILE *f = fopen("/proc/thread-self/schedstat", "r");
+    if (!f) return 0;
+    if (fscanf(f, "%llu %llu", &run, &wait) != 2) wait = 0;
+    fclose(f);
+    return wait / 1e9;
+}
+
+static int hexval(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: loadgen -p PORT [-h HOST] [-m stream|idle] [-c CONNS] [-t SECONDS]\n"
+            "               [-s BODY] [-T TYPE] [-x HELLO_HEX] [-d CONNECT_DELAY_US]\n");
+    exit(2);
+}
+
+static int send_all_blocking(int fd, const unsigned char *data, size_t len) {
+    while (len > 0) {
+        ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        data += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Idle mode: parse what the server sent, answer PINGs. Returns -1 on error. */
+static int idle_consume(struct conn *c, const unsigned char *data, size_t len) {
+    size_t i = 0;
+    while (i < len) {
+        if (c->header_have < 5) {
+            c->header[c->header_have++] = data[i++];
+            if (c->header_have == 5) {
+                uint32_t length = ((uint32_t)c->header[0] << 24) | ((uint32_t)c->header[1] << 16) |
+                                  ((uint32_t)c->header[2] << 8) | c->header[3];
+                if (length == 0) return -1;
+                c->body_left = length - 1;
+                c->is_ping = (c->header[4] == 0x03 && c->body_left == 4);
+                c->ping_have = 0;
+                if (c->body_left == 0) c->header_have = 0;
+            }
+            continue;
+        }
+        size_t take = len - i;
+        if (take > c->body_left) take = c->body_left;
+        if (c->is_ping) {
+            memcpy(c->ping + c->ping_have, data + i, take);
+            c->ping_have += (int)take;
+        }
+        i += take;
+        c->body_left -= (uint32_t)take;
+        if (c->body_left == 0) {
+            if (c->is_ping) {
+                unsigned char pong[9] = {0, 0, 0, 5, 0x04};
+                memcpy(pong + 5, c->ping, 4);
+                if (send(c->fd, pong, sizeof pong, MSG_NOSIGNAL | MSG_DONTWAIT) != sizeof pong)
+                    return -1;
+            }
+            c->header_have = 0;
+        }
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    const char *host = "127.0.0.1";
+    int port = 0, conns = 100, body = 64, type = -1, idle = 0, connect_delay_us = 0;
+    double seconds = 5.0;
+    unsigned char *hello = NULL;
+    size_t hello_len = 0;
+    int opt;
+
+    while ((opt = getopt(argc, argv, "h:p:m:c:t:s:T:x:d:")) != -1) {
+        switch (opt) {
+        case 'h': host = optarg; break;
+        case 'p': port = atoi(optarg); break;
+        case 'm':
+            if (strcmp(optarg, "idle") == 0) idle = 1;
+            else if (strcmp(optarg, "stream") == 0) idle = 0;
+            else usage();
+            break;
+        case 'c': conns = atoi(optarg); break;
+        case 't': seconds = atof(optarg); break;
+        case 's': body = atoi(optarg); break;
+        case 'T': type = (int)strtol(optarg, NULL, 0); break;
+        case 'd': connect_delay_us = atoi(optarg); break;
+        case 'x': {
+            size_t n = strlen(optarg);
+            if (n % 2) usage();
+            hello_len = n / 2;
+            hello = malloc(hello_len);
+            for (size_t i = 0; i < hello_len; i++) {
+                int hi = hexval(optarg[2 * i]), lo = hexval(optarg[2 * i + 1]);
+                if (hi < 0 || lo < 0) usage();
+                hello[i] = (unsigned char)(hi * 16 + lo);
+            }
+            break;
+        }
+        default: usage();
+        }
+    }
+    if (port <= 0 || conns <= 0 || body <= 0 || (type >= 0 && body < 1)) usage();
+    signal(SIGPIPE, SIG_IGN);
+
+    /* The frame buffer: whole frames, about STREAM_TARGET bytes. */
+    size_t frame_len = 4 + (size_t)body;
+    size_t frames_per_buffer = STREAM_TARGET / frame_len;
+    if (frames_per_buffer < 1) frames_per_buffer = 1;
+    size_t buffer_len = frames_per_buffer * frame_len;
+    unsigned char *buffer = malloc(buffer_len);
+    for (size_t f = 0; f < frames_per_buffer; f++) {
+        unsigned char *p = buffer + f * frame_len;
+        p[0] = (unsigned char)(body >> 24);
+        p[1] = (unsigned char)(body >> 16);
+        p[2] = (unsigned char)(body >> 8);
+        p[3] = (unsigned char)body;
+        memset(p + 4, 'x', (size_t)body);
+        if (type >= 0) p[4] = (unsigned char)type;
+    }
+
+    struct sockaddr_in addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
+        fprintf(stderr, "loadgen: bad IPv4 address %s\n", host);
+        return 2;
+    }
+
+    int ep = epoll_create1(0);
+    struct conn *cs = calloc((size_t)conns, sizeof *cs);
+    int one = 1;
+    for (int i = 0; i < conns; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0) {
+            perror("loadgen: socket");
+            return 1;
+        }
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+            fprintf(stderr, "loadgen: connect %d: %s\n", i, strerror(errno));
+            return 1;
+        }
+        if (hello_len && send_all_blocking(fd, hello, hello_len) < 0) {
+            fprintf(stderr, "loadgen: hello %d: %s\n", i, strerror(errno));
+            return 1;
+        }
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        cs[i].fd = fd;
+        cs[i].alive = 1;
+        struct epoll_event ev;
+        ev.events = idle ? EPOLLIN : (EPOLLIN | EPOLLOUT);
+        ev.data.u32 = (uint32_t)i;
+        epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+        if (connect_delay_us > 0) usleep((useconds_t)connect_delay_us);
+    }
+    printf("CONNECTED %d\n", conns);
+    fflush(stdout);
+
+    unsigned long long bytes = 0;
+    int lost = 0, alive = conns;
+    double started = now(), wait0 = runq_wait();
+    double deadline = started + seconds;
+    struct epoll_event events[MAX_EVENTS];
+    unsigned char scratch[65536];
+
+    while (alive > 0) {
+        double left = deadline - now();
+        if (left <= 0) break;
+        int timeout = (int)(left * 1000) + 1;
+        if (timeout > 200) timeout = 200;
+        int n = epoll_wait(ep, events, MAX_EVENTS, timeout);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            perror("loadgen: epoll_wait");
+            break;
+        }
+        for (int e = 0; e < n; e++) {
+            struct conn *c = &cs[events[e].data.u32];
+            if (!c->alive) continue;
+            int dead = 0;
+            if (events[e].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+                for (;;) {
+                    ssize_t r = recv(c->fd, scratch, sizeof scratch, MSG_DONTWAIT);
+                    if (r > 0) {
+                        if (idle && idle_consume(c, scratch, (size_t)r) < 0) {
+                            dead = 1;
+                            break;
+                        }
+                        if ((size_t)r < sizeof scratch) break;
+                        continue;
+                    }
+                    if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+                        dead = 1;
+                    break;
+                }
+            }
+            if (!dead && !idle && (events[e].events & EPOLLOUT)) {
+                /* A few batched sends per wake-up, so every connection gets its turn. */
+                for (int k = 0; k < 4; k++) {
+                    ssize_t w = send(c->fd, buffer + c->offset, buffer_len - c->offset,
+                                     MSG_NOSIGNAL | MSG_DONTWAIT);
+                    if (w < 0) {
+                        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) dead = 1;
+                        break;
+                    }
+                    bytes += (unsigned long long)w;
+                    c->offset += (size_t)w;
+                    if (c->offset == buffer_len) c->offset = 0;
+                    else break; /* partial: the socket buffer is full */
+                }
+            }
+            if (dead) {
+                epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+                close(c->fd);
+                c->alive = 0;
+                alive--;
+                lost++;
+            }
+        }
+    }
+    for (int i = 0; i < conns; i++)
+        if (cs[i].alive) close(cs[i].fd);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double cpu = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
+                 ru.ru_stime.tv_usec / 1e6;
+    printf("SENT frames=%llu bytes=%llu conns_lost=%d elapsed=%.3f cpu=%.3f runq_wait=%.3f\n",
+           bytes / frame_len, bytes, lost, now() - started, cpu, runq_wait() - wait0);
+    fflush(stdout);
+    return 0;
+}

@@ -1,0 +1,144 @@
+"""
+Run every netmodels benchmark against raw Twisted in one go and print ratios.
+
+    .venv/bin/python benchmarks/run_all.py            # default: 1 s warm-up, 3 s windows, 3 reps (~3 min)
+    .venv/bin/python benchmarks/run_all.py --quick    # 0.5 s + 1.5 s windows, 2 reps (~1 min)
+    .venv/bin/python benchmarks/run_all.py --only rr,ingest --seconds 5 --reps 5
+    .venv/bin/python benchmarks/run_all.py --profile-dir /tmp/prof   # cProfile each netmodels server window
+
+See benchmarks/README.md for the method. Results are informational: the exit
+status is 0 whatever the verdicts (non-zero only if a benchmark could not run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+
+import common
+import idle_mem
+import ingest
+import keepalive_cost
+import rr
+from common import Row
+
+BENCHMARKS = ("rr", "ingest", "keepalive", "idle")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    common.add_common_arguments(parser)
+    parser.add_argument("--conns", type=int, default=100, help="ingest connections (default 100)")
+    idle_mem.add_arguments(parser)
+    parser.add_argument(
+        "--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {','.join(BENCHMARKS)}"
+    )
+    parser.add_argument(
+        "--rr-two-cpus",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="also run request/response with the ends on two CPUs (auto: not with --quick)",
+    )
+    args = parser.parse_args()
+    common.apply_quick(args)
+    idle_mem.apply_quick(args)
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(chosen) - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"--only: unknown benchmark(s) {', '.join(sorted(unknown))}")
+
+    try:
+        import netmodels  # noqa: F401
+    except ImportError:
+        parser.error("netmodels is not importable: run with the project's venv python")
+
+    print("netmodels benchmarks: netmodels against raw Twisted, same run, interleaved A/B")
+    print("\n".join(common.machine_info()))
+    print(
+        f"method  : {args.warmup:g} s warm-up + {args.seconds:g} s window, {args.reps} interleaved "
+        f"repetitions, medians; 127.0.0.1, 4-byte big-endian length prefix, TCP_NODELAY"
+    )
+    if args.profile_dir:
+        print(
+            f"PROFILING: the netmodels servers run their windows under cProfile into "
+            f"{args.profile_dir}; the ratios of this run are NOT valid"
+        )
+    print(f"started : {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
+    common.build_loadgen()
+    warning = common.wait_until_quiet(patience=30)
+    print(
+        "quiet   : "
+        + (warning or "other processes used < 15% of the CPUs at the start")
+        + f"; a repetition disturbed by CPU contention is re-run up to {args.retries} times",
+        flush=True,
+    )
+
+    began = time.monotonic()
+    summary: list[tuple[str, Row]] = []
+    failures = 0
+
+    def section(title: str, name: str, job: object, columns: tuple[str, str] | None = None) -> None:
+        nonlocal failures
+        start = time.monotonic()
+        try:
+            rows, notes = job()  # type: ignore[operator]
+        except Exception:
+            failures += 1
+            print(f"\n== {title} == could not run:\n{traceback.format_exc()}", flush=True)
+            return
+        notes = [*notes, f"took {time.monotonic() - start:.0f} s"]
+        print()
+        if columns is None:
+            print(common.format_table(title, rows, notes), flush=True)
+        else:
+            print(common.format_table(title, rows, notes, columns), flush=True)
+        summary.extend((name, row) for row in rows)
+
+    if "rr" in chosen:
+        args.cpus = "one"
+        section("1. request/response, one connection, both ends on one CPU", "rr", lambda: rr.run(args))
+        if args.rr_two_cpus == "yes" or (args.rr_two_cpus == "auto" and not args.quick):
+            args.cpus = "two"
+            section(
+                "1b. request/response, ends on two CPUs (informational)",
+                "rr-2cpu",
+                lambda: _informational(rr.run(args)),
+            )
+    if "ingest" in chosen:
+        section("2. fan-in ingest, C generator", "ingest", lambda: ingest.run(args))
+    if "keepalive" in chosen:
+        section(
+            "3. keepalive cost (netmodels on vs off)",
+            "keepalive",
+            lambda: keepalive_cost.run(args),
+            keepalive_cost.COLUMNS,
+        )
+    if "idle" in chosen:
+        section("4. idle connections", "idle", lambda: idle_mem.run(args))
+
+    print("\n== summary ==")
+    width = max((len(f"{name}: {row.workload}") for name, row in summary), default=10)
+    for name, row in summary:
+        if row.target is None:
+            continue
+        label = f"{name}: {row.workload}"
+        value = common.human(row.nm_median, row.unit) if row.absolute else f"{row.ratio:.3f}×"
+        print(f"{label.ljust(width)}  {value:>12}  target {row.target_text:<26} {row.verdict}")
+    print(f"total time {time.monotonic() - began:.0f} s")
+    return 1 if failures else 0
+
+
+def _informational(result: tuple[list[Row], list[str]]) -> tuple[list[Row], list[str]]:
+    rows, notes = result
+    for row in rows:
+        row.target = None
+        row.stretch = None
+    return rows, [*notes, "performance.md sets no netmodels target for two CPUs: info only"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
