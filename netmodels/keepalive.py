@@ -222,8 +222,12 @@ class KeepaliveMixin:
     _keepalive_tracker: KeepaliveTracker | None = None
     _keepalive_call: IDelayedCall | None = None
 
-    def setKeepalive(self, settings: KeepaliveSettings | None) -> None:
-        """Start (or restart) keepalive with ``settings``; ``None`` stops it."""
+    def setKeepalive(self, settings: KeepaliveSettings | None, first_check: float | None = None) -> None:
+        """
+        Start (or restart) keepalive with ``settings``; ``None`` stops it.
+        ``first_check`` brings the first timer forward (never later than
+        ``idle``), for a subclass that checks a deadline of its own there.
+        """
         if self._keepalive_call is not None and self._keepalive_call.active():
             self._keepalive_call.cancel()
         self._keepalive_call = None
@@ -232,7 +236,8 @@ class KeepaliveMixin:
             return
         tracker = KeepaliveTracker(settings, self.clock.seconds())
         self._keepalive_tracker = tracker
-        self._keepalive_call = self.clock.callLater(settings.idle, self._keepaliveDue)
+        delay = settings.idle if first_check is None else min(first_check, settings.idle)
+        self._keepalive_call = self.clock.callLater(delay, self._keepaliveDue)
 
     def resetKeepalive(self) -> None:
         """Note that something arrived. O(1): no timer is touched."""

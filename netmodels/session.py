@@ -103,6 +103,10 @@ def decode_bye(body: bytes) -> tuple[CloseReason, str, bool]:
         return CloseReason.CLEAN, f"{reason}: {detail}", fatal
 
 
+#: Shared by sessions with no request in flight (most of them), saving a dict each.
+_NO_REQUESTS: dict[int, tuple[defer.Deferred[bytes], float]] = {}
+
+
 @frozen
 class SessionSettings:
     """Everything a session needs to know of its node, fixed at start-up."""
@@ -134,10 +138,11 @@ class Session(Protocol, KeepaliveMixin):
         self.record: ConnectionRecord | None = None
         self._decoder = FrameDecoder(settings.max_frame)
         self._max_body = settings.max_frame - 1
-        self._handshake_call: IDelayedCall | None = None
-        self._pending: dict[int, tuple[defer.Deferred[bytes], float]] = {}
+        self._handshake_deadline = 0.0
+        self._pending: dict[int, tuple[defer.Deferred[bytes], float]] = _NO_REQUESTS
         self._next_request_id = 1
         self._request_call: IDelayedCall | None = None
+        self._request_due = 0.0
         self._ping_sequence = 0
         self._ping_sent_at = 0.0
         self._ready = False
@@ -182,12 +187,16 @@ class Session(Protocol, KeepaliveMixin):
         deferred: defer.Deferred[bytes] = defer.Deferred()
         wait = self.settings.request_timeout if timeout is None else timeout
         deadline = self.clock.seconds() + wait
+        if self._pending is _NO_REQUESTS:
+            self._pending = {}
         self._pending[request_id] = (deferred, deadline)
         call = self._request_call
         if call is None:
             self._request_call = self.clock.callLater(wait, self._expire_requests)
-        elif deadline < call.getTime():
+            self._request_due = deadline
+        elif deadline < self._request_due:
             call.reset(wait)
+            self._request_due = deadline
         record.messages_out += 1
         self.transport.write(encode_correlated(_REQUEST, request_id, payload))
         return deferred
@@ -211,8 +220,9 @@ class Session(Protocol, KeepaliveMixin):
         if settings.kernel_keepalive:
             apply_kernel_keepalive(transport, settings.keepalive, settings.user_timeout)
         self._write_control(encode_hello(settings.hello))
-        self._handshake_call = self.clock.callLater(settings.handshake_timeout, self._handshake_expired)
-        self.setKeepalive(settings.keepalive)
+        # One timer per connection serves the handshake deadline and keepalive.
+        self._handshake_deadline = self.clock.seconds() + settings.handshake_timeout
+        self.setKeepalive(settings.keepalive, first_check=settings.handshake_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         tracker = self._keepalive_tracker
@@ -233,12 +243,11 @@ class Session(Protocol, KeepaliveMixin):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.setKeepalive(None)
-        for call in (self._handshake_call, self._request_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._handshake_call = self._request_call = None
+        if self._request_call is not None and self._request_call.active():
+            self._request_call.cancel()
+        self._request_call = None
         record = self._record_or_placeholder()
-        pending, self._pending = self._pending, {}
+        pending, self._pending = self._pending, _NO_REQUESTS
         for deferred, _ in pending.values():
             deferred.errback(PeerClosed(record))
         if self._ready:
@@ -334,21 +343,18 @@ class Session(Protocol, KeepaliveMixin):
         if refusal is not None:
             self._protocol_error(refusal, fatal=True)
             return
-        if self._handshake_call is not None and self._handshake_call.active():
-            self._handshake_call.cancel()
-        self._handshake_call = None
         self.peer_hello = hello
         # Never send more than either side accepts.
         self._max_body = min(self.settings.max_frame, hello.max_frame) - 1
         self._ready = True
         record = self.record
         if record is not None:
-            record.peer_keepalive = {
-                "idle": hello.keepalive.idle,
-                "interval": hello.keepalive.interval,
-                "probes": hello.keepalive.probes,
-                "worst_case": hello.keepalive.worst_case,
-            }
+            record.peer_keepalive = hello.keepalive
+        # The timer waited for the handshake deadline; keepalive may be due sooner.
+        call = self._keepalive_call
+        tracker = self._keepalive_tracker
+        if call is not None and tracker is not None and call.getTime() > tracker.next_deadline:
+            call.reset(max(0.0, tracker.next_deadline - self.clock.seconds()))
         self.transport.mark_open(hello.node_id)
         self._call_application(self.application.peer_ready, self)
         if len(frames) > 1 and self._ready:
@@ -420,6 +426,7 @@ class Session(Protocol, KeepaliveMixin):
         if pending:
             earliest = min(deadline for _, deadline in pending.values())
             self._request_call = self.clock.callLater(max(0.0, earliest - now), self._expire_requests)
+            self._request_due = earliest
         # Last, as an errback may send a new request (which re-arms the timer).
         for request_id, deferred in failed:
             deferred.errback(RequestTimeout(f"request {request_id} got no response in time"))
@@ -429,8 +436,20 @@ class Session(Protocol, KeepaliveMixin):
         self.transport.note_remote_close(reason, detail, fatal)
         self.transport.end(CloseReason.CLEAN)
 
+    def _keepaliveDue(self) -> None:
+        if not self._ready:
+            now = self.clock.seconds()
+            if now < self._handshake_deadline:
+                self._keepalive_call = self.clock.callLater(
+                    self._handshake_deadline - now, self._keepaliveDue
+                )
+                return
+            self._keepalive_call = None
+            self._handshake_expired()
+            return
+        super()._keepaliveDue()
+
     def _handshake_expired(self) -> None:
-        self._handshake_call = None
         self._protocol_error(
             f"no HELLO within the handshake deadline of {self.settings.handshake_timeout:g} s"
         )

@@ -24,6 +24,7 @@ from netmodels.keepalive import KeepaliveSettings
 __all__ = [
     "apply_kernel_keepalive",
     "capture_errno",
+    "direct_send",
     "find_tcp_connection",
     "set_no_delay",
 ]
@@ -92,6 +93,27 @@ def capture_errno(transport: object, on_error: Callable[[int], None]) -> bool:
         return True
     connection.socket = _ErrnoRecordingSocket(sock, on_error)  # type: ignore[assignment]
     return True
+
+
+#: What :func:`direct_send` relies on in ``tcp.Connection``; checked, not assumed.
+_BUFFER_ATTRIBUTES = ("_tempDataLen", "offset", "dataBuffer", "connected", "disconnecting")
+
+
+def direct_send(transport: object) -> Callable[[bytes], int] | None:
+    """
+    The raw ``send`` of ``transport``'s socket if ``transport`` *is* a plain
+    ``tcp.Connection`` (not TLS or another wrapper, whose bytes must not be
+    bypassed) with the write-buffer attributes the caller checks before
+    sending around Twisted's buffer; otherwise ``None``.
+    """
+    if not isinstance(transport, tcp.Connection):
+        return None
+    if not all(hasattr(transport, name) for name in _BUFFER_ATTRIBUTES):
+        return None
+    sock = transport.socket
+    if isinstance(sock, _ErrnoRecordingSocket):
+        sock = sock._socket
+    return sock.send
 
 
 def _raw_socket(transport: object) -> socket.socket | None:

@@ -15,6 +15,7 @@ import enum
 import json
 import struct
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Final
 
 from attrs import field, frozen
@@ -287,6 +288,9 @@ def encode_hello(hello: Hello) -> bytes:
     return encode_frame(MessageType.HELLO, json.dumps(document, separators=(",", ":")).encode())
 
 
+# Shared by HELLOs without topology fields: a session keeps its peer's HELLO.
+_NO_EXTRA: Final[Mapping[str, Any]] = MappingProxyType({})
+
 _HELLO_FIELDS: Final = frozenset(
     {"version", "node_id", "topology", "role", "app", "listen", "keepalive", "max_frame"}
 )
@@ -329,6 +333,7 @@ def decode_hello(body: bytes) -> Hello:
     app = document.get("app", "")
     if not isinstance(app, str) or len(app) > 64:
         raise MalformedMessage("HELLO app must be a string of at most 64 characters")
+    extra = {k: v for k, v in document.items() if k not in _HELLO_FIELDS}
     return Hello(
         node_id=document.get("node_id"),  # type: ignore[arg-type]
         topology=document.get("topology"),  # type: ignore[arg-type]
@@ -338,5 +343,5 @@ def decode_hello(body: bytes) -> Hello:
         app=app,
         listen=tuple(listen),
         max_frame=max_frame,
-        extra={k: v for k, v in document.items() if k not in _HELLO_FIELDS},
+        extra=extra or _NO_EXTRA,
     )

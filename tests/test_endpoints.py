@@ -110,7 +110,30 @@ class EndpointStringTests(TestCase):
         )
         [peer] = client.peers()
         self.assertEqual(peer.record.transport, "tcp")
+        # TLS bytes must go through TLS: no sending around its buffer.
+        self.assertIsNone(peer.transport._direct)
         yield self.assert_round_trip_then_clean_close(server, client, "tls")
+
+    @defer.inlineCallbacks
+    def test_plain_tcp_sends_at_once(self):  # type: ignore[no-untyped-def]
+        """
+        On plain TCP with Twisted's buffer empty, a message goes to the socket
+        at once instead of waiting for the next reactor pass. This relies on
+        tcp.Connection's buffer attributes: the test pins them on the Twisted
+        installed.
+        """
+        server, client = yield self.run_pair(
+            "tcp:0:interface=127.0.0.1",
+            lambda server: f"tcp:127.0.0.1:{server.listeners[0].port.getHost().port}",
+        )
+        [peer] = client.peers()
+        tcp_transport = peer.transport.transport
+        self.assertIs(peer.transport._direct, tcp_transport)
+        sent_before = peer.record.bytes_out
+        peer.send(b"straight out")
+        self.assertEqual((tcp_transport._tempDataLen, tcp_transport.dataBuffer), (0, b""))
+        self.assertEqual(peer.record.bytes_out - sent_before, 4 + 1 + len(b"straight out"))
+        yield self.assert_round_trip_then_clean_close(server, client, "tcp")
 
     @defer.inlineCallbacks
     def test_unix(self):  # type: ignore[no-untyped-def]

@@ -70,7 +70,7 @@ class FrozenPeerTests(TestCase):
         port = yield listening_port(server)
         client = start_client(self, f"tcp:127.0.0.1:{port}", keepalive=KEEPALIVE)
         ready = yield client.events.wait("ready", with_peer_id(server_id))
-        self.assertEqual(ready.record.peer_keepalive["worst_case"], KEEPALIVE.worst_case)
+        self.assertEqual(ready.record.peer_keepalive.worst_case, KEEPALIVE.worst_case)
         # The server is alive and answering: a round trip works before the freeze.
         reply = yield ready.session.request(b"before the freeze")
         self.assertEqual(reply, b"before the freeze")

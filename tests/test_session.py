@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet import defer, error
 from twisted.trial.unittest import SynchronousTestCase
 
+from netmodels.keepalive import KeepaliveSettings
 from netmodels.manager import ConnectionRecord, ConnectionState
 from netmodels.reasons import CloseReason, Initiator
 from netmodels.session import MessageTooLarge, PeerClosed, RemoteError, RequestTimeout
@@ -149,9 +150,11 @@ class HandshakeTests(_SessionTestCase):
         self.assertEqual(self.pair.client_app.ready, [self.pair.client_session()])
 
     def test_peer_keepalive_recorded(self) -> None:
-        """The record keeps the peer's advertised keepalive settings."""
+        """The record keeps the peer's advertised keepalive settings, shown in the status."""
+        record = self.pair.client_record()
+        self.assertEqual(record.peer_keepalive, KeepaliveSettings(IDLE, INTERVAL, PROBES))
         self.assertEqual(
-            self.pair.client_record().peer_keepalive,
+            record.as_dict()["peer_keepalive"],
             {"idle": IDLE, "interval": INTERVAL, "probes": PROBES, "worst_case": KEEPALIVE_BOUND},
         )
 
