@@ -223,6 +223,7 @@ class ManagedConnection(ProtocolWrapper):
         self._pending: Closure | None = None
         self._abort_call: IDelayedCall | None = None
         self._close_callbacks: list[Callable[[ConnectionRecord], None]] | None = None
+        self._producer: Any = None
         # Plain TCP with Twisted's buffer empty: write straight to the socket.
         self._direct: Any = None
         self._send: Callable[[bytes], int] | None = None
@@ -294,6 +295,14 @@ class ManagedConnection(ProtocolWrapper):
                 return
             data = data[sent:]
         self.transport.write(data)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._producer = producer
+        self.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+        self.transport.unregisterProducer()
 
     def writeSequence(self, data: Any) -> None:
         data = list(data)
@@ -384,6 +393,11 @@ class ManagedConnection(ProtocolWrapper):
             transport.abortConnection()
             return
         self.disconnecting = 1
+        if self._producer is not None:
+            # ITransport.loseConnection waits for a registered producer to
+            # be unregistered (TLS does wait): closing means we are done.
+            self._producer = None
+            transport.unregisterProducer()
         transport.loseConnection()
         if mode is CloseMode.FIN_THEN_ABORT and self._abort_call is None:
             self._abort_call = self.manager.clock.callLater(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import secrets
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from attrs import field, frozen
@@ -34,7 +35,7 @@ from netmodels.manager import (
 )
 from netmodels.reconnect import ReconnectingClient
 from netmodels.session import Session, SessionFactory, SessionSettings, encode_bye
-from netmodels.wire import DEFAULT_MAX_FRAME, Hello
+from netmodels.wire import DEFAULT_MAX_FRAME, Hello, MessageType, encode_frame
 
 __all__ = ["ListenFailed", "Node", "NodeConfig", "default_node_id", "endpoint_label"]
 
@@ -147,6 +148,13 @@ class Node(MultiService):
         reactor: IReactorTime,
     ) -> None:
         super().__init__()
+        #: Handlers for a topology's own message types, keyed by type; the
+        #: topology fills this in ``build`` (sessions share the dict).
+        self.handlers: dict[int, Callable[[Session, bytes], None]] = {}
+        #: ``observer(session, "suspect" | "alive")`` from keepalive.
+        self.liveness_observers: list[Callable[[Session, str], None]] = []
+        #: Extra top-level sections of ``GET /status``, by key.
+        self.status_sections: dict[str, Callable[[], Any]] = {}
         self.config = config
         self.topology = topology
         self.application = application
@@ -176,6 +184,8 @@ class Node(MultiService):
             request_timeout=config.request_timeout,
             user_timeout=config.effective_user_timeout,
             check_peer=lambda hello: self._check_peer(hello),
+            handlers=self.handlers,
+            on_liveness=self._liveness,
         )
         self.listeners: list[_Listener] = []
         self.clients: list[ReconnectingClient] = []
@@ -215,6 +225,22 @@ class Node(MultiService):
     def peers(self) -> list[Session]:
         """Peers that finished their handshake and are still connected."""
         return list(self._sessions.values())
+
+    def broadcast(self, payload: bytes, exclude: Session | None = None) -> int:
+        """
+        Send ``payload`` to every ready peer but ``exclude``, framed once
+        however many receive it. Returns how many it was sent to. A peer that
+        is not reading is handled by the slow-consumer policy, never by
+        slowing the others.
+        """
+        frame = encode_frame(MessageType.DATA, payload)
+        sent = 0
+        # A snapshot: a write may drop a slow peer, which leaves the dict.
+        for session in list(self._sessions.values()):
+            if session is not exclude:
+                session.write_frame(frame)
+                sent += 1
+        return sent
 
     # Service
 
@@ -282,6 +308,7 @@ class Node(MultiService):
             },
             "connections": [record.as_dict() for record in self.manager.records()],
             "counters": dict(self.manager.counters),
+            **{key: section() for key, section in self.status_sections.items()},
         }
 
     # Internals
@@ -291,6 +318,10 @@ class Node(MultiService):
             return f"peer runs topology {hello.topology!r}, we run {self.topology.name!r}"
         refusal: str | None = self.topology.check_peer(self.config.role, hello.role)
         return refusal
+
+    def _liveness(self, session: Session, state: str) -> None:
+        for observer in self.liveness_observers:
+            observer(session, state)
 
     def _connection_event(self, event: str, subject: Any) -> None:
         if event == "ready" and isinstance(subject, ManagedConnection):

@@ -12,12 +12,12 @@ It is also the :class:`~netmodels.interfaces.IPeer` the application sees.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from attrs import frozen
+from attrs import field, frozen
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,7 +26,7 @@ from zope.interface import implementer
 from netmodels import wire
 from netmodels.interfaces import IApplication, IPeer
 from netmodels.keepalive import KeepaliveMixin, KeepaliveSettings
-from netmodels.manager import ConnectionRecord, ConnectionState, Direction, ManagedConnection
+from netmodels.manager import CloseMode, ConnectionRecord, ConnectionState, Direction, ManagedConnection
 from netmodels.reasons import CloseReason
 from netmodels.tcp import apply_kernel_keepalive, set_no_delay
 from netmodels.wire import (
@@ -122,9 +122,21 @@ class SessionSettings:
     kernel_keepalive: bool = True
     #: ``None`` if a peer's HELLO is acceptable, else why not (made fatal).
     check_peer: Callable[[Hello], str | None] = lambda hello: None
+    #: Handlers for a topology's own message types (PEERS, BROADCAST, ...).
+    #: Any other type after the handshake is a protocol error.
+    handlers: Mapping[int, Callable[[Session, bytes], None]] = field(factory=dict)
+    #: Slow-consumer policy. Twisted pauses us once 64 KiB wait unsent; while
+    #: paused, at most ``max_backlog`` more bytes are accepted and the pause
+    #: may last ``slow_consumer_deadline`` seconds; past either, the peer is
+    #: dropped with RST and reason ``rejected``.
+    max_backlog: int = 4 * 1024 * 1024
+    slow_consumer_deadline: float = 10.0
+    #: Called with ``"suspect"`` when a keepalive probe went unanswered for an
+    #: interval, and ``"alive"`` when the peer answers again.
+    on_liveness: Callable[[Session, str], None] | None = None
 
 
-@implementer(IPeer)
+@implementer(IPeer, IPushProducer)
 class Session(Protocol, KeepaliveMixin):
     """The netmodels wire protocol over one stream connection."""
 
@@ -146,6 +158,11 @@ class Session(Protocol, KeepaliveMixin):
         self._ping_sequence = 0
         self._ping_sent_at = 0.0
         self._ready = False
+        self._suspect = False
+        #: False while Twisted holds more than its buffer size unsent for us.
+        self.writable = True
+        self._backlog = 0
+        self._slow_call: IDelayedCall | None = None
 
     # IPeer
 
@@ -171,7 +188,10 @@ class Session(Protocol, KeepaliveMixin):
         if record is None or not self._ready or record.closed:
             raise PeerClosed(self._record_or_placeholder())
         record.messages_out += 1
-        self.transport.write(encode_frame(_DATA, payload))
+        frame = encode_frame(_DATA, payload)
+        if not self.writable:
+            self._grow_backlog(len(frame))
+        self.transport.write(frame)
 
     def request(self, payload: bytes, timeout: float | None = None) -> defer.Deferred[bytes]:
         """Send a REQUEST; see :meth:`netmodels.interfaces.IPeer.request`."""
@@ -198,8 +218,24 @@ class Session(Protocol, KeepaliveMixin):
             call.reset(wait)
             self._request_due = deadline
         record.messages_out += 1
-        self.transport.write(encode_correlated(_REQUEST, request_id, payload))
+        frame = encode_correlated(_REQUEST, request_id, payload)
+        if not self.writable:
+            self._grow_backlog(len(frame))
+        self.transport.write(frame)
         return deferred
+
+    def write_frame(self, frame: bytes) -> None:
+        """
+        Send an already encoded frame, for fan-out: a message sent to many
+        peers is framed once. Raises ``MessageTooLarge`` over the peer's
+        frame limit, and does nothing once the connection is closing.
+        """
+        if len(frame) - 5 > self._max_body:
+            raise MessageTooLarge(
+                f"frame of {len(frame) - 4} bytes exceeds the peer's limit of {self._max_body + 1}"
+            )
+        if self._ready and not self._closing():
+            self._write_control(frame)
 
     def close(self) -> None:
         """Say BYE, then FIN (RST if the write buffer does not drain in time)."""
@@ -217,6 +253,7 @@ class Session(Protocol, KeepaliveMixin):
         self.record = getattr(transport, "record", None)
         settings = self.settings
         set_no_delay(transport)
+        transport.registerProducer(self, True)
         if settings.kernel_keepalive:
             apply_kernel_keepalive(transport, settings.keepalive, settings.user_timeout)
         self._write_control(encode_hello(settings.hello))
@@ -243,9 +280,10 @@ class Session(Protocol, KeepaliveMixin):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.setKeepalive(None)
-        if self._request_call is not None and self._request_call.active():
-            self._request_call.cancel()
-        self._request_call = None
+        for call in (self._request_call, self._slow_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._request_call = self._slow_call = None
         record = self._record_or_placeholder()
         pending, self._pending = self._pending, _NO_REQUESTS
         for deferred, _ in pending.values():
@@ -261,6 +299,10 @@ class Session(Protocol, KeepaliveMixin):
             # Closing on purpose: the close deadline bounds it, not keepalive.
             self.setKeepalive(None)
             return
+        tracker = self._keepalive_tracker
+        if tracker is not None and tracker.probes_unanswered >= 2 and not self._suspect:
+            # A probe went unanswered for a whole interval.
+            self._liveness("suspect")
         self._ping_sequence = (self._ping_sequence + 1) & 0xFFFFFFFF
         self._ping_sent_at = self.clock.seconds()
         self._write_control(encode_ping(self._ping_sequence))
@@ -288,6 +330,7 @@ class Session(Protocol, KeepaliveMixin):
 
     def _dispatch(self, frames: list[tuple[int, bytes]]) -> None:
         message_received = self.application.message_received
+        handlers = self.settings.handlers
         record = self.record
         for message_type, body in frames:
             if message_type == _DATA:
@@ -303,11 +346,20 @@ class Session(Protocol, KeepaliveMixin):
             elif message_type == _PONG:
                 if self._sequence(body) == self._ping_sequence and self.record is not None:
                     self.record.rtt = self.clock.seconds() - self._ping_sent_at
+                if self._suspect:
+                    self._liveness("alive")
             elif message_type == _BYE:
                 self._bye_received(body)
                 return
-            else:  # HELLO again
-                self._protocol_error("HELLO received twice")
+            elif message_type in handlers:
+                handlers[message_type](self, body)
+            else:
+                name = MessageType(message_type).name
+                self._protocol_error(
+                    "HELLO received twice"
+                    if message_type == _HELLO
+                    else f"{name} is not part of topology {self.settings.hello.topology}"
+                )
                 return
             # Stop if a handler closed the connection (ours or the application's).
             if record is not None and record.state is not _OPEN:
@@ -397,8 +449,7 @@ class Session(Protocol, KeepaliveMixin):
         if len(body) + 4 > self._max_body:
             message_type = _ERROR
             body = b"response exceeds the frame limit"
-        record.messages_out += 1
-        self.transport.write(encode_correlated(message_type, request_id, body))
+        self._write_control(encode_correlated(message_type, request_id, body))
 
     def _response_received(self, message_type: int, body: bytes) -> None:
         try:
@@ -436,6 +487,12 @@ class Session(Protocol, KeepaliveMixin):
         self.transport.note_remote_close(reason, detail, fatal)
         self.transport.end(CloseReason.CLEAN)
 
+    def _liveness(self, state: str) -> None:
+        self._suspect = state == "suspect"
+        callback = self.settings.on_liveness
+        if callback is not None:
+            self._call_application(callback, self, state)
+
     def _keepaliveDue(self) -> None:
         if not self._ready:
             now = self.clock.seconds()
@@ -448,6 +505,9 @@ class Session(Protocol, KeepaliveMixin):
             self._handshake_expired()
             return
         super()._keepaliveDue()
+        tracker = self._keepalive_tracker
+        if self._suspect and tracker is not None and tracker.probes_unanswered == 0:
+            self._liveness("alive")
 
     def _handshake_expired(self) -> None:
         self._protocol_error(
@@ -481,7 +541,49 @@ class Session(Protocol, KeepaliveMixin):
         record = self.record
         if record is not None:
             record.messages_out += 1
+        if not self.writable:
+            self._grow_backlog(len(frame))
         self.transport.write(frame)
+
+    # IPushProducer: Twisted's signal that the peer is not reading fast enough.
+
+    def pauseProducing(self) -> None:
+        if not self.writable:
+            return
+        self.writable = False
+        self._backlog = 0
+        deadline = self.settings.slow_consumer_deadline
+        self._slow_call = self.clock.callLater(deadline, self._slow_consumer, f"paused over {deadline:g} s")
+
+    def resumeProducing(self) -> None:
+        self.writable = True
+        self._backlog = 0
+        if self._slow_call is not None and self._slow_call.active():
+            self._slow_call.cancel()
+        self._slow_call = None
+
+    def stopProducing(self) -> None:
+        pass
+
+    def _grow_backlog(self, size: int) -> None:
+        self._backlog += size
+        if self._backlog > self.settings.max_backlog:
+            self._slow_consumer(f"more than {self.settings.max_backlog} bytes waiting")
+
+    def _slow_consumer(self, why: str) -> None:
+        self._slow_call = None
+        if self._closing():
+            return
+        detail = f"slow consumer: not reading ({why})"
+        _log.warn(
+            "connection {id} to {peer}: {detail}; dropping",
+            id=self.connection_id,
+            peer=self._peer_text(),
+            detail=detail,
+        )
+        self.setKeepalive(None)
+        # RST: what waits unsent can never be delivered, and memory is freed now.
+        self.transport.end(CloseReason.REJECTED, detail, CloseMode.RST)
 
     def _call_application(self, method: Callable[..., Any], *args: Any) -> None:
         try:

@@ -28,6 +28,7 @@ fault              the other side                                recorded reason
 ``kill(errno)``    the errno from the next read (ETIMEDOUT,      by errno
                    EHOSTUNREACH...)
 ``refuse``         connects fail with ``ECONNREFUSED``           ``refused``
+``stop_reading``   the sender is paused past :data:`WINDOW`       ``rejected`` (slow consumer)
 =================  ===========================================  ==========================
 """
 
@@ -57,6 +58,10 @@ __all__ = ["MemoryLink", "MemoryNetwork", "MemoryTransport"]
 
 #: Marks an orderly close (FIN) in a link's queue.
 _FIN = None
+
+#: Bytes that may wait for a receiver before its sender is paused (Twisted's
+#: transport buffer size).
+WINDOW = 65536
 
 
 @implementer(ITransport)
@@ -141,6 +146,8 @@ class MemoryLink:
             collections.deque(),
         ]
         self._delivery: Any = None
+        self._not_reading = [False, False]
+        self._producer_paused = [False, False]
 
     @property
     def client(self) -> MemoryTransport:
@@ -168,6 +175,18 @@ class MemoryLink:
         self.blackholed = False
         self._schedule()
 
+    def stop_reading(self, side: int) -> None:
+        """
+        ``side``'s application stops reading: what is sent to it waits, and
+        once more than :data:`WINDOW` bytes wait the sender's producer is
+        paused, as a full TCP window and Twisted's buffer would.
+        """
+        self._not_reading[side] = True
+
+    def resume_reading(self, side: int) -> None:
+        self._not_reading[side] = False
+        self._schedule()
+
     def kill(self, side: int, os_errno: int = _errno.ETIMEDOUT) -> None:
         """``side``'s kernel gives up with ``os_errno`` (ETIMEDOUT, EHOSTUNREACH...)."""
         self.ends[side]._lost(
@@ -185,7 +204,24 @@ class MemoryLink:
 
     def _enqueue(self, receiver: int, item: bytes | None) -> None:
         self._queued[receiver].append((self.network.clock.seconds() + self.network.latency, item))
+        self._apply_backpressure(receiver)
         self._schedule()
+
+    def _waiting(self, receiver: int) -> int:
+        return sum(len(item) for _, item in self._queued[receiver] if item is not None)
+
+    def _apply_backpressure(self, receiver: int) -> None:
+        sender = self.ends[1 - receiver]
+        producer = sender.producer
+        if producer is None:
+            return
+        waiting = self._waiting(receiver)
+        if waiting > WINDOW and not self._producer_paused[receiver]:
+            self._producer_paused[receiver] = True
+            producer.pauseProducing()
+        elif waiting <= WINDOW and self._producer_paused[receiver]:
+            self._producer_paused[receiver] = False
+            producer.resumeProducing()
 
     def _rst(self, side: int) -> None:
         self._queued[1 - side].clear()
@@ -199,7 +235,11 @@ class MemoryLink:
     def _schedule(self) -> None:
         if self._delivery is not None or self.blackholed:
             return
-        due = [queue[0][0] for queue in self._queued if queue]
+        due = [
+            queue[0][0]
+            for receiver, queue in enumerate(self._queued)
+            if queue and not self._not_reading[receiver]
+        ]
         if due:
             delay = max(0.0, min(due) - self.network.clock.seconds())
             self._delivery = self.network.clock.callLater(delay, self._deliver)
@@ -210,6 +250,8 @@ class MemoryLink:
             return
         now = self.network.clock.seconds()
         for receiver in (0, 1):
+            if self._not_reading[receiver]:
+                continue
             queue = self._queued[receiver]
             end = self.ends[receiver]
             while queue and queue[0][0] <= now:
@@ -221,6 +263,7 @@ class MemoryLink:
                     end._lost(Failure(error.ConnectionDone()))
                 elif end.connected and end.protocol is not None:
                     end.protocol.dataReceived(item)
+            self._apply_backpressure(receiver)
         self._schedule()
 
 

@@ -25,6 +25,7 @@ from netmodels.keepalive import KeepaliveSettings
 __all__ = [
     "DEFAULT_MAX_FRAME",
     "PROTOCOL_VERSION",
+    "Broadcast",
     "EmptyFrame",
     "FrameDecoder",
     "FrameTooLarge",
@@ -33,10 +34,12 @@ __all__ = [
     "MessageType",
     "ProtocolError",
     "UnknownMessageType",
+    "decode_broadcast",
     "decode_bye",
     "decode_correlated",
     "decode_hello",
     "decode_ping",
+    "encode_broadcast",
     "encode_bye",
     "encode_correlated",
     "encode_frame",
@@ -66,6 +69,10 @@ class MessageType(enum.IntEnum):
     REQUEST = 0x06
     RESPONSE = 0x07
     ERROR = 0x08
+    #: Peer exchange (p2p): a JSON list of members and their endpoints.
+    PEERS = 0x09
+    #: A message flooded to every node, or relayed to one (p2p).
+    BROADCAST = 0x0A
 
 
 _KNOWN_TYPES: Final = frozenset(int(t) for t in MessageType)
@@ -235,6 +242,53 @@ def decode_bye(body: bytes) -> tuple[str, str, bool]:
         return reason[:32], str(document.get("detail", ""))[:512], bool(document.get("fatal", False))
     except (ValueError, TypeError, AttributeError, UnicodeDecodeError, RecursionError):
         return "clean", body[:512].decode("utf-8", "replace"), False
+
+
+_BROADCAST_HEADER: Final = struct.Struct("!BBQI")
+
+
+@frozen
+class Broadcast:
+    """
+    A flooded message. ``(origin, incarnation, sequence)`` identifies it, so
+    each node delivers it once; ``destination`` is empty for everyone, or one
+    node id for a message relayed to that node only.
+    """
+
+    origin: str
+    incarnation: int
+    sequence: int
+    payload: bytes
+    destination: str = ""
+
+    @property
+    def message_id(self) -> tuple[str, int, int]:
+        return (self.origin, self.incarnation, self.sequence)
+
+
+def encode_broadcast(message: Broadcast) -> bytes:
+    """A BROADCAST frame: ``!BBQI`` (origin length, destination length,
+    incarnation, sequence), then origin, destination and payload."""
+    origin = message.origin.encode()
+    destination = message.destination.encode()
+    header = _BROADCAST_HEADER.pack(len(origin), len(destination), message.incarnation, message.sequence)
+    return encode_frame(MessageType.BROADCAST, header + origin + destination + message.payload)
+
+
+def decode_broadcast(body: bytes) -> Broadcast:
+    size = _BROADCAST_HEADER.size
+    if len(body) < size:
+        raise MalformedMessage("BROADCAST body shorter than its header")
+    origin_length, destination_length, incarnation, sequence = _BROADCAST_HEADER.unpack_from(body)
+    end = size + origin_length + destination_length
+    if origin_length == 0 or len(body) < end:
+        raise MalformedMessage("BROADCAST origin or destination runs past the body")
+    try:
+        origin = body[size : size + origin_length].decode()
+        destination = body[size + origin_length : end].decode()
+    except UnicodeDecodeError:
+        raise MalformedMessage("BROADCAST origin or destination is not UTF-8") from None
+    return Broadcast(origin, incarnation, sequence, body[end:], destination)
 
 
 def _text(name: str, max_length: int = 128) -> Any:

@@ -18,6 +18,7 @@ from netmodels.wire import (
     DEFAULT_MAX_FRAME,
     MAX_HELLO,
     PROTOCOL_VERSION,
+    Broadcast,
     EmptyFrame,
     FrameDecoder,
     FrameTooLarge,
@@ -26,10 +27,12 @@ from netmodels.wire import (
     MessageType,
     ProtocolError,
     UnknownMessageType,
+    decode_broadcast,
     decode_bye,
     decode_correlated,
     decode_hello,
     decode_ping,
+    encode_broadcast,
     encode_bye,
     encode_correlated,
     encode_frame,
@@ -102,6 +105,11 @@ SAMPLE_FRAMES: list[tuple[bytes, tuple[int, bytes]]] = [
     (
         encode_correlated(MessageType.ERROR, 2, b"oops"),
         (MessageType.ERROR, b"\x00\x00\x00\x02oops"),
+    ),
+    (encode_frame(MessageType.PEERS, b"[]"), (MessageType.PEERS, b"[]")),
+    (
+        encode_broadcast(Broadcast("n1", 3, 7, b"hi", "n2")),
+        (MessageType.BROADCAST, b"\x02\x02" + (3).to_bytes(8, "big") + (7).to_bytes(4, "big") + b"n1n2hi"),
     ),
 ]
 
@@ -709,3 +717,21 @@ class ByeCodecTests(SynchronousTestCase):
         for body in (b"done", b"[1]", b'{"reason": 5}', b"\xff\xfe", b"[" * 5000):
             reason, _, fatal = decode_bye(body)
             self.assertEqual((reason, fatal), ("clean", False))
+
+
+class BroadcastCodecTests(SynchronousTestCase):
+    """BROADCAST: origin, incarnation and sequence identify a message; destination is optional."""
+
+    def test_round_trip(self) -> None:
+        for message in (
+            Broadcast("node-a", 2**40, 2**32 - 1, b"payload"),
+            Broadcast("\u00e9", 0, 0, b"", "node-b"),
+        ):
+            [(message_type, body)] = FrameDecoder().feed(encode_broadcast(message))
+            self.assertEqual((message_type, decode_broadcast(body)), (MessageType.BROADCAST, message))
+
+    def test_malformed(self) -> None:
+        """Short headers, empty origins, lengths past the end and bad UTF-8 are malformed."""
+        good = encode_broadcast(Broadcast("node-a", 1, 1, b"x", "node-b"))[5:]
+        for body in (good[:5], b"\x00" + good[1:], good[:16], b"\x02\x00" + good[2:14] + b"\xff\xfe"):
+            self.assertRaises(MalformedMessage, decode_broadcast, body)
