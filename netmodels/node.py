@@ -70,6 +70,8 @@ class NodeConfig:
     history: int = 256
     #: Seconds between the requests a client application sends on its own.
     interval: float = 1.0
+    #: p2p: the most peers a node dials (it accepts more, up to max_connections).
+    max_peers: int = 32
 
     @property
     def effective_user_timeout(self) -> float | None:
@@ -155,6 +157,9 @@ class Node(MultiService):
         self.liveness_observers: list[Callable[[Session, str], None]] = []
         #: Extra top-level sections of ``GET /status``, by key.
         self.status_sections: dict[str, Callable[[], Any]] = {}
+        #: Run once listening has started, and first thing when stopping.
+        self.start_hooks: list[Callable[[], None]] = []
+        self.stop_hooks: list[Callable[[], None]] = []
         self.config = config
         self.topology = topology
         self.application = application
@@ -255,6 +260,8 @@ class Node(MultiService):
         super().startService()
         for listener in self.listeners:
             _log.info("listening on {address}", address=listener.address)
+        for hook in self.start_hooks:
+            hook()
         try:
             self.application.start(self)
         except Exception:
@@ -266,6 +273,8 @@ class Node(MultiService):
         connection has closed (at most the manager's close deadline, after
         which it is reset), then stop listening and dialling.
         """
+        for hook in self.stop_hooks:
+            hook()
         try:
             self.application.stop()
         except Exception:

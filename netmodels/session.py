@@ -159,6 +159,8 @@ class Session(Protocol, KeepaliveMixin):
         self._ping_sent_at = 0.0
         self._ready = False
         self._suspect = False
+        #: The peer said BYE: it closed on purpose (a bare FIN may be a crash).
+        self.bye_received = False
         #: False while Twisted holds more than its buffer size unsent for us.
         self.writable = True
         self._backlog = 0
@@ -483,6 +485,7 @@ class Session(Protocol, KeepaliveMixin):
             deferred.errback(RequestTimeout(f"request {request_id} got no response in time"))
 
     def _bye_received(self, body: bytes) -> None:
+        self.bye_received = True
         reason, detail, fatal = decode_bye(body)
         self.transport.note_remote_close(reason, detail, fatal)
         self.transport.end(CloseReason.CLEAN)

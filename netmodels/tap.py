@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import attrs
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import clientFromString, serverFromString
@@ -90,7 +91,9 @@ class Options(usage.Options):
             None,
             "TCP_USER_TIMEOUT in seconds (default: the keepalive bound; 0: off).",
         ],
-        ["interval", None, "1", "Seconds between the requests a client application sends."],
+        ["interval", None, "1", "Seconds between the messages a demo application sends (0: none)."],
+        ["max-peers", None, "32", "p2p: the most peers a node dials; beyond, a partial mesh."],
+        ["nodes", None, "1", "p2p: run N nodes in this process on ephemeral ports, meshed."],
     ]
 
     def __init__(self) -> None:
@@ -104,6 +107,10 @@ class Options(usage.Options):
 
     def opt_connect(self, description: str) -> None:
         """Endpoint to dial, e.g. tcp:127.0.0.1:8750 or tls:example.com:8750 (repeatable)."""
+        self["connect"].append(description)
+
+    def opt_peer(self, description: str) -> None:
+        """p2p: a bootstrap peer to dial, e.g. tcp:127.0.0.1:8760 (repeatable)."""
         self["connect"].append(description)
 
     def opt_list_topologies(self) -> None:
@@ -128,6 +135,12 @@ class Options(usage.Options):
                 f"--topology: unknown topology {self['topology']!r}; installed: "
                 f"{', '.join(sorted(installed))}"
             )
+        nodes = _count("nodes", self["nodes"]) or 1
+        if nodes > 1 and self["topology"] != "p2p":
+            raise usage.UsageError("--nodes: runs several nodes of the p2p topology only")
+        if nodes > 1 and not self["listen"]:
+            self["listen"] = ["tcp:0:interface=127.0.0.1"]
+        self["nodes"] = nodes
         if self["demo"]:
             if self["topology"] != "client-server":
                 raise usage.UsageError("--demo: runs the client-server topology only")
@@ -172,6 +185,7 @@ class Options(usage.Options):
             if user_timeout is None
             else _number("user-timeout", user_timeout, allow_zero=True),
             interval=_number("interval", self["interval"], allow_zero=True),
+            max_peers=_count("max-peers", self["max-peers"]) or 32,
         )
         if self["node-id"] is not None and not 0 < len(self["node-id"]) <= 128:
             raise usage.UsageError("--node-id: must be 1 to 128 characters")
@@ -198,6 +212,26 @@ def build_node(config: NodeConfig, reactor: Any) -> Node:
     return node
 
 
+def _more_p2p_nodes(first: Node, count: int, reactor: Any) -> list[Node]:
+    """``count`` more p2p nodes on ephemeral loopback ports, bootstrapping from ``first``."""
+    from netmodels.p2p import first_endpoint
+
+    nodes = []
+    for index in range(1, count + 1):
+        config = attrs.evolve(
+            first.config,
+            node_id=f"{first.config.node_id}-{index}",
+            listen=("tcp:0:interface=127.0.0.1",),
+            connect=(),
+            status=None,
+        )
+        node = build_node(config, reactor)
+        # The first node's port is known only once it listens: ask then.
+        node.mesh.bootstrap.append(lambda: first_endpoint(first))  # type: ignore[attr-defined]
+        nodes.append(node)
+    return nodes
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
@@ -208,6 +242,8 @@ def makeService(options: Options) -> IService:
         from netmodels.demo import demo_clients
 
         nodes.extend(demo_clients(config, reactor))
+    if options["nodes"] > 1:
+        nodes.extend(_more_p2p_nodes(nodes[0], options["nodes"] - 1, reactor))
     for node in nodes:
         node.setServiceParent(top)
     if config.status is not None:

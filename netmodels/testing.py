@@ -303,12 +303,13 @@ class _ServerEndpoint:
 
 @implementer(IStreamClientEndpoint)
 class _ClientEndpoint:
-    def __init__(self, network: MemoryNetwork, address: str) -> None:
+    def __init__(self, network: MemoryNetwork, address: str, source: str) -> None:
         self.network = network
         self.address = address
+        self.source = source
 
     def connect(self, factory: IProtocolFactory) -> defer.Deferred[Any]:
-        return self.network._connect(self.address, factory)
+        return self.network._connect(self.address, factory, self.source)
 
 
 class MemoryNetwork:
@@ -319,9 +320,12 @@ class MemoryNetwork:
     :param latency: seconds each delivery takes.
     """
 
-    def __init__(self, clock: IReactorTime, latency: float = 0.0) -> None:
+    def __init__(self, clock: IReactorTime, latency: float = 0.0, connect_timeout: float = 30.0) -> None:
         self.clock = clock
         self.latency = latency
+        #: Seconds a connect to a blackholed host takes to fail (its SYNs are dropped).
+        self.connect_timeout = connect_timeout
+        self._blackholed_hosts: set[str] = set()
         self.links: list[MemoryLink] = []
         self._listeners: dict[str, _MemoryPort] = {}
         self._refused: set[str] = set()
@@ -331,8 +335,29 @@ class MemoryNetwork:
     def server_endpoint(self, address: str) -> IStreamServerEndpoint:
         return _ServerEndpoint(self, address)
 
-    def client_endpoint(self, address: str) -> IStreamClientEndpoint:
-        return _ClientEndpoint(self, address)
+    def client_endpoint(self, address: str, source: str = "10.0.0.1") -> IStreamClientEndpoint:
+        """Dial ``address`` from host ``source`` (so links can be told apart by host)."""
+        return _ClientEndpoint(self, address, source)
+
+    def blackhole_host(self, host: str) -> None:
+        """
+        Cut ``host`` off: its links go silent (until :meth:`heal_host`) and
+        connects to or from it hang, then fail with a timeout, as when its
+        packets are dropped.
+        """
+        self._blackholed_hosts.add(host)
+        for link in self.links_of(host):
+            link.blackhole()
+
+    def heal_host(self, host: str) -> None:
+        self._blackholed_hosts.discard(host)
+        for link in self.links_of(host):
+            if not any(end.getHost().host in self._blackholed_hosts for end in link.ends):
+                link.heal()
+
+    def links_of(self, host: str) -> list[MemoryLink]:
+        """Every link with an end on ``host`` (a listener's name or a client's source)."""
+        return [link for link in self.links if any(end.getHost().host == host for end in link.ends)]
 
     def refuse(self, address: str, refused: bool = True) -> None:
         """Connects to ``address`` fail with ``ECONNREFUSED`` (as with no listener)."""
@@ -346,14 +371,21 @@ class MemoryNetwork:
         host, _, port = address.rpartition(":")
         return IPv4Address("TCP", host or address, int(port) if port.isdigit() else 0)
 
-    def _connect(self, address: str, factory: IProtocolFactory) -> defer.Deferred[Any]:
+    def _connect(self, address: str, factory: IProtocolFactory, source: str) -> defer.Deferred[Any]:
         if address in self._unreachable:
             return defer.fail(error.NoRouteError(_errno.EHOSTUNREACH, address))
+        if source in self._blackholed_hosts or self._ip(address).host in self._blackholed_hosts:
+            hanging: defer.Deferred[Any] = defer.Deferred()
+            self.clock.callLater(
+                self.connect_timeout,
+                lambda: hanging.called or hanging.errback(error.TCPTimedOutError(_errno.ETIMEDOUT, address)),
+            )
+            return hanging
         port = self._listeners.get(address)
         if port is None or address in self._refused:
             return defer.fail(error.ConnectionRefusedError(string=address))
         self._client_ports += 1
-        client_address = IPv4Address("TCP", "10.0.0.1", self._client_ports)
+        client_address = IPv4Address("TCP", source, self._client_ports)
         server_address = self._ip(address)
         server_protocol = port.factory.buildProtocol(client_address)
         client_protocol = factory.buildProtocol(server_address)

@@ -1,12 +1,20 @@
 """The built-in topologies and applications, found like any third party's."""
 
 from netmodels.application import EchoApplication, application_plugin
+from netmodels.p2p import BroadcastApplication, PeerToPeer
 from netmodels.topology import ClientServer
 
 client_server = ClientServer()
+p2p = PeerToPeer()
 
 echo = application_plugin(
     "echo",
     "answers each request with its own bytes; clients send one every --interval seconds",
     EchoApplication,
+)
+
+broadcast = application_plugin(
+    "broadcast",
+    "p2p: floods a line to the mesh every --interval seconds and logs what it receives",
+    BroadcastApplication,
 )

@@ -1,0 +1,754 @@
+"""
+The peer-to-peer topology: every node listens and dials, and the nodes form a
+mesh.
+
+A node given one bootstrap peer (``--peer``) learns the others through peer
+exchange (PEERS frames) and dials them, up to ``--max-peers``; beyond that it
+keeps a partial mesh, and broadcasts still reach every node by flooding with
+de-duplication.
+
+- **One connection per pair.** When two nodes dial each other at once, both
+  keep the connection dialled by the smaller node id and close the other
+  (BYE, detail "duplicate"). To make that rare, a node dials peers with
+  greater ids at once and smaller ids only if they have not dialled it first.
+- **Membership** (:class:`Member`) is SWIM-like and driven by the shared
+  keepalive: ``alive``; ``suspect`` once a probe went unanswered for an
+  interval; ``dead`` when the connection ended for any reason other than the
+  peer's own BYE (reset, timeout, a bare FIN from a killed process); ``left``
+  when it said BYE. Dead members are redialled by the close-reason policy;
+  left ones are not, until they come back. Each node has an *incarnation*
+  (its start time in ms): gossip about a node is ordered by incarnation, and
+  a node that hears itself called suspect or dead refutes it with a new one.
+- **Broadcast**: each message carries ``(origin, incarnation, sequence)``;
+  every node delivers it once and forwards it to its other peers. A direct
+  message to a node id goes straight over its connection, or is relayed the
+  same way when there is none.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import random
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from attrs import define, field
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from netmodels.application import Application
+from netmodels.interfaces import IPeer
+from netmodels.manager import ConnectFailed, ConnectionRecord, Direction, ManagedConnection
+from netmodels.node import Node, NodeConfig
+from netmodels.reasons import CloseReason
+from netmodels.reconnect import DEFAULT_RECONNECT_POLICY, ReconnectPolicy
+from netmodels.session import Session
+from netmodels.topology import Topology
+from netmodels.wire import (
+    Broadcast,
+    MalformedMessage,
+    MessageType,
+    ProtocolError,
+    decode_broadcast,
+    encode_broadcast,
+    encode_frame,
+)
+
+__all__ = [
+    "BroadcastApplication",
+    "Member",
+    "Mesh",
+    "PeerState",
+    "PeerToPeer",
+    "RemoteNode",
+    "first_endpoint",
+]
+
+_log = Logger(namespace="netmodels.p2p")
+
+#: Seconds between mesh maintenance rounds (dialling, anti-entropy gossip).
+TICK = 1.0
+#: A smaller-id peer that has not dialled us within this long, we dial.
+DIAL_GRACE = 2.0
+#: Message ids remembered per origin beyond its contiguous low mark.
+SEEN_WINDOW = 4096
+#: Most members one PEERS frame may carry.
+MAX_MEMBERS = 1024
+
+
+class PeerState(enum.StrEnum):
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+    LEFT = "left"
+
+
+#: Same incarnation: the later state in this order wins (SWIM's precedence).
+_PRECEDENCE = {PeerState.ALIVE: 0, PeerState.SUSPECT: 1, PeerState.DEAD: 2, PeerState.LEFT: 3}
+
+
+@define(eq=False)
+class Member:
+    """What this node knows of another node."""
+
+    node_id: str
+    endpoints: tuple[str, ...] = ()
+    incarnation: int = 0
+    state: PeerState = PeerState.ALIVE
+    #: Unix time the state last changed.
+    since: float = 0.0
+    #: The live, ready connection to it, if any.
+    session: Session | None = None
+    #: Who told us of it, when we learned it from gossip.
+    via: str | None = None
+    #: Failed dials in a row, and when the next may start.
+    failures: int = 0
+    next_dial_at: float = 0.0
+    dialling: bool = False
+    #: When we first learned of it (monotonic reactor time).
+    known_since: float = 0.0
+    last_reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.node_id,
+            "endpoints": list(self.endpoints),
+            "state": str(self.state),
+            "since": self.since,
+            "incarnation": self.incarnation,
+            "connected": self.session is not None,
+            "via": self.via,
+            "last_reason": self.last_reason,
+        }
+
+    def gossip(self) -> dict[str, Any]:
+        return {
+            "id": self.node_id,
+            "endpoints": list(self.endpoints),
+            "incarnation": self.incarnation,
+            "state": str(self.state),
+        }
+
+
+@define
+class _Seen:
+    """Message ids seen from one origin incarnation: all up to ``low``, then a set."""
+
+    low: int = 0
+    above: set[int] = field(factory=set)
+
+    def add(self, sequence: int) -> bool:
+        """Record ``sequence``; ``False`` if it was seen before."""
+        if sequence <= self.low or sequence in self.above:
+            return False
+        self.above.add(sequence)
+        while self.low + 1 in self.above:
+            self.low += 1
+            self.above.discard(self.low)
+        if len(self.above) > SEEN_WINDOW:
+            # A gap that never fills (a message lost upstream): give it up.
+            self.low = min(self.above)
+            self.above.discard(self.low)
+        return True
+
+
+@implementer(IPeer)
+class RemoteNode:
+    """Another node of the mesh, as the application sees it: messages and sends by id."""
+
+    def __init__(self, mesh: Mesh, node_id: str) -> None:
+        self._mesh = mesh
+        self.node_id = node_id
+        self.role = "peer"
+
+    @property
+    def connection_id(self) -> int:
+        session = self._session()
+        return -1 if session is None else session.connection_id
+
+    @property
+    def record(self) -> ConnectionRecord | None:
+        session = self._session()
+        return None if session is None else session.record
+
+    def send(self, payload: bytes) -> None:
+        self._mesh.send_to(self.node_id, payload)
+
+    def request(self, payload: bytes, timeout: float | None = None) -> Deferred[bytes]:
+        session = self._session()
+        if session is None:
+            from twisted.internet.defer import fail
+
+            return fail(LookupError(f"no direct connection to {self.node_id}; requests need one"))
+        return session.request(payload, timeout)
+
+    def close(self) -> None:
+        session = self._session()
+        if session is not None:
+            session.close()
+
+    def reset(self) -> None:
+        session = self._session()
+        if session is not None:
+            session.reset()
+
+    def _session(self) -> Session | None:
+        member = self._mesh.members.get(self.node_id)
+        return None if member is None else member.session
+
+
+class Mesh:
+    """The p2p engine of one node: membership, dialling, gossip and broadcast."""
+
+    def __init__(
+        self,
+        node: Node,
+        max_peers: int,
+        bootstrap: Iterable[str | Callable[[], str | None]] = (),
+        policy: ReconnectPolicy = DEFAULT_RECONNECT_POLICY,
+        draw: Callable[[], float] = random.random,
+        tick: float = TICK,
+        client_endpoint: Callable[[str], IStreamClientEndpoint] | None = None,
+        endpoints: tuple[str, ...] | None = None,
+    ) -> None:
+        """
+        :param bootstrap: endpoints to dial while the node has no peer; an
+            entry may be a callable returning one (or ``None``, not yet).
+        :param client_endpoint: turns an advertised endpoint into something to
+            dial (default: ``clientFromString``; tests pass a memory network's).
+        :param endpoints: what to advertise (default: the node's listeners,
+            once they listen).
+        """
+        self.node = node
+        self.clock = node.clock
+        self.node_id = node.config.node_id
+        self.max_peers = max_peers
+        self.bootstrap = list(bootstrap)
+        self.policy = policy
+        self._draw = draw
+        self.tick = tick
+        self._client_endpoint = client_endpoint or (lambda d: clientFromString(node.reactor, d))
+        self._fixed_endpoints = endpoints
+        self.incarnation = 0
+        self.members: dict[str, Member] = {}
+        self.endpoints: tuple[str, ...] = ()
+        self._sequence = 0
+        self._seen: dict[tuple[str, int], _Seen] = {}
+        self._changed: dict[str, Member] = {}
+        self._gossip_call: IDelayedCall | None = None
+        self._loop: LoopingCall | None = None
+        self._bootstrap_failures = 0
+        self._bootstrap_next = 0.0
+        self._bootstrap_dialling = False
+        self._stopping = False
+        self.counters = {"sent": 0, "delivered": 0, "duplicates": 0, "forwarded": 0, "relayed": 0}
+        node.handlers[MessageType.PEERS] = self._peers_received
+        node.handlers[MessageType.BROADCAST] = self._broadcast_received
+        node.liveness_observers.append(self._liveness)
+        node.manager.subscribe(self._connection_event)
+        node.status_sections["peers"] = lambda: [m.as_dict() for m in self.members.values()]
+        node.status_sections["mesh"] = self.status
+
+    # Life
+
+    def start(self) -> None:
+        self.incarnation = int(self._wall() * 1000)
+        if self._fixed_endpoints is not None:
+            self.endpoints = self._fixed_endpoints
+        else:
+            self.endpoints = tuple(_dialable(listener) for listener in self.node.listeners if listener.port)
+        self._loop = LoopingCall(self._maintain)
+        self._loop.clock = self.clock
+        self._loop.start(self.tick, now=True)
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._gossip_call is not None and self._gossip_call.active():
+            self._gossip_call.cancel()
+        self._gossip_call = None
+
+    # What applications use
+
+    def broadcast(self, payload: bytes) -> int:
+        """Flood ``payload`` to every node of the mesh; returns the peers it went to at first."""
+        self._sequence += 1
+        message = Broadcast(self.node_id, self.incarnation, self._sequence, payload)
+        self._seen_window(message).add(message.sequence)
+        self.counters["sent"] += 1
+        return self._flood(encode_broadcast(message), exclude=None)
+
+    def send_to(self, node_id: str, payload: bytes) -> None:
+        """Send to one node: over its connection, or relayed through the mesh."""
+        member = self.members.get(node_id)
+        if member is not None and member.session is not None:
+            member.session.send(payload)
+            return
+        if member is None or member.state is PeerState.LEFT:
+            raise LookupError(f"no node {node_id!r} in the mesh")
+        self._sequence += 1
+        message = Broadcast(self.node_id, self.incarnation, self._sequence, payload, node_id)
+        self._seen_window(message).add(message.sequence)
+        self.counters["relayed"] += 1
+        self._flood(encode_broadcast(message), exclude=None)
+
+    def alive(self) -> list[str]:
+        """Ids of the members believed alive (directly or by gossip)."""
+        return [m.node_id for m in self.members.values() if m.state is PeerState.ALIVE]
+
+    def status(self) -> dict[str, Any]:
+        states = [m.state for m in self.members.values()]
+        return {
+            "incarnation": self.incarnation,
+            "endpoints": list(self.endpoints),
+            "max_peers": self.max_peers,
+            "direct": sum(1 for m in self.members.values() if m.session is not None),
+            "known": len(self.members),
+            "by_state": {str(s): states.count(s) for s in PeerState},
+            "broadcasts": dict(self.counters),
+        }
+
+    # Connections
+
+    def _connection_event(self, event: str, subject: Any) -> None:
+        if not isinstance(subject, ManagedConnection):
+            return
+        session = subject.wrappedProtocol
+        if not isinstance(session, Session):
+            return
+        if event == "ready":
+            self._session_ready(session, subject)
+        elif event == "closed":
+            self._session_closed(session, subject.record)
+
+    def _session_ready(self, session: Session, connection: ManagedConnection) -> None:
+        peer_id = session.node_id
+        assert peer_id is not None
+        if peer_id == self.node_id:
+            session.close()  # We dialled ourselves (our own address came back in gossip).
+            return
+        member = self._member(peer_id)
+        current = member.session
+        if current is not None and current is not session:
+            keep = self._keep(current, session)
+            drop = session if keep is current else current
+            member.session = keep
+            dialler = self._dialler(keep)
+            _log.debug(
+                "duplicate connection to {peer}; keeping the one {dialler} dialled",
+                peer=peer_id,
+                dialler=dialler,
+            )
+            drop._end(CloseReason.CLEAN, f"duplicate connection; keeping the one {dialler} dialled")
+            return
+        member.session = session
+        member.failures = 0
+        member.via = None
+        self._set_state(member, PeerState.ALIVE)
+        # Push-pull: the newcomer gets our whole view at once.
+        session.write_frame(self._peers_frame(self.members.values(), include_self=True))
+
+    def _session_closed(self, session: Session, record: ConnectionRecord) -> None:
+        peer_id = session.node_id
+        if peer_id is None:
+            return
+        member = self.members.get(peer_id)
+        if member is None or member.session is not session:
+            return  # A duplicate, or a connection that never became the member's.
+        member.session = None
+        member.last_reason = None if record.reason is None else str(record.reason)
+        if self._stopping:
+            return
+        if session.bye_received and record.reason is CloseReason.CLEAN:
+            self._set_state(member, PeerState.LEFT)
+        else:
+            member.failures += 1
+            self._set_state(member, PeerState.DEAD)
+            delay = self.policy.next_delay(record, member.failures - 1, self._draw)
+            member.next_dial_at = self.clock.seconds() + (delay if delay is not None else 30.0)
+
+    def _keep(self, first: Session, second: Session) -> Session:
+        """Of two connections to one peer, the one both sides keep."""
+        first_dialler, second_dialler = self._dialler(first), self._dialler(second)
+        if first_dialler != second_dialler:
+            return first if first_dialler == min(first_dialler, second_dialler) else second
+        # Same dialler twice (bootstrap and gossip): keep the older.
+        return first if first.connection_id <= second.connection_id else second
+
+    def _dialler(self, session: Session) -> str:
+        record = session.record
+        outbound = record is not None and record.direction is Direction.OUTBOUND
+        return self.node_id if outbound else (session.node_id or "")
+
+    def _liveness(self, session: Session, state: str) -> None:
+        member = self.members.get(session.node_id or "")
+        if member is not None and member.session is session:
+            self._set_state(member, PeerState.SUSPECT if state == "suspect" else PeerState.ALIVE)
+
+    # Dialling
+
+    def _maintain(self) -> None:
+        """One round: dial who is missing, and gossip the whole view to one peer."""
+        now = self.clock.seconds()
+        direct = [m for m in self.members.values() if m.session is not None]
+        if not direct:
+            self._dial_bootstrap(now)
+        budget = self.max_peers - len(direct) - sum(1 for m in self.members.values() if m.dialling)
+        for member in sorted(self.members.values(), key=lambda m: m.node_id):
+            if budget <= 0:
+                break
+            if self._should_dial(member, now):
+                budget -= 1
+                self._dial(member)
+        if direct:
+            random_peer = direct[int(self._draw() * len(direct)) % len(direct)]
+            random_peer.session.write_frame(  # type: ignore[union-attr]
+                self._peers_frame(self.members.values(), include_self=True)
+            )
+
+    def _should_dial(self, member: Member, now: float) -> bool:
+        if member.session is not None or member.dialling or not member.endpoints:
+            return False
+        if member.state is PeerState.LEFT or now < member.next_dial_at:
+            return False
+        if member.state is PeerState.DEAD and member.failures == 0:
+            return False  # Dead by gossip: whoever saw it die redials it.
+        # Greater ids are ours to dial; smaller ones dial us, unless they have not.
+        return member.node_id > self.node_id or now - member.known_since >= DIAL_GRACE
+
+    def _dial(self, member: Member) -> None:
+        member.dialling = True
+        endpoint = member.endpoints[0]
+        attempt = self.node.manager.connect(
+            self._client_endpoint(endpoint), self.node.session_factory(), member.node_id
+        )
+
+        def done(result: Any) -> None:
+            member.dialling = False
+
+        def failed(failure: Failure) -> None:
+            member.dialling = False
+            if not failure.check(ConnectFailed):
+                return
+            record = failure.value.record  # type: ignore[union-attr]
+            member.failures += 1
+            member.last_reason = None if record.reason is None else str(record.reason)
+            delay = self.policy.next_delay(record, member.failures - 1, self._draw)
+            member.next_dial_at = self.clock.seconds() + (delay if delay is not None else 30.0)
+            if member.state is not PeerState.LEFT and member.failures >= 2:
+                self._set_state(member, PeerState.DEAD)
+
+        attempt.addCallbacks(done, failed)
+
+    def _dial_bootstrap(self, now: float) -> None:
+        if self._bootstrap_dialling or now < self._bootstrap_next:
+            return
+        resolved = [t() if callable(t) else t for t in self.bootstrap]
+        targets = [t for t in resolved if t and t not in self.endpoints]
+        if not targets:
+            return
+        self._bootstrap_dialling = True
+        attempts = [
+            self.node.manager.connect(self._client_endpoint(t), self.node.session_factory(), t)
+            for t in targets
+        ]
+
+        def settled(results: list[tuple[bool, Any]]) -> None:
+            self._bootstrap_dialling = False
+            if any(ok for ok, _ in results):
+                self._bootstrap_failures = 0
+                return
+            record = next(
+                (value.value.record for ok, value in results if not ok and value.check(ConnectFailed)), None
+            )
+            delay = 1.0
+            if record is not None:
+                delay = self.policy.next_delay(record, self._bootstrap_failures, self._draw) or delay
+            self._bootstrap_failures += 1
+            self._bootstrap_next = self.clock.seconds() + delay
+
+        from twisted.internet.defer import DeferredList
+
+        DeferredList(attempts, consumeErrors=True).addCallback(settled)
+
+    # Gossip
+
+    def _member(self, node_id: str) -> Member:
+        member = self.members.get(node_id)
+        if member is None:
+            member = Member(node_id, since=self._wall(), known_since=self.clock.seconds())
+            self.members[node_id] = member
+            self._announce(member)
+        return member
+
+    def _set_state(self, member: Member, state: PeerState) -> None:
+        if member.state is state and member.since:
+            return
+        if member.state is not state:
+            _log.info(
+                "[{node}] peer {peer} is {state}{reason}",
+                node=self.node_id,
+                peer=member.node_id,
+                state=str(state),
+                reason=f" ({member.last_reason})"
+                if member.last_reason and state is not PeerState.ALIVE
+                else "",
+            )
+        member.state = state
+        member.since = self._wall()
+        self._announce(member)
+
+    def _announce(self, member: Member) -> None:
+        """Tell direct peers about ``member`` soon, coalescing changes into one frame."""
+        self._changed[member.node_id] = member
+        if self._gossip_call is None and not self._stopping:
+            self._gossip_call = self.clock.callLater(0, self._send_changes)
+
+    def _send_changes(self) -> None:
+        self._gossip_call = None
+        changed, self._changed = list(self._changed.values()), {}
+        if not changed:
+            return
+        frame = self._peers_frame(changed, include_self=False)
+        for member in list(self.members.values()):
+            if member.session is not None:
+                member.session.write_frame(frame)
+
+    def _peers_frame(self, members: Iterable[Member], include_self: bool) -> bytes:
+        entries = [m.gossip() for m in members][: MAX_MEMBERS - 1]
+        if include_self:
+            entries.append(
+                {
+                    "id": self.node_id,
+                    "endpoints": list(self.endpoints),
+                    "incarnation": self.incarnation,
+                    "state": "alive",
+                }
+            )
+        return encode_frame(MessageType.PEERS, json.dumps({"members": entries}).encode())
+
+    def _peers_received(self, session: Session, body: bytes) -> None:
+        try:
+            entries = _parse_peers(body)
+        except MalformedMessage as e:
+            session._protocol_error(str(e))
+            return
+        sender = session.node_id
+        observed_host = getattr(session.transport.getPeer(), "host", None)
+        for node_id, endpoints, incarnation, state in entries:
+            if node_id == self.node_id:
+                if state in (PeerState.SUSPECT, PeerState.DEAD) and incarnation >= self.incarnation:
+                    # Refute: a new incarnation says we are alive.
+                    self.incarnation = max(self.incarnation, incarnation) + 1
+                    self._send_self()
+                continue
+            if node_id == sender:
+                endpoints = tuple(_fill_host(e, observed_host) for e in endpoints)
+            self._merge(node_id, endpoints, incarnation, state, via=sender)
+
+    def _merge(
+        self, node_id: str, endpoints: tuple[str, ...], incarnation: int, state: PeerState, via: str | None
+    ) -> None:
+        member = self.members.get(node_id)
+        if member is None:
+            member = self._member(node_id)
+            member.endpoints, member.incarnation, member.via = endpoints, incarnation, via
+            if member.session is None:
+                self._set_state(member, state)
+            return
+        if endpoints and (incarnation > member.incarnation or not member.endpoints):
+            member.endpoints = endpoints
+        if incarnation > member.incarnation and member.state in (PeerState.DEAD, PeerState.LEFT):
+            # It restarted: dial it again at once.
+            member.failures, member.next_dial_at = 0, 0.0
+        if member.session is not None:
+            # Our own connection is the authority on a direct peer.
+            member.incarnation = max(member.incarnation, incarnation)
+            return
+        newer = incarnation > member.incarnation
+        stronger = incarnation == member.incarnation and _PRECEDENCE[state] > _PRECEDENCE[member.state]
+        if newer or stronger:
+            member.incarnation = incarnation
+            member.via = via
+            self._set_state(member, state)
+
+    def _send_self(self) -> None:
+        frame = self._peers_frame((), include_self=True)
+        for member in self.members.values():
+            if member.session is not None:
+                member.session.write_frame(frame)
+
+    # Broadcast
+
+    def _broadcast_received(self, session: Session, body: bytes) -> None:
+        try:
+            message = decode_broadcast(body)
+        except ProtocolError as e:
+            session._protocol_error(str(e))
+            return
+        if not self._seen_window(message).add(message.sequence):
+            self.counters["duplicates"] += 1
+            return
+        if message.destination in ("", self.node_id):
+            self.counters["delivered"] += 1
+            peer = RemoteNode(self, message.origin)
+            try:
+                self.node.application.message_received(peer, message.payload)
+            except Exception:
+                _log.failure("application failed on a broadcast from {origin}", origin=message.origin)
+            if message.destination:
+                return
+        destination = self.members.get(message.destination) if message.destination else None
+        frame = encode_frame(MessageType.BROADCAST, body)
+        if destination is not None and destination.session is not None:
+            destination.session.write_frame(frame)
+            self.counters["forwarded"] += 1
+            return
+        self.counters["forwarded"] += self._flood(frame, exclude=session)
+
+    def _flood(self, frame: bytes, exclude: Session | None) -> int:
+        sent = 0
+        for member in list(self.members.values()):
+            session = member.session
+            if session is not None and session is not exclude:
+                session.write_frame(frame)
+                sent += 1
+        return sent
+
+    def _seen_window(self, message: Broadcast) -> _Seen:
+        key = (message.origin, message.incarnation)
+        seen = self._seen.get(key)
+        if seen is None:
+            # Forget older incarnations of the same origin.
+            for old in [k for k in self._seen if k[0] == message.origin and k[1] < message.incarnation]:
+                del self._seen[old]
+            seen = self._seen[key] = _Seen()
+        return seen
+
+    def _wall(self) -> float:
+        return float(self.node.manager._wall_clock())
+
+
+def _because(member: Member, state: PeerState) -> str:
+    return f" ({member.last_reason})" if member.last_reason and state is not PeerState.ALIVE else ""
+
+
+def _parse_peers(body: bytes) -> list[tuple[str, tuple[str, ...], int, PeerState]]:
+    try:
+        document = json.loads(body)
+        members = document["members"]
+        if not isinstance(members, list) or len(members) > MAX_MEMBERS:
+            raise ValueError("members must be a list")
+        entries = []
+        for entry in members:
+            node_id = entry["id"]
+            endpoints = entry.get("endpoints", [])
+            incarnation = entry.get("incarnation", 0)
+            if not isinstance(node_id, str) or not 0 < len(node_id) <= 128:
+                raise ValueError("bad id")
+            if not isinstance(endpoints, list) or len(endpoints) > 16:
+                raise ValueError("bad endpoints")
+            if not all(isinstance(e, str) and len(e) <= 512 for e in endpoints):
+                raise ValueError("bad endpoints")
+            if not isinstance(incarnation, int) or isinstance(incarnation, bool) or incarnation < 0:
+                raise ValueError("bad incarnation")
+            entries.append((node_id, tuple(endpoints), incarnation, PeerState(entry.get("state", "alive"))))
+        return entries
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise MalformedMessage(f"PEERS: {e}") from None
+
+
+def _dialable(listener: Any) -> str:
+    """A client endpoint string for a listener; ``*`` stands for the address peers see us at."""
+    host = listener.port.getHost()
+    address = getattr(host, "host", None)
+    if address is None:
+        return f"unix:path={host.name}"
+    if address in ("0.0.0.0", "::", ""):
+        address = "*"
+    return f"tcp:host={address.replace(':', chr(92) + ':')}:port={host.port}"
+
+
+def first_endpoint(node: Node) -> str | None:
+    """A dialable endpoint of ``node``'s first listener, once it listens."""
+    listeners = [listener for listener in node.listeners if listener.port is not None]
+    return _dialable(listeners[0]).replace("host=*", "host=127.0.0.1") if listeners else None
+
+
+def _fill_host(endpoint: str, observed: str | None) -> str:
+    if "host=*" in endpoint and observed:
+        return endpoint.replace("host=*", "host=" + observed.replace(":", chr(92) + ":"))
+    return endpoint
+
+
+class PeerToPeer(Topology):
+    """Every node listens and dials; see the module docstring."""
+
+    name = "p2p"
+    description = "every node listens and dials; peer exchange, membership, broadcast"
+    roles = ("peer",)
+    default_app = "broadcast"
+
+    def validate(self, config: NodeConfig) -> None:
+        super().validate(config)
+        if not config.listen:
+            raise ValueError("--listen: a p2p node needs an endpoint to listen on (tcp:0 for any port)")
+
+    def check_peer(self, our_role: str, peer_role: str) -> str | None:
+        return None if peer_role == "peer" else f"a p2p node talks to peers, and the peer is a {peer_role}"
+
+    def build(self, node: Node) -> None:
+        for description in node.config.listen:
+            node.listen(description)
+        mesh = Mesh(node, node.config.max_peers, node.config.connect)
+        node.mesh = mesh  # type: ignore[attr-defined]
+        node.start_hooks.append(mesh.start)
+        node.stop_hooks.append(mesh.stop)
+
+
+class BroadcastApplication(Application):
+    """
+    The p2p demo: every ``--interval`` seconds a node floods a line to the
+    mesh, and it logs every line it receives, with its origin.
+    """
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.interval = config.interval
+        self.received: list[tuple[str, bytes]] = []
+        self._loop: LoopingCall | None = None
+        self._count = 0
+
+    def start(self, node: Node) -> None:
+        super().start(node)
+        if self.interval > 0:
+            self._loop = LoopingCall(self._say)
+            self._loop.clock = node.clock
+            self._loop.start(self.interval, now=False)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def message_received(self, peer: IPeer, payload: bytes) -> None:
+        self.received.append((peer.node_id, payload))
+        node_id = self.node.config.node_id if self.node is not None else "?"
+        _log.info(
+            "[{node}] from {origin}: {text}",
+            node=node_id,
+            origin=peer.node_id,
+            text=payload.decode("utf-8", "replace"),
+        )
+
+    def _say(self) -> None:
+        mesh: Mesh | None = getattr(self.node, "mesh", None)
+        if mesh is None:
+            return
+        self._count += 1
+        mesh.broadcast(f"hello #{self._count} from {mesh.node_id}".encode())
