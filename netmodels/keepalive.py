@@ -23,10 +23,13 @@ The kernel's half of keepalive (``SO_KEEPALIVE``, ``TCP_KEEPIDLE``,
 from __future__ import annotations
 
 import enum
+import heapq
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from attrs import field, frozen
+from twisted.logger import Logger
 
 if TYPE_CHECKING:
     from attrs import Attribute
@@ -38,8 +41,12 @@ __all__ = [
     "KeepaliveMixin",
     "KeepaliveSettings",
     "KeepaliveTracker",
+    "TimerWheel",
     "describe_duration",
 ]
+
+
+_log = Logger(namespace="netmodels.keepalive")
 
 
 def describe_duration(seconds: float) -> str:
@@ -205,6 +212,122 @@ class KeepaliveTracker:
         return KeepaliveAction.PROBE
 
 
+class _WheelTimer:
+    """One timer of a :class:`TimerWheel`; answers like an ``IDelayedCall``."""
+
+    __slots__ = ("callback", "called", "cancelled", "wheel", "when")
+
+    def __init__(self, wheel: TimerWheel, when: float, callback: Callable[[], object]) -> None:
+        self.wheel = wheel
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+        self.called = False
+
+    def getTime(self) -> float:
+        return self.when
+
+    def active(self) -> bool:
+        return not (self.cancelled or self.called)
+
+    def cancel(self) -> None:
+        if self.active():
+            self.cancelled = True
+            self.wheel._retire()
+
+    def reset(self, delay: float) -> None:
+        self.when = self.wheel.clock.seconds() + delay
+        self.wheel._insert(self)
+
+
+class TimerWheel:
+    """
+    Many timers, one reactor call at a time: each deadline is rounded up to a
+    multiple of ``granularity`` and the timers of one slot fire together.
+
+    A node's sessions share one wheel for keepalive, so 10,000 idle
+    connections hold a small slot entry each instead of a ``DelayedCall``,
+    and probes due close together go out in one reactor pass. Timers fire at
+    most ``granularity`` late, never early. The default, 1/64 s, is a power
+    of two so that round deadlines stay exact.
+    """
+
+    def __init__(self, clock: IReactorTime, granularity: float = 1 / 64) -> None:
+        self.clock = clock
+        self.granularity = granularity
+        self._slots: dict[int, list[_WheelTimer]] = {}
+        self._order: list[int] = []
+        self._call: IDelayedCall | None = None
+        self._call_slot: int | None = None
+        self._firing = False
+        self._live = 0
+
+    def callLater(self, delay: float, callback: Callable[[], object]) -> _WheelTimer:
+        """Call ``callback()`` after ``delay`` seconds (at most ``granularity`` more)."""
+        timer = _WheelTimer(self, self.clock.seconds() + delay, callback)
+        self._live += 1
+        self._insert(timer)
+        return timer
+
+    def _retire(self) -> None:
+        # A timer was cancelled or called. With none left, nothing may keep
+        # the reactor busy (or a test's reactor dirty).
+        self._live -= 1
+        if self._live == 0:
+            self._slots.clear()
+            self._order.clear()
+            if self._call is not None and self._call.active():
+                self._call.cancel()
+            self._call = self._call_slot = None
+
+    def _insert(self, timer: _WheelTimer) -> None:
+        slot = math.ceil(timer.when / self.granularity)
+        bucket = self._slots.get(slot)
+        if bucket is None:
+            self._slots[slot] = [timer]
+            heapq.heappush(self._order, slot)
+        else:
+            bucket.append(timer)
+        if not self._firing:
+            self._arm()
+
+    def _arm(self) -> None:
+        if not self._order:
+            return
+        first = self._order[0]
+        if self._call_slot is not None and self._call_slot <= first:
+            return
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call_slot = first
+        self._call = self.clock.callLater(
+            max(0.0, first * self.granularity - self.clock.seconds()), self._fire
+        )
+
+    def _fire(self) -> None:
+        self._call = self._call_slot = None
+        self._firing = True
+        try:
+            now = self.clock.seconds()
+            granularity = self.granularity
+            order = self._order
+            while order and order[0] * granularity <= now:
+                slot = heapq.heappop(order)
+                for timer in self._slots.pop(slot, ()):
+                    # Skip cancelled timers and ones moved by reset().
+                    if timer.cancelled or timer.called or math.ceil(timer.when / granularity) != slot:
+                        continue
+                    timer.called = True
+                    self._live -= 1
+                    try:
+                        timer.callback()
+                    except Exception:
+                        _log.failure("timer callback failed")
+        finally:
+            self._firing = False
+        self._arm()
+
+
 class KeepaliveMixin:
     """
     Application keepalive for any Twisted protocol, in the shape of Twisted's
@@ -219,8 +342,11 @@ class KeepaliveMixin:
     """
 
     clock: IReactorTime
+    #: Where keepalive timers are scheduled: ``clock`` unless a shared
+    #: :class:`TimerWheel` is set.
+    keepaliveTimers: TimerWheel | None = None
     _keepalive_tracker: KeepaliveTracker | None = None
-    _keepalive_call: IDelayedCall | None = None
+    _keepalive_call: IDelayedCall | _WheelTimer | None = None
 
     def setKeepalive(self, settings: KeepaliveSettings | None, first_check: float | None = None) -> None:
         """
@@ -237,7 +363,7 @@ class KeepaliveMixin:
         tracker = KeepaliveTracker(settings, self.clock.seconds())
         self._keepalive_tracker = tracker
         delay = settings.idle if first_check is None else min(first_check, settings.idle)
-        self._keepalive_call = self.clock.callLater(delay, self._keepaliveDue)
+        self._keepalive_call = (self.keepaliveTimers or self.clock).callLater(delay, self._keepaliveDue)
 
     def resetKeepalive(self) -> None:
         """Note that something arrived. O(1): no timer is touched."""
@@ -264,6 +390,8 @@ class KeepaliveMixin:
             self._keepalive_call = None
             self.keepaliveTimeout()
             return
-        self._keepalive_call = self.clock.callLater(max(0.0, tracker.next_deadline - now), self._keepaliveDue)
+        self._keepalive_call = (self.keepaliveTimers or self.clock).callLater(
+            max(0.0, tracker.next_deadline - now), self._keepaliveDue
+        )
         if action is KeepaliveAction.PROBE:
             self.keepaliveProbe()

@@ -135,9 +135,12 @@ def format_address(address: IAddress | None) -> str:
 
 
 def _transport_name(address: IAddress | None) -> str:
+    # Constants, not str.lower(): every record keeps this string.
     kind = getattr(address, "type", None)
-    if kind in ("TCP", "UDP"):
-        return str(kind).lower()
+    if kind == "UDP":
+        return "udp"
+    if kind == "TCP":
+        return "tcp"
     return "unix" if getattr(address, "name", None) is not None else "tcp"
 
 
@@ -226,7 +229,7 @@ class ManagedConnection(ProtocolWrapper):
         self._producer: Any = None
         # Plain TCP with Twisted's buffer empty: write straight to the socket.
         self._direct: Any = None
-        self._send: Callable[[bytes], int] | None = None
+        self._socket: Any = None
 
     # Twisted side
 
@@ -239,10 +242,10 @@ class ManagedConnection(ProtocolWrapper):
         self.transport = transport
         self.connected = 1
         capture_errno(transport, self._record_errno)
-        send = direct_send(transport)
-        if send is not None:
+        sock = direct_send(transport)
+        if sock is not None:
             self._direct = transport
-            self._send = send
+            self._socket = sock
         manager = self.manager
         refusal = manager._admit(self)
         manager._opened(self)
@@ -284,7 +287,7 @@ class ManagedConnection(ProtocolWrapper):
             # round on every request/response. Errors and leftovers go the
             # usual way, where the errno is captured.
             try:
-                sent = self._send(data)  # type: ignore[misc]
+                sent = self._socket.send(data)
             except OSError as e:
                 # The kernel reports an RST once: keep its errno, since the
                 # read that ends the connection will then only see EOF.

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 
 from netmodels.interfaces import IApplication, ITopology
 from netmodels.keepalive import DEFAULT as DEFAULT_KEEPALIVE
-from netmodels.keepalive import KeepaliveSettings
+from netmodels.keepalive import KeepaliveSettings, TimerWheel
 from netmodels.manager import (
     ConnectionLimits,
     ConnectionManager,
@@ -191,6 +191,7 @@ class Node(MultiService):
             check_peer=lambda hello: self._check_peer(hello),
             handlers=self.handlers,
             on_liveness=self._liveness,
+            timers=TimerWheel(reactor),
         )
         self.listeners: list[_Listener] = []
         self.clients: list[ReconnectingClient] = []

@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from netmodels import wire
 from netmodels.interfaces import IApplication, IPeer
-from netmodels.keepalive import KeepaliveMixin, KeepaliveSettings
+from netmodels.keepalive import KeepaliveMixin, KeepaliveSettings, TimerWheel
 from netmodels.manager import CloseMode, ConnectionRecord, ConnectionState, Direction, ManagedConnection
 from netmodels.reasons import CloseReason
 from netmodels.tcp import apply_kernel_keepalive, set_no_delay
@@ -134,6 +134,8 @@ class SessionSettings:
     #: Called with ``"suspect"`` when a keepalive probe went unanswered for an
     #: interval, and ``"alive"`` when the peer answers again.
     on_liveness: Callable[[Session, str], None] | None = None
+    #: A wheel shared by the node's sessions for keepalive (``None``: the clock).
+    timers: TimerWheel | None = None
 
 
 @implementer(IPeer, IPushProducer)
@@ -145,6 +147,7 @@ class Session(Protocol, KeepaliveMixin):
     def __init__(self, settings: SessionSettings, clock: IReactorTime) -> None:
         self.settings = settings
         self.clock = clock
+        self.keepaliveTimers = settings.timers
         self.application = settings.application
         self.peer_hello: Hello | None = None
         self.record: ConnectionRecord | None = None
@@ -500,7 +503,7 @@ class Session(Protocol, KeepaliveMixin):
         if not self._ready:
             now = self.clock.seconds()
             if now < self._handshake_deadline:
-                self._keepalive_call = self.clock.callLater(
+                self._keepalive_call = (self.keepaliveTimers or self.clock).callLater(
                     self._handshake_deadline - now, self._keepaliveDue
                 )
                 return

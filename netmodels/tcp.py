@@ -99,9 +99,9 @@ def capture_errno(transport: object, on_error: Callable[[int], None]) -> bool:
 _BUFFER_ATTRIBUTES = ("_tempDataLen", "offset", "dataBuffer", "connected", "disconnecting")
 
 
-def direct_send(transport: object) -> Callable[[bytes], int] | None:
+def direct_send(transport: object) -> socket.socket | None:
     """
-    The raw ``send`` of ``transport``'s socket if ``transport`` *is* a plain
+    The raw socket to ``send`` on, if ``transport`` *is* a plain
     ``tcp.Connection`` (not TLS or another wrapper, whose bytes must not be
     bypassed) with the write-buffer attributes the caller checks before
     sending around Twisted's buffer; otherwise ``None``.
@@ -113,7 +113,7 @@ def direct_send(transport: object) -> Callable[[bytes], int] | None:
     sock = transport.socket
     if isinstance(sock, _ErrnoRecordingSocket):
         sock = sock._socket
-    return sock.send
+    return sock
 
 
 def _raw_socket(transport: object) -> socket.socket | None:

@@ -376,10 +376,12 @@ class MemoryNetwork:
             return defer.fail(error.NoRouteError(_errno.EHOSTUNREACH, address))
         if source in self._blackholed_hosts or self._ip(address).host in self._blackholed_hosts:
             hanging: defer.Deferred[Any] = defer.Deferred()
-            self.clock.callLater(
-                self.connect_timeout,
-                lambda: hanging.called or hanging.errback(error.TCPTimedOutError(_errno.ETIMEDOUT, address)),
-            )
+
+            def time_out() -> None:
+                if not hanging.called:
+                    hanging.errback(error.TCPTimedOutError(_errno.ETIMEDOUT, address))
+
+            self.clock.callLater(self.connect_timeout, time_out)
             return hanging
         port = self._listeners.get(address)
         if port is None or address in self._refused:

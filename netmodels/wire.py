@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import json
 import struct
+import sys
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
@@ -350,6 +351,14 @@ _HELLO_FIELDS: Final = frozenset(
 )
 
 
+_KEEPALIVE_SEEN: dict[tuple[Any, ...], KeepaliveSettings] = {}
+
+
+def _intern(value: object) -> object:
+    # Every peer's HELLO names the same few topologies, roles and apps.
+    return sys.intern(value) if isinstance(value, str) and len(value) <= 64 else value
+
+
 def decode_hello(body: bytes) -> Hello:
     """Parse a HELLO body; any defect raises :class:`MalformedMessage`."""
     if len(body) > MAX_HELLO:
@@ -366,14 +375,18 @@ def decode_hello(body: bytes) -> Hello:
     keepalive = document.get("keepalive")
     if not isinstance(keepalive, dict):
         raise MalformedMessage("HELLO keepalive must be an object")
-    try:
-        settings = KeepaliveSettings(
-            keepalive.get("idle"),  # type: ignore[arg-type]
-            keepalive.get("interval"),  # type: ignore[arg-type]
-            keepalive.get("probes"),  # type: ignore[arg-type]
-        )
-    except (ValueError, TypeError, OverflowError) as e:
-        raise MalformedMessage(f"HELLO keepalive: {e}") from None
+    numbers = (keepalive.get("idle"), keepalive.get("interval"), keepalive.get("probes"))
+    # Only exact types hit the cache: 3.0 == 3, yet 3.0 is no probe count.
+    cacheable = type(numbers[0]) in (int, float) and type(numbers[1]) in (int, float)
+    settings = _KEEPALIVE_SEEN.get(numbers) if cacheable and type(numbers[2]) is int else None
+    if settings is None:
+        try:
+            settings = KeepaliveSettings(*numbers)  # type: ignore[arg-type]
+        except (ValueError, TypeError, OverflowError) as e:
+            raise MalformedMessage(f"HELLO keepalive: {e}") from None
+        if len(_KEEPALIVE_SEEN) < 64:
+            # Peers nearly all share a few settings: keep one object for each.
+            _KEEPALIVE_SEEN[numbers] = settings
     listen = document.get("listen", [])
     if (
         not isinstance(listen, list)
@@ -390,11 +403,11 @@ def decode_hello(body: bytes) -> Hello:
     extra = {k: v for k, v in document.items() if k not in _HELLO_FIELDS}
     return Hello(
         node_id=document.get("node_id"),  # type: ignore[arg-type]
-        topology=document.get("topology"),  # type: ignore[arg-type]
-        role=document.get("role"),  # type: ignore[arg-type]
+        topology=_intern(document.get("topology")),  # type: ignore[arg-type]
+        role=_intern(document.get("role")),  # type: ignore[arg-type]
         keepalive=settings,
         version=version,
-        app=app,
+        app=_intern(app),  # type: ignore[arg-type]
         listen=tuple(listen),
         max_frame=max_frame,
         extra=extra or _NO_EXTRA,
