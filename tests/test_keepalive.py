@@ -6,6 +6,7 @@ the Twisted mixin (driven by a fake clock).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
@@ -19,6 +20,7 @@ from netmodels.keepalive import (
     KeepaliveMixin,
     KeepaliveSettings,
     KeepaliveTracker,
+    TimerWheel,
     describe_duration,
 )
 
@@ -512,3 +514,94 @@ class DefaultTimeoutTests(SynchronousTestCase):
         protocol.makeConnection(transport)
         advance_to(clock, START + IDLE)
         self.assertEqual(transport.value(), b"")
+
+
+class TimerWheelTests(SynchronousTestCase):
+    """Many timers on one reactor call: never early, at most one slot late."""
+
+    GRANULARITY = 1 / 64
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.wheel = TimerWheel(self.clock, self.GRANULARITY)
+        self.fired: list[tuple[str, float]] = []
+
+    def note(self, name: str) -> Callable[[], None]:
+        return lambda: self.fired.append((name, self.clock.seconds()))
+
+    def test_never_early_at_most_one_slot_late(self) -> None:
+        for delay in (0.0, 0.001, 0.3, 1.0, 2.5):
+            self.wheel.callLater(delay, self.note(str(delay)))
+        advance_to(self.clock, 3.0)
+        for name, at in self.fired:
+            self.assertGreaterEqual(at, float(name))
+            self.assertLessEqual(at, float(name) + self.GRANULARITY)
+        self.assertEqual(len(self.fired), 5)
+
+    def test_exact_on_slot_boundaries(self) -> None:
+        """Deadlines on a multiple of the granularity fire exactly on time."""
+        self.wheel.callLater(25.0, self.note("bound"))
+        self.clock.advance(25.0 - 0.001)
+        self.assertEqual(self.fired, [])
+        self.clock.advance(0.001)
+        self.assertEqual(self.fired, [("bound", 25.0)])
+
+    def test_one_reactor_call_for_many_timers(self) -> None:
+        for n in range(1000):
+            self.wheel.callLater(10 + n / 1000, self.note(str(n)))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        advance_to(self.clock, 12.0)
+        self.assertEqual(len(self.fired), 1000)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancelled_timers_leave_no_reactor_call(self) -> None:
+        timers = [self.wheel.callLater(5, self.note("x")) for _ in range(3)]
+        for timer in timers:
+            self.assertTrue(timer.active())
+            timer.cancel()
+            self.assertFalse(timer.active())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(10)
+        self.assertEqual(self.fired, [])
+
+    def test_reset_moves_the_timer(self) -> None:
+        timer = self.wheel.callLater(5, self.note("moved"))
+        timer.reset(1)
+        self.assertEqual(timer.getTime(), 1)
+        advance_to(self.clock, 6)
+        self.assertEqual(self.fired, [("moved", 1.0)])
+
+    def test_callback_may_schedule_again(self) -> None:
+        def again() -> None:
+            self.fired.append(("tick", self.clock.seconds()))
+            if len(self.fired) < 3:
+                self.wheel.callLater(1, again)
+
+        self.wheel.callLater(1, again)
+        advance_to(self.clock, 10)
+        self.assertEqual([at for _, at in self.fired], [1.0, 2.0, 3.0])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_failing_callback_does_not_stop_the_others(self) -> None:
+        def fails() -> None:
+            raise ZeroDivisionError
+
+        self.wheel.callLater(1, fails)
+        self.wheel.callLater(1, self.note("after"))
+        self.clock.advance(1)
+        self.assertEqual([name for name, _ in self.fired], ["after"])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_mixin_uses_the_wheel(self) -> None:
+        """A protocol with keepaliveTimers set schedules there, with the same bound."""
+        protocols = [RecordingProtocol(self.clock, KeepaliveSettings(10, 5, 3)) for _ in range(50)]
+        for protocol in protocols:
+            protocol.keepaliveTimers = self.wheel
+            protocol.makeConnection(AbortRecordingTransport())
+        # Fifty protocols, one reactor call.
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        advance_to(self.clock, 30)
+        for protocol in protocols:
+            self.assertEqual(protocol.probes, [10.0, 15.0, 20.0])
+            self.assertEqual(protocol.timeouts, [25.0])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
