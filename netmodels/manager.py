@@ -217,19 +217,22 @@ class ManagedConnection(ProtocolWrapper):
     # interfaces Twisted declares lack abortConnection and getHandle.
     transport: Any
 
+    # Defaults as class attributes, so an idle connection's instance holds
+    # only what differs.
+    _os_errno: int | None = None
+    _pending: Closure | None = None
+    _abort_call: IDelayedCall | None = None
+    _close_callbacks: list[Callable[[ConnectionRecord], None]] | None = None
+    _producer: Any = None
+    # Plain TCP with Twisted's buffer empty: write straight to the socket.
+    _direct: Any = None
+    _socket: Any = None
+
     def __init__(self, factory: _ManagedFactory, wrapped: Protocol, record: ConnectionRecord):
         super().__init__(factory, wrapped)  # type: ignore[arg-type]
         self.record = record
         self.manager = factory.manager
         self.host = record.peer
-        self._os_errno: int | None = None
-        self._pending: Closure | None = None
-        self._abort_call: IDelayedCall | None = None
-        self._close_callbacks: list[Callable[[ConnectionRecord], None]] | None = None
-        self._producer: Any = None
-        # Plain TCP with Twisted's buffer empty: write straight to the socket.
-        self._direct: Any = None
-        self._socket: Any = None
 
     # Twisted side
 
@@ -241,7 +244,7 @@ class ManagedConnection(ProtocolWrapper):
         self.host = str(getattr(peer, "host", record.peer))
         self.transport = transport
         self.connected = 1
-        capture_errno(transport, self._record_errno)
+        capture_errno(transport, self)
         sock = direct_send(transport)
         if sock is not None:
             self._direct = transport
@@ -292,7 +295,7 @@ class ManagedConnection(ProtocolWrapper):
                 # The kernel reports an RST once: keep its errno, since the
                 # read that ends the connection will then only see EOF.
                 if e.errno is not None:
-                    self._record_errno(e.errno)
+                    self.record_errno(e.errno)
                 sent = 0
             if sent == len(data):
                 return
@@ -325,7 +328,8 @@ class ManagedConnection(ProtocolWrapper):
             # (A rejected connection never connected its protocol.)
             ProtocolWrapper.connectionLost(self, reason)
 
-    def _record_errno(self, number: int) -> None:
+    def record_errno(self, number: int) -> None:
+        """The errno of a failed read or write (see :func:`netmodels.tcp.capture_errno`)."""
         # The first hard error is the cause (ECONNRESET); later ones follow
         # from it (EPIPE on the next write) and transient ones mean nothing.
         if self._os_errno is None and number not in _TRANSIENT_ERRNOS:

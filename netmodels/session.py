@@ -13,6 +13,7 @@ It is also the :class:`~netmodels.interfaces.IPeer` the application sees.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import cached_property
 from typing import Any
 
 from attrs import field, frozen
@@ -107,7 +108,7 @@ def decode_bye(body: bytes) -> tuple[CloseReason, str, bool]:
 _NO_REQUESTS: dict[int, tuple[defer.Deferred[bytes], float]] = {}
 
 
-@frozen
+@frozen(slots=False)
 class SessionSettings:
     """Everything a session needs to know of its node, fixed at start-up."""
 
@@ -137,6 +138,15 @@ class SessionSettings:
     #: A wheel shared by the node's sessions for keepalive (``None``: the clock).
     timers: TimerWheel | None = None
 
+    @property
+    def max_body(self) -> int:
+        return self.max_frame - 1
+
+    @cached_property
+    def hello_frame(self) -> bytes:
+        """Our HELLO, encoded once for every connection."""
+        return encode_hello(self.hello)
+
 
 @implementer(IPeer, IPushProducer)
 class Session(Protocol, KeepaliveMixin):
@@ -144,30 +154,33 @@ class Session(Protocol, KeepaliveMixin):
 
     transport: ManagedConnection  # type: ignore[assignment]
 
+    # Defaults as class attributes: an idle connection's instance holds only
+    # what differs, which matters at 10,000 connections.
+    peer_hello: Hello | None = None
+    record: ConnectionRecord | None = None
+    #: The peer said BYE: it closed on purpose (a bare FIN may be a crash).
+    bye_received = False
+    #: False while Twisted holds more than its buffer size unsent for us.
+    writable = True
+    _handshake_deadline = 0.0
+    _pending: dict[int, tuple[defer.Deferred[bytes], float]] = _NO_REQUESTS
+    _next_request_id = 1
+    _request_call: IDelayedCall | None = None
+    _request_due = 0.0
+    _ping_sequence = 0
+    _ping_sent_at = 0.0
+    _ready = False
+    _suspect = False
+    _backlog = 0
+    _slow_call: IDelayedCall | None = None
+
     def __init__(self, settings: SessionSettings, clock: IReactorTime) -> None:
         self.settings = settings
         self.clock = clock
         self.keepaliveTimers = settings.timers
         self.application = settings.application
-        self.peer_hello: Hello | None = None
-        self.record: ConnectionRecord | None = None
         self._decoder = FrameDecoder(settings.max_frame)
-        self._max_body = settings.max_frame - 1
-        self._handshake_deadline = 0.0
-        self._pending: dict[int, tuple[defer.Deferred[bytes], float]] = _NO_REQUESTS
-        self._next_request_id = 1
-        self._request_call: IDelayedCall | None = None
-        self._request_due = 0.0
-        self._ping_sequence = 0
-        self._ping_sent_at = 0.0
-        self._ready = False
-        self._suspect = False
-        #: The peer said BYE: it closed on purpose (a bare FIN may be a crash).
-        self.bye_received = False
-        #: False while Twisted holds more than its buffer size unsent for us.
-        self.writable = True
-        self._backlog = 0
-        self._slow_call: IDelayedCall | None = None
+        self._max_body = settings.max_body
 
     # IPeer
 
@@ -261,7 +274,7 @@ class Session(Protocol, KeepaliveMixin):
         transport.registerProducer(self, True)
         if settings.kernel_keepalive:
             apply_kernel_keepalive(transport, settings.keepalive, settings.user_timeout)
-        self._write_control(encode_hello(settings.hello))
+        self._write_control(settings.hello_frame)
         # One timer per connection serves the handshake deadline and keepalive.
         self._handshake_deadline = self.clock.seconds() + settings.handshake_timeout
         self.setKeepalive(settings.keepalive, first_check=settings.handshake_timeout)
@@ -402,7 +415,8 @@ class Session(Protocol, KeepaliveMixin):
             return
         self.peer_hello = hello
         # Never send more than either side accepts.
-        self._max_body = min(self.settings.max_frame, hello.max_frame) - 1
+        if hello.max_frame < self.settings.max_frame:
+            self._max_body = hello.max_frame - 1
         self._ready = True
         record = self.record
         if record is not None:
@@ -577,7 +591,10 @@ class Session(Protocol, KeepaliveMixin):
             self._slow_consumer(f"more than {self.settings.max_backlog} bytes waiting")
 
     def _slow_consumer(self, why: str) -> None:
-        self._slow_call = None
+        # Over the backlog cap, the deadline's timer is still pending: cancel it.
+        call, self._slow_call = self._slow_call, None
+        if call is not None and call.active():
+            call.cancel()
         if self._closing():
             return
         detail = f"slow consumer: not reading ({why})"

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import math
 import socket
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import tcp
 
 from netmodels.keepalive import KeepaliveSettings
 
 __all__ = [
+    "ErrnoObserver",
     "apply_kernel_keepalive",
     "capture_errno",
     "direct_send",
@@ -45,21 +45,26 @@ def find_tcp_connection(transport: object) -> tcp.Connection | None:
     return None
 
 
+class ErrnoObserver(Protocol):
+    def record_errno(self, number: int) -> None: ...
+
+
 class _ErrnoRecordingSocket:
     """A socket proxy that reports the errno of a failed ``recv``/``send``."""
 
-    __slots__ = ("_on_error", "_socket")
+    __slots__ = ("_observer", "_socket")
 
-    def __init__(self, sock: socket.socket, on_error: Callable[[int], None]) -> None:
+    def __init__(self, sock: socket.socket, observer: ErrnoObserver) -> None:
         self._socket = sock
-        self._on_error = on_error
+        # The observer itself, not a bound method: one object less per connection.
+        self._observer = observer
 
     def recv(self, size: int) -> bytes:
         try:
             return self._socket.recv(size)
         except OSError as e:
             if e.errno is not None:
-                self._on_error(e.errno)
+                self._observer.record_errno(e.errno)
             raise
 
     def send(self, data: Any) -> int:
@@ -67,16 +72,16 @@ class _ErrnoRecordingSocket:
             return self._socket.send(data)
         except OSError as e:
             if e.errno is not None:
-                self._on_error(e.errno)
+                self._observer.record_errno(e.errno)
             raise
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._socket, name)
 
 
-def capture_errno(transport: object, on_error: Callable[[int], None]) -> bool:
+def capture_errno(transport: object, observer: ErrnoObserver) -> bool:
     """
-    Arrange for ``on_error(errno)`` to be called when a ``recv`` or ``send``
+    Arrange for ``observer.record_errno(errno)`` to be called when a ``recv`` or ``send``
     on ``transport``'s TCP socket fails (``EAGAIN`` included; the caller keeps
     the last one). Returns ``False`` when there is no TCP socket to watch.
     """
@@ -86,12 +91,12 @@ def capture_errno(transport: object, on_error: Callable[[int], None]) -> bool:
         observe = getattr(transport, "set_errno_observer", None)
         if observe is None:
             return False
-        observe(on_error)
+        observe(observer.record_errno)
         return True
     sock = connection.socket
     if isinstance(sock, _ErrnoRecordingSocket):
         return True
-    connection.socket = _ErrnoRecordingSocket(sock, on_error)  # type: ignore[assignment]
+    connection.socket = _ErrnoRecordingSocket(sock, observer)  # type: ignore[assignment]
     return True
 
 

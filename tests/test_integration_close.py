@@ -294,10 +294,13 @@ class ErrnoCaptureTests(TestCase):
         lost: defer.Deferred[list[Failure]] = defer.Deferred()
         accepted: defer.Deferred[Protocol] = defer.Deferred()
 
+        class Recorder:
+            record_errno = errors.append
+
         class Watched(Protocol):
             def connectionMade(self) -> None:
-                installed.append(capture_errno(self.transport, errors.append))
-                installed.append(capture_errno(self.transport, errors.append))
+                installed.append(capture_errno(self.transport, Recorder()))
+                installed.append(capture_errno(self.transport, Recorder()))
                 accepted.callback(self)
 
             def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
