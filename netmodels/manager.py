@@ -217,22 +217,22 @@ class ManagedConnection(ProtocolWrapper):
     # interfaces Twisted declares lack abortConnection and getHandle.
     transport: Any
 
-    # Defaults as class attributes, so an idle connection's instance holds
-    # only what differs.
-    _os_errno: int | None = None
-    _pending: Closure | None = None
-    _abort_call: IDelayedCall | None = None
-    _close_callbacks: list[Callable[[ConnectionRecord], None]] | None = None
-    _producer: Any = None
-    # Plain TCP with Twisted's buffer empty: write straight to the socket.
-    _direct: Any = None
-    _socket: Any = None
-
     def __init__(self, factory: _ManagedFactory, wrapped: Protocol, record: ConnectionRecord):
+        # Every attribute is set here, in one order (see Session.__init__).
         super().__init__(factory, wrapped)  # type: ignore[arg-type]
+        self.transport = None
+        self.connected = 0
         self.record = record
         self.manager = factory.manager
         self.host = record.peer
+        self._os_errno: int | None = None
+        self._pending: Closure | None = None
+        self._abort_call: IDelayedCall | None = None
+        self._close_callbacks: list[Callable[[ConnectionRecord], None]] | None = None
+        self._producer: Any = None
+        # Plain TCP with Twisted's buffer empty: write straight to the socket.
+        self._direct: Any = None
+        self._socket: Any = None
 
     # Twisted side
 
@@ -300,6 +300,14 @@ class ManagedConnection(ProtocolWrapper):
             if sent == len(data):
                 return
             data = data[sent:]
+        self.transport.write(data)
+
+    def write_buffered(self, data: bytes) -> None:
+        """
+        Write through Twisted's buffer, never straight to the socket: what a
+        burst writes in one reactor turn then goes out in one ``send``.
+        """
+        self.record.bytes_out += len(data)
         self.transport.write(data)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
