@@ -22,6 +22,11 @@
  *           body), as a live netmodels peer would; everything else is
  *           discarded. Prints "CONNECTED n" once all connections are up.
  *
+ *   read    As idle, and counts the whole frames the server sends (with -T TYPE
+ *           only those of that netmodels message type, e.g. 0x02 DATA), for
+ *           fan-out benchmarks; prints "RECEIVED frames=N bytes=N conns_lost=N
+ *           elapsed=S cpu=S runq_wait=S" at the end.
+ *
  * A frame is a 4-byte big-endian length then that many bytes. With -T TYPE the
  * first body byte is TYPE (a netmodels message type) and the remaining
  * BODY-1 bytes are filler; without it the whole BODY is filler (raw
@@ -63,7 +68,11 @@ struct conn {
     unsigned char ping[4];
     int ping_have;
     int is_ping;
+    int counted;            /* read mode: the frame being read is one to count */
 };
+
+/* Read mode: frames and bytes received. */
+static unsigned long long frames_in = 0, bytes_in = 0;
 
 static double now(void) {
     struct timespec ts;
@@ -90,7 +99,7 @@ static int hexval(char c) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadgen -p PORT [-h HOST] [-m stream|idle] [-c CONNS] [-t SECONDS]\n"
+            "usage: loadgen -p PORT [-h HOST] [-m stream|idle|read] [-c CONNS] [-t SECONDS]\n"
             "               [-s BODY] [-T TYPE] [-x HELLO_HEX] [-d CONNECT_DELAY_US]\n");
     exit(2);
 }
@@ -146,9 +155,64 @@ static int idle_consume(struct conn *c, const unsigned char *data, size_t len) {
     return 0;
 }
 
+/*
+ * Read mode: parse what the server sent, count whole frames (of TYPE if
+ * TYPE >= 0, else every frame of a 4-byte-length stream), answer PINGs.
+ * Returns -1 on error.
+ */
+static int read_consume(struct conn *c, const unsigned char *data, size_t len, int type) {
+    int header_len = type >= 0 ? 5 : 4;
+    size_t i = 0;
+    bytes_in += len;
+    while (i < len) {
+        if (c->header_have < header_len) {
+            c->header[c->header_have++] = data[i++];
+            if (c->header_have == header_len) {
+                uint32_t length = ((uint32_t)c->header[0] << 24) | ((uint32_t)c->header[1] << 16) |
+                                  ((uint32_t)c->header[2] << 8) | c->header[3];
+                if (type >= 0) {
+                    if (length == 0) return -1;
+                    c->body_left = length - 1;
+                    c->is_ping = (c->header[4] == 0x03 && c->body_left == 4);
+                    c->counted = (c->header[4] == type);
+                } else {
+                    c->body_left = length;
+                    c->is_ping = 0;
+                    c->counted = 1;
+                }
+                c->ping_have = 0;
+                if (c->body_left == 0) {
+                    frames_in += (unsigned long long)c->counted;
+                    c->header_have = 0;
+                }
+            }
+            continue;
+        }
+        size_t take = len - i;
+        if (take > c->body_left) take = c->body_left;
+        if (c->is_ping) {
+            memcpy(c->ping + c->ping_have, data + i, take);
+            c->ping_have += (int)take;
+        }
+        i += take;
+        c->body_left -= (uint32_t)take;
+        if (c->body_left == 0) {
+            if (c->is_ping) {
+                unsigned char pong[9] = {0, 0, 0, 5, 0x04};
+                memcpy(pong + 5, c->ping, 4);
+                if (send(c->fd, pong, sizeof pong, MSG_NOSIGNAL | MSG_DONTWAIT) != sizeof pong)
+                    return -1;
+            }
+            frames_in += (unsigned long long)c->counted;
+            c->header_have = 0;
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *host = "127.0.0.1";
-    int port = 0, conns = 100, body = 64, type = -1, idle = 0, connect_delay_us = 0;
+    int port = 0, conns = 100, body = 64, type = -1, idle = 0, reader = 0, connect_delay_us = 0;
     double seconds = 5.0;
     unsigned char *hello = NULL;
     size_t hello_len = 0;
@@ -160,6 +224,7 @@ int main(int argc, char **argv) {
         case 'p': port = atoi(optarg); break;
         case 'm':
             if (strcmp(optarg, "idle") == 0) idle = 1;
+            else if (strcmp(optarg, "read") == 0) idle = reader = 1;
             else if (strcmp(optarg, "stream") == 0) idle = 0;
             else usage();
             break;
@@ -267,7 +332,8 @@ int main(int argc, char **argv) {
                 for (;;) {
                     ssize_t r = recv(c->fd, scratch, sizeof scratch, MSG_DONTWAIT);
                     if (r > 0) {
-                        if (idle && idle_consume(c, scratch, (size_t)r) < 0) {
+                        if (idle && (reader ? read_consume(c, scratch, (size_t)r, type)
+                                            : idle_consume(c, scratch, (size_t)r)) < 0) {
                             dead = 1;
                             break;
                         }
@@ -311,6 +377,9 @@ int main(int argc, char **argv) {
                  ru.ru_stime.tv_usec / 1e6;
     printf("SENT frames=%llu bytes=%llu conns_lost=%d elapsed=%.3f cpu=%.3f runq_wait=%.3f\n",
            bytes / frame_len, bytes, lost, now() - started, cpu, runq_wait() - wait0);
+    if (reader)
+        printf("RECEIVED frames=%llu bytes=%llu conns_lost=%d elapsed=%.3f cpu=%.3f runq_wait=%.3f\n",
+               frames_in, bytes_in, lost, now() - started, cpu, runq_wait() - wait0);
     fflush(stdout);
     return 0;
 }

@@ -68,6 +68,10 @@ class ConnectionState(enum.StrEnum):
     FAILED = "failed"
 
 
+#: Bytes ``ManagedConnection.cork`` holds at most before writing them out:
+#: Twisted's own buffer size, past which it pauses a producer.
+CORK_LIMIT = 65536
+
 _TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ENOBUFS})
 
 # Module constants: enum member lookups cost on the per-message path.
@@ -233,6 +237,9 @@ class ManagedConnection(ProtocolWrapper):
         # Plain TCP with Twisted's buffer empty: write straight to the socket.
         self._direct: Any = None
         self._socket: Any = None
+        # Fan-out frames held until the end of the reactor turn (see cork()).
+        self._corked: list[bytes] | None = None
+        self._corked_size = 0
 
     # Twisted side
 
@@ -276,6 +283,12 @@ class ManagedConnection(ProtocolWrapper):
             self.end(CloseReason.ABORTED, f"application error: {e!r}", CloseMode.RST)
 
     def write(self, data: bytes) -> None:
+        corked = self._corked
+        if corked is not None:
+            # What was corked goes first, in the same send: order is kept.
+            self._corked = None
+            corked.append(data)
+            data = b"".join(corked)
         self.record.bytes_out += len(data)
         direct = self._direct
         if (
@@ -302,13 +315,33 @@ class ManagedConnection(ProtocolWrapper):
             data = data[sent:]
         self.transport.write(data)
 
-    def write_buffered(self, data: bytes) -> None:
+    def cork(self, data: bytes) -> None:
         """
-        Write through Twisted's buffer, never straight to the socket: what a
-        burst writes in one reactor turn then goes out in one ``send``.
+        Write ``data`` at the end of this reactor turn, together with whatever
+        else is corked until then: a fan-out burst of N messages costs one
+        ``write`` (and one ``send``) per connection, not N. Any other write
+        sends what is corked first, so the order of writes is kept.
         """
-        self.record.bytes_out += len(data)
-        self.transport.write(data)
+        corked = self._corked
+        if corked is None:
+            self._corked = [data]
+            self._corked_size = len(data)
+            self.manager._cork(self)
+            return
+        corked.append(data)
+        self._corked_size += len(data)
+        if self._corked_size >= CORK_LIMIT:
+            # Hand a long burst to Twisted now, so its pause signal (and
+            # the slow-consumer policy) still applies within the turn.
+            self.uncork()
+
+    def uncork(self) -> None:
+        """Write what :meth:`cork` holds now."""
+        corked = self._corked
+        if corked is not None:
+            self._corked = None
+            if not self.record.closed:
+                self.write(b"".join(corked))
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self._producer = producer
@@ -319,11 +352,13 @@ class ManagedConnection(ProtocolWrapper):
         self.transport.unregisterProducer()
 
     def writeSequence(self, data: Any) -> None:
+        self.uncork()
         data = list(data)
         self.record.bytes_out += sum(len(chunk) for chunk in data)
         self.transport.writeSequence(data)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._corked = None
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
@@ -405,8 +440,10 @@ class ManagedConnection(ProtocolWrapper):
         if transport is None:
             return
         if mode is CloseMode.RST:
+            self._corked = None
             transport.abortConnection()
             return
+        self.uncork()
         self.disconnecting = 1
         if self._producer is not None:
             # ITransport.loseConnection waits for a registered producer to
@@ -503,6 +540,8 @@ class ConnectionManager:
         self._per_address: collections.Counter[str] = collections.Counter()
         self._inbound = 0
         self._observers: list[Callable[[str, ManagedConnection | ConnectionRecord], None]] = []
+        #: Connections holding corked writes until the end of the reactor turn.
+        self._corked: list[ManagedConnection] = []
 
     # Wiring
 
@@ -579,6 +618,16 @@ class ConnectionManager:
     def find(self, connection_id: int) -> ManagedConnection | None:
         """The live connection with ``connection_id``, if any."""
         return self.live.get(connection_id)
+
+    def _cork(self, connection: ManagedConnection) -> None:
+        if not self._corked:
+            self.clock.callLater(0, self._uncork_all)
+        self._corked.append(connection)
+
+    def _uncork_all(self) -> None:
+        corked, self._corked = self._corked, []
+        for connection in corked:
+            connection.uncork()
 
     # Commands
 

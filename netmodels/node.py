@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from netmodels.interfaces import IApplication, ITopology
+from netmodels.interfaces import IApplication, IPeer, ITopology
 from netmodels.keepalive import DEFAULT as DEFAULT_KEEPALIVE
 from netmodels.keepalive import KeepaliveSettings, TimerWheel
 from netmodels.manager import (
@@ -33,6 +33,7 @@ from netmodels.manager import (
     ManagedConnection,
     format_address,
 )
+from netmodels.reasons import CloseReason
 from netmodels.reconnect import ReconnectingClient
 from netmodels.session import Session, SessionFactory, SessionSettings, encode_bye
 from netmodels.wire import DEFAULT_MAX_FRAME, Hello, MessageType, encode_frame
@@ -72,6 +73,14 @@ class NodeConfig:
     interval: float = 1.0
     #: p2p: the most peers a node dials (it accepts more, up to max_connections).
     max_peers: int = 32
+    #: many-to-one: the groups a client declares (sent in its HELLO).
+    groups: tuple[str, ...] = ()
+    #: many-to-one: endpoints where the server accepts raw line clients.
+    raw_listen: tuple[str, ...] = ()
+    #: Slow-consumer policy (see SessionSettings): bytes accepted while
+    #: paused, and how long a pause may last, before a peer is dropped.
+    max_backlog: int = 4 * 1024 * 1024
+    slow_consumer_deadline: float = 10.0
 
     @property
     def effective_user_timeout(self) -> float | None:
@@ -181,6 +190,7 @@ class Node(MultiService):
                 app=config.app,
                 listen=config.listen,
                 max_frame=config.max_frame,
+                extra={"groups": list(config.groups)} if config.groups else {},
             ),
             keepalive=config.keepalive,
             application=application,
@@ -191,11 +201,16 @@ class Node(MultiService):
             check_peer=lambda hello: self._check_peer(hello),
             handlers=self.handlers,
             on_liveness=self._liveness,
+            max_backlog=config.max_backlog,
+            slow_consumer_deadline=config.slow_consumer_deadline,
             timers=TimerWheel(reactor),
         )
         self.listeners: list[_Listener] = []
         self.clients: list[ReconnectingClient] = []
         self._sessions: dict[int, Session] = {}
+        #: Ready peers that are not sessions (raw line clients): each has
+        #: ``encode(payload)`` and ``write_encoded(data)`` for broadcast.
+        self._other_peers: dict[int, Any] = {}
         self.manager.subscribe(self._connection_event)
 
     # What topologies use
@@ -203,11 +218,20 @@ class Node(MultiService):
     def session_factory(self) -> SessionFactory:
         return SessionFactory(self.session_settings, self.clock)
 
-    def listen(self, description: str, factory: Factory[Any] | None = None) -> None:
-        """Accept connections on ``description`` (a Twisted endpoint string)."""
+    def listen(
+        self,
+        description: str,
+        factory: Factory[Any] | None = None,
+        rejection_payload: Callable[[CloseReason, str], bytes] | None = None,
+    ) -> None:
+        """
+        Accept connections on ``description`` (a Twisted endpoint string).
+        ``rejection_payload`` is what a connection over the limits is sent
+        before it is closed (default: a BYE frame).
+        """
         wrapped = self.manager.wrap_factory(
             factory or self.session_factory(),
-            rejection_payload=lambda reason, detail: encode_bye(reason, detail),
+            rejection_payload=rejection_payload or (lambda reason, detail: encode_bye(reason, detail)),
         )
         listener = _Listener(self.reactor, description, wrapped)
         listener.setServiceParent(self)
@@ -228,23 +252,48 @@ class Node(MultiService):
 
     # What applications use
 
-    def peers(self) -> list[Session]:
-        """Peers that finished their handshake and are still connected."""
+    def peers(self) -> list[Any]:
+        """
+        Peers that finished their handshake and are still connected: sessions,
+        then other peers (a many-to-one server's raw line clients).
+        """
+        if self._other_peers:
+            return [*self._sessions.values(), *self._other_peers.values()]
         return list(self._sessions.values())
 
-    def broadcast(self, payload: bytes, exclude: Session | None = None) -> int:
+    def broadcast(self, payload: bytes, exclude: IPeer | None = None) -> int:
         """
         Send ``payload`` to every ready peer but ``exclude``, framed once
         however many receive it. Returns how many it was sent to. A peer that
         is not reading is handled by the slow-consumer policy, never by
-        slowing the others.
+        slowing the others. The writes are corked
+        (:meth:`~netmodels.manager.ManagedConnection.cork`): the broadcasts
+        of one reactor turn leave each peer's connection in one write at the
+        end of the turn, in order with everything else sent to it.
         """
         frame = encode_frame(MessageType.DATA, payload)
         sent = 0
         # A snapshot: a write may drop a slow peer, which leaves the dict.
         for session in list(self._sessions.values()):
             if session is not exclude:
-                session.write_frame(frame)
+                session.write_frame(frame, corked=True)
+                sent += 1
+        if self._other_peers:
+            sent += self._broadcast_others(payload, exclude)
+        return sent
+
+    def _broadcast_others(self, payload: bytes, exclude: IPeer | None) -> int:
+        # Other kinds of peer encode a payload their own way (a raw line
+        # client: the payload and a newline): once per kind, not per peer.
+        encoded: dict[type, bytes] = {}
+        sent = 0
+        for peer in list(self._other_peers.values()):
+            if peer is not exclude:
+                kind = type(peer)
+                data = encoded.get(kind)
+                if data is None:
+                    data = encoded[kind] = peer.encode(payload)
+                peer.write_encoded(data, corked=True)
                 sent += 1
         return sent
 
@@ -338,5 +387,8 @@ class Node(MultiService):
             session = subject.wrappedProtocol
             if isinstance(session, Session):
                 self._sessions[subject.record.id] = session
+            elif IPeer.providedBy(session):
+                self._other_peers[subject.record.id] = session
         elif event == "closed" and isinstance(subject, ManagedConnection):
             self._sessions.pop(subject.record.id, None)
+            self._other_peers.pop(subject.record.id, None)

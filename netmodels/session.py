@@ -53,6 +53,7 @@ __all__ = [
     "Session",
     "SessionFactory",
     "SessionSettings",
+    "SlowConsumerPolicy",
     "encode_bye",
 ]
 
@@ -149,8 +150,70 @@ class SessionSettings:
         return encode_hello(self.hello)
 
 
+class SlowConsumerPolicy:
+    """
+    The slow-consumer policy, as an ``IPushProducer`` registered on the
+    transport, for any protocol that writes to a peer that may stop reading.
+
+    Twisted calls :meth:`pauseProducing` once its buffer holds 64 KiB unsent.
+    While paused, writes may add at most ``settings.max_backlog`` bytes (the
+    writer calls :meth:`_grow_backlog`), and the pause may last
+    ``settings.slow_consumer_deadline`` seconds; past either, the peer is
+    dropped with RST and reason ``rejected``: what waits unsent can never be
+    delivered, and the memory is freed at once. So a peer that stops reading
+    never grows our memory without bound, and never slows the others.
+    """
+
+    settings: SessionSettings
+    clock: IReactorTime
+    transport: ManagedConnection
+    writable: bool
+    _backlog: int
+    _slow_call: IDelayedCall | None
+
+    def pauseProducing(self) -> None:
+        if not self.writable:
+            return
+        self.writable = False
+        self._backlog = 0
+        deadline = self.settings.slow_consumer_deadline
+        self._slow_call = self.clock.callLater(deadline, self._slow_consumer, f"paused over {deadline:g} s")
+
+    def resumeProducing(self) -> None:
+        self.writable = True
+        self._backlog = 0
+        if self._slow_call is not None and self._slow_call.active():
+            self._slow_call.cancel()
+        self._slow_call = None
+
+    def stopProducing(self) -> None:
+        pass
+
+    def _grow_backlog(self, size: int) -> None:
+        self._backlog += size
+        if self._backlog > self.settings.max_backlog:
+            self._slow_consumer(f"more than {self.settings.max_backlog} bytes waiting")
+
+    def _slow_consumer(self, why: str) -> None:
+        # Over the backlog cap, the deadline's timer is still pending: cancel it.
+        call, self._slow_call = self._slow_call, None
+        if call is not None and call.active():
+            call.cancel()
+        record = self.transport.record
+        if record.closed or record.state is ConnectionState.CLOSING:
+            return
+        detail = f"slow consumer: not reading ({why})"
+        _log.warn(
+            "connection {id} to {peer}: {detail}; dropping", id=record.id, peer=record.peer, detail=detail
+        )
+        self._drop_slow_consumer(detail)
+
+    def _drop_slow_consumer(self, detail: str) -> None:
+        self.transport.end(CloseReason.REJECTED, detail, CloseMode.RST)
+
+
 @implementer(IPeer, IPushProducer)
-class Session(Protocol, KeepaliveMixin):
+class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
     """The netmodels wire protocol over one stream connection."""
 
     transport: ManagedConnection  # type: ignore[assignment]
@@ -247,27 +310,29 @@ class Session(Protocol, KeepaliveMixin):
         self.transport.write(frame)
         return deferred
 
-    def write_frame(self, frame: bytes, buffered: bool = False) -> None:
+    def write_frame(self, frame: bytes, corked: bool = False) -> None:
         """
         Send an already encoded frame, for fan-out: a message sent to many
         peers is framed once. Raises ``MessageTooLarge`` over the peer's
         frame limit, and does nothing once the connection is closing.
-        ``buffered``: through Twisted's buffer (see ``Node.broadcast``).
+        ``corked``: written at the end of the reactor turn with the rest of
+        a burst (see ``ManagedConnection.cork``).
         """
         if len(frame) - 5 > self._max_body:
             raise MessageTooLarge(
                 f"frame of {len(frame) - 4} bytes exceeds the peer's limit of {self._max_body + 1}"
             )
-        if self._ready and not self._closing():
-            if not buffered:
-                self._write_control(frame)
-                return
-            record = self.record
-            if record is not None:
-                record.messages_out += 1
-            if not self.writable:
-                self._grow_backlog(len(frame))
-            self.transport.write_buffered(frame)
+        # Ready and not closing, in one comparison: this runs once per peer per message.
+        record = self.record
+        if record is None or record.state is not _OPEN or not self._ready:
+            return
+        record.messages_out += 1
+        if not self.writable:
+            self._grow_backlog(len(frame))
+        if corked:
+            self.transport.cork(frame)
+        else:
+            self.transport.write(frame)
 
     def close(self) -> None:
         """Say BYE, then FIN (RST if the write buffer does not drain in time)."""
@@ -579,48 +644,9 @@ class Session(Protocol, KeepaliveMixin):
             self._grow_backlog(len(frame))
         self.transport.write(frame)
 
-    # IPushProducer: Twisted's signal that the peer is not reading fast enough.
-
-    def pauseProducing(self) -> None:
-        if not self.writable:
-            return
-        self.writable = False
-        self._backlog = 0
-        deadline = self.settings.slow_consumer_deadline
-        self._slow_call = self.clock.callLater(deadline, self._slow_consumer, f"paused over {deadline:g} s")
-
-    def resumeProducing(self) -> None:
-        self.writable = True
-        self._backlog = 0
-        if self._slow_call is not None and self._slow_call.active():
-            self._slow_call.cancel()
-        self._slow_call = None
-
-    def stopProducing(self) -> None:
-        pass
-
-    def _grow_backlog(self, size: int) -> None:
-        self._backlog += size
-        if self._backlog > self.settings.max_backlog:
-            self._slow_consumer(f"more than {self.settings.max_backlog} bytes waiting")
-
-    def _slow_consumer(self, why: str) -> None:
-        # Over the backlog cap, the deadline's timer is still pending: cancel it.
-        call, self._slow_call = self._slow_call, None
-        if call is not None and call.active():
-            call.cancel()
-        if self._closing():
-            return
-        detail = f"slow consumer: not reading ({why})"
-        _log.warn(
-            "connection {id} to {peer}: {detail}; dropping",
-            id=self.connection_id,
-            peer=self._peer_text(),
-            detail=detail,
-        )
+    def _drop_slow_consumer(self, detail: str) -> None:
         self.setKeepalive(None)
-        # RST: what waits unsent can never be delivered, and memory is freed now.
-        self.transport.end(CloseReason.REJECTED, detail, CloseMode.RST)
+        super()._drop_slow_consumer(detail)
 
     def _call_application(self, method: Callable[..., Any], *args: Any) -> None:
         try:

@@ -94,12 +94,26 @@ class Options(usage.Options):
         ["interval", None, "1", "Seconds between the messages a demo application sends (0: none)."],
         ["max-peers", None, "32", "p2p: the most peers a node dials; beyond, a partial mesh."],
         ["nodes", None, "1", "p2p: run N nodes in this process on ephemeral ports, meshed."],
+        [
+            "max-backlog",
+            None,
+            str(4 * 1024 * 1024),
+            "Bytes a peer that stopped reading may fall behind once paused, before it is dropped.",
+        ],
+        [
+            "slow-consumer-deadline",
+            None,
+            "10",
+            "Seconds a peer that stopped reading may stay paused before it is dropped.",
+        ],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
         self["connect"] = []
+        self["group"] = []
+        self["raw-listen"] = []
 
     def opt_listen(self, description: str) -> None:
         """Endpoint to listen on, e.g. tcp:8750 or ssl:8750:privateKey=key.pem (repeatable)."""
@@ -112,6 +126,14 @@ class Options(usage.Options):
     def opt_peer(self, description: str) -> None:
         """p2p: a bootstrap peer to dial, e.g. tcp:127.0.0.1:8760 (repeatable)."""
         self["connect"].append(description)
+
+    def opt_group(self, name: str) -> None:
+        """many-to-one client: a group to join, e.g. ops (repeatable)."""
+        self["group"].append(name)
+
+    def opt_raw_listen(self, description: str) -> None:
+        """many-to-one server: accept raw line clients (nc) on this endpoint (repeatable)."""
+        self["raw-listen"].append(description)
 
     def opt_list_topologies(self) -> None:
         """List installed topologies and exit."""
@@ -160,6 +182,11 @@ class Options(usage.Options):
             _check_endpoint("listen", description, lambda d: serverFromString(reactor, d))
         for description in self["connect"]:
             _check_endpoint("connect", description, lambda d: clientFromString(reactor, d))
+        for option in ("raw-listen", "group"):
+            if self[option] and topology.name != "many-to-one":
+                raise usage.UsageError(f"--{option}: only the many-to-one topology has it")
+        for description in self["raw-listen"]:
+            _check_endpoint("raw-listen", description, lambda d: serverFromString(reactor, d))
         if self["status"] is not None:
             _check_endpoint("status", self["status"], lambda d: serverFromString(reactor, d))
         max_frame = _count("max-frame", self["max-frame"])
@@ -186,6 +213,10 @@ class Options(usage.Options):
             else _number("user-timeout", user_timeout, allow_zero=True),
             interval=_number("interval", self["interval"], allow_zero=True),
             max_peers=_count("max-peers", self["max-peers"]) or 32,
+            groups=tuple(self["group"]),
+            raw_listen=tuple(self["raw-listen"]),
+            max_backlog=_bytes("max-backlog", self["max-backlog"]),
+            slow_consumer_deadline=_number("slow-consumer-deadline", self["slow-consumer-deadline"]),
         )
         if self["node-id"] is not None and not 0 < len(self["node-id"]) <= 128:
             raise usage.UsageError("--node-id: must be 1 to 128 characters")
@@ -194,6 +225,16 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
         self["config"] = config
+
+
+def _bytes(option: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise usage.UsageError(f"--{option}: expected a number of bytes, not {text!r}") from None
+    if value < 0:
+        raise usage.UsageError(f"--{option}: must be 0 or more, not {text!r}")
+    return value
 
 
 def _check_endpoint(option: str, description: str, parse: Any) -> None:

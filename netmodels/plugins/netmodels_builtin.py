@@ -1,11 +1,13 @@
 """The built-in topologies and applications, found like any third party's."""
 
 from netmodels.application import EchoApplication, application_plugin
+from netmodels.many_to_one import ChatApplication, ManyToOne
 from netmodels.p2p import BroadcastApplication, PeerToPeer
 from netmodels.topology import ClientServer
 
 client_server = ClientServer()
 p2p = PeerToPeer()
+many_to_one = ManyToOne()
 
 echo = application_plugin(
     "echo",
@@ -17,4 +19,10 @@ broadcast = application_plugin(
     "broadcast",
     "p2p: floods a line to the mesh every --interval seconds and logs what it receives",
     BroadcastApplication,
+)
+
+chat = application_plugin(
+    "chat",
+    "many-to-one: the server relays each client's line to the others; clients say hello every --interval s",
+    ChatApplication,
 )

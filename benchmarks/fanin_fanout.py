@@ -1,0 +1,426 @@
+"""
+Many-to-one fan-in and fan-out against raw Twisted, side by side in one run.
+
+fan-in  : the C load generator (``loadgen -m stream``) streams 64-byte frames
+          over 100 connections into one server, as ``ingest.py`` does, but the
+          netmodels server is a **many-to-one** server node (the ``Hub`` tracks
+          every client); ``Application.message_received`` counts. Raw:
+          ``Int32StringReceiver.stringReceived`` counts. Messages/s.
+
+fan-out : one server sends every message to 100 clients, framed once, as
+          fast as the clients read it and no faster (lossless): it offers the
+          next message only while no connection is paused by Twisted (more
+          than 64 KiB unsent). Raw: a server writing one ready-made frame
+          (4-byte length + 64-byte body) to each of 100
+          ``Int32StringReceiver`` connections, pausing on Twisted's producer
+          signal. netmodels: a many-to-one server node, ``Hub.broadcast``
+          (``Node.broadcast``: DATA framed once, ``Session.write_frame`` per
+          client, slow-consumer policy on), pausing while any session is not
+          ``writable``. The clients are the C generator in read mode
+          (``loadgen -m read``) on the other CPU, counting the frames it
+          receives; deliveries/s = messages x clients, counted by the server
+          over the window; the run is checked lossless: the generator's count
+          equals everything the server sent.
+
+          Two paces: 1 message per reactor turn, and bursts of 16 per turn.
+
+    python benchmarks/fanin_fanout.py [--seconds 3] [--reps 3] [--conns 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import struct
+from typing import Any
+
+import common
+import ingest
+from common import Row
+
+BODY = 64
+#: Listen backlog: 100 connections arriving at once overflow the default (50).
+BACKLOG = 1024
+BURST_ROW = 16
+
+
+def netmodels_hello_hex(node_id: str = "loadgen") -> str:
+    """A many-to-one client HELLO, as hex for the generator's ``-x``."""
+    from netmodels.keepalive import DEFAULT
+    from netmodels.wire import Hello, encode_hello
+
+    hello = Hello(node_id=node_id, topology="many-to-one", role="client", keepalive=DEFAULT)
+    return encode_hello(hello).hex()
+
+
+# --------------------------------------------------------------------------
+# The server processes
+
+
+def build_server(reactor: Any, application: Any) -> Any:
+    """A started many-to-one server node on 127.0.0.1 (default settings), port chosen by the kernel."""
+    from netmodels.many_to_one import ManyToOne
+    from netmodels.node import Node, NodeConfig
+
+    listen = f"tcp:0:interface={common.HOST}:backlog={BACKLOG}"
+    config = NodeConfig(topology="many-to-one", role="server", listen=(listen,), node_id="bench-server")
+    topology = ManyToOne()
+    node = Node(config, topology, application, reactor)
+    topology.build(node)
+    node.startService()
+    return node
+
+
+def serve_fanin(impl: str, warmup: float, seconds: float, profile: str | None, conns: int) -> None:
+    if impl == "raw":
+        ingest.serve("raw", warmup, seconds, profile, conns)
+        return
+    common.quiet_logging()
+    from netmodels.application import Application
+    from twisted.internet import reactor
+
+    counter = [0]
+    ready = [0]
+    window = common.Window(
+        reactor, warmup, seconds, lambda: counter[0], lambda r: common.emit("RESULT", r), profile
+    )
+
+    class Counting(Application):
+        def peer_ready(self, peer: Any) -> None:
+            ready[0] += 1
+            if ready[0] == 1:
+                reactor.callLater(5.0, window.begin)
+            if ready[0] >= conns:
+                window.begin()
+
+        def message_received(self, peer: Any, payload: bytes) -> None:
+            counter[0] += 1
+
+    node = build_server(reactor, Counting())
+    common.emit("READY", str(node.listeners[0].port.getHost().port))
+    reactor.run()
+
+
+def serve_fanout(
+    impl: str, warmup: float, seconds: float, profile: str | None, conns: int, burst: int
+) -> None:
+    common.quiet_logging()
+    from twisted.internet import reactor
+
+    deliveries = [0]
+    state = {"running": True, "scheduled": False, "paused": 0}
+    targets: list[Any] = []
+
+    def finish(result: dict[str, Any]) -> None:
+        state["running"] = False
+        result["total_deliveries"] = deliveries[0]
+        result["clients"] = len(targets)
+        common.emit("RESULT", result)
+
+    window = common.Window(reactor, warmup, seconds, lambda: deliveries[0], finish, profile)
+
+    if impl == "raw":
+        from twisted.internet.interfaces import IPushProducer
+        from twisted.internet.protocol import Factory
+        from twisted.protocols.basic import Int32StringReceiver
+        from zope.interface import implementer
+
+        frame = struct.pack("!I", BODY) + b"x" * BODY
+
+        def send_one() -> int:
+            for protocol in targets:
+                protocol.transport.write(frame)
+            return len(targets)
+
+        def can_send() -> bool:
+            return state["paused"] == 0
+
+        @implementer(IPushProducer)
+        class Client(Int32StringReceiver):
+            paused = False
+
+            def connectionMade(self) -> None:
+                self.transport.setTcpNoDelay(True)
+                self.transport.registerProducer(self, True)
+                targets.append(self)
+                if len(targets) >= conns:
+                    start()
+
+            def pauseProducing(self) -> None:
+                if not self.paused:
+                    self.paused = True
+                    state["paused"] += 1
+
+            def resumeProducing(self) -> None:
+                if self.paused:
+                    self.paused = False
+                    state["paused"] -= 1
+                    kick()
+
+            def stopProducing(self) -> None:
+                pass
+
+            def stringReceived(self, string: bytes) -> None:
+                pass
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Client), interface=common.HOST, backlog=BACKLOG)
+        number = port.getHost().port
+    else:
+        from netmodels.application import Application
+        from netmodels.many_to_one import hub_of
+
+        payload = b"x" * (BODY - 1)
+
+        class Ready(Application):
+            def peer_ready(self, peer: Any) -> None:
+                targets.append(peer)
+                if len(targets) >= conns:
+                    start()
+
+        node = build_server(reactor, Ready())
+        hub = hub_of(node)
+        assert hub is not None
+        sessions = targets
+
+        def send_one() -> int:
+            return hub.broadcast(payload)
+
+        def can_send() -> bool:
+            return all(session.writable for session in sessions)
+
+        # Resumed sessions restart the pump: wrap resumeProducing once per class.
+        from netmodels.session import Session
+
+        original_resume = Session.resumeProducing
+
+        def resume(self: Session) -> None:
+            original_resume(self)
+            kick()
+
+        Session.resumeProducing = resume  # type: ignore[method-assign]
+        number = node.listeners[0].port.getHost().port
+
+    def pump() -> None:
+        state["scheduled"] = False
+        if not state["running"]:
+            return
+        for _ in range(burst):
+            if not can_send():
+                return  # resumeProducing kicks the pump again
+            deliveries[0] += send_one()
+        kick()
+
+    def kick() -> None:
+        if state["running"] and not state["scheduled"]:
+            state["scheduled"] = True
+            reactor.callLater(0, pump)
+
+    def start() -> None:
+        window.begin()
+        kick()
+
+    common.emit("READY", str(number))
+    reactor.run()
+
+
+# --------------------------------------------------------------------------
+# Orchestration
+
+
+def run_once(mode: str, impl: str, args: argparse.Namespace, tag: str, burst: int = 1) -> dict[str, Any]:
+    loadgen = common.build_loadgen()
+    profile = common.profile_path(args, f"{tag}-{impl}") if impl != "raw" else None
+    with common.Children() as children:
+        server_args = [
+            "server",
+            "--mode",
+            mode,
+            "--impl",
+            impl,
+            "--warmup",
+            str(args.warmup),
+            "--seconds",
+            str(args.seconds),
+            "--conns",
+            str(args.conns),
+            "--burst",
+            str(burst),
+        ]
+        if profile:
+            server_args += ["--profile", profile]
+        server = children.start(
+            f"{mode} {impl} server",
+            common.pinned(common.python_command("fanin_fanout.py", *server_args), common.server_cpu()),
+        )
+        port = server.expect("READY", 30)
+        run_for = args.warmup + args.seconds + (1.0 if mode == "fanin" else 2.0)
+        command = [
+            str(loadgen),
+            "-m",
+            "stream" if mode == "fanin" else "read",
+            "-p",
+            port,
+            "-c",
+            str(args.conns),
+            "-s",
+            str(BODY),
+            "-t",
+            str(run_for),
+        ]
+        if impl != "raw":
+            command += ["-T", "2", "-x", netmodels_hello_hex()]
+        generator = children.start("loadgen", common.pinned(command, common.client_cpu()))
+        generator.expect("CONNECTED", 30)
+        result = server.result(run_for + 30)
+        try:
+            sent = generator.expect("SENT", run_for + 10)
+            result["loadgen"] = dict(item.split("=") for item in sent.split())
+            if mode == "fanout":
+                received = generator.expect("RECEIVED", 5)
+                result["received"] = dict(item.split("=") for item in received.split())
+        except common.BenchError:
+            result.setdefault("loadgen", {})
+    return result
+
+
+def disturbed(result: dict[str, Any]) -> str | None:
+    return ingest.disturbed(result)
+
+
+def measure(
+    mode: str, args: argparse.Namespace, log: list[str], burst: int = 1
+) -> dict[str, list[dict[str, Any]]]:
+    """Interleaved raw / netmodels repetitions; results per impl."""
+    results: dict[str, list[dict[str, Any]]] = {"raw": [], "m21": []}
+    tag = mode if burst == 1 else f"{mode}-burst{burst}"
+    for rep in range(args.reps):
+        for impl in ("raw", "m21"):
+            label = f"{tag} rep {rep + 1}/{args.reps}: {impl}"
+            common.progress(label)
+            results[impl].append(
+                common.measured(
+                    lambda impl=impl, rep=rep: run_once(mode, impl, args, f"{tag}-{rep}", burst),
+                    disturbed,
+                    args.retries,
+                    label,
+                    log,
+                )
+            )
+    return results
+
+
+def lossless_notes(results: dict[str, list[dict[str, Any]]], label: str) -> list[str]:
+    notes = []
+    for impl, runs in results.items():
+        for number, r in enumerate(runs, 1):
+            received = r.get("received", {}).get("frames")
+            sent = r.get("total_deliveries")
+            if received is None or sent is None:
+                notes.append(f"{label} {impl} rep {number}: could not check losslessness")
+            elif int(received) != int(sent):
+                notes.append(
+                    f"{label} {impl} rep {number}: NOT lossless: sent {sent} deliveries, "
+                    f"the clients received {received}"
+                )
+            lost = r.get("loadgen", {}).get("conns_lost")
+            if lost not in (None, "0"):
+                notes.append(f"{label} {impl} rep {number}: the generator lost {lost} connections")
+    return notes
+
+
+def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
+    log: list[str] = []
+    fanin = measure("fanin", args, log)
+    fanout = measure("fanout", args, log)
+    bursts = measure("fanout", args, log, BURST_ROW)
+
+    def series(results: dict[str, list[dict[str, Any]]], impl: str, key: str) -> list[float]:
+        return [r[key] for r in results[impl] if r.get(key) is not None]
+
+    def rows_for(
+        results: dict[str, list[dict[str, Any]]], workload: str, unit: str, target: Any
+    ) -> list[Row]:
+        return [
+            Row(
+                workload,
+                unit,
+                series(results, "raw", "rate"),
+                series(results, "m21", "rate"),
+                target,
+                nm_label="many-to-one",
+            ),
+            Row(
+                "  server CPU per " + ("message" if unit == "msg/s" else "delivery"),
+                "µs",
+                series(results, "raw", "cpu_us_per_op"),
+                series(results, "m21", "cpu_us_per_op"),
+                nm_label="many-to-one",
+            ),
+            Row(
+                "  server CPU busy",
+                "%",
+                [100 * v for v in series(results, "raw", "cpu_util")],
+                [100 * v for v in series(results, "m21", "cpu_util")],
+                nm_label="many-to-one",
+            ),
+        ]
+
+    rows = [
+        *rows_for(fanin, f"fan-in, {args.conns} clients, 64 B frames", "msg/s", (">=", 1.00)),
+        *rows_for(
+            fanout, f"fan-out to {args.conns} clients, 1 msg/turn, lossless", "deliveries/s", (">=", 0.90)
+        ),
+        *rows_for(
+            bursts,
+            f"fan-out to {args.conns} clients, {BURST_ROW} msgs/turn, lossless",
+            "deliveries/s",
+            (">=", 0.90),
+        ),
+    ]
+    notes = [
+        "fan-in: C generator streams into the server (as ingest.py); netmodels = many-to-one server node "
+        "(defaults: keepalive, kernel keepalive, slow-consumer policy), message_received counts",
+        f"fan-out: the server offers 1 (or {BURST_ROW}) messages per reactor turn while no client "
+        "connection is paused; clients = C generator in read mode counting frames; raw writes one "
+        "ready-made frame per connection, netmodels Hub.broadcast (framed once, corked per session)",
+        *lossless_notes(fanout, "fan-out"),
+        *lossless_notes(bursts, "fan-out bursts"),
+        *ingest.saturation_notes({"fan-in raw": fanin["raw"], "fan-in many-to-one": fanin["m21"]}),
+        *log,
+    ]
+    return rows, notes
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    common.add_common_arguments(parser)
+    parser.add_argument("--conns", type=int, default=100, help="clients (default 100)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command")
+    p = sub.add_parser("server")
+    p.add_argument("--mode", choices=("fanin", "fanout"), required=True)
+    p.add_argument("--impl", choices=("raw", "m21"), required=True)
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--profile", default=None)
+    p.add_argument("--conns", type=int, default=100)
+    p.add_argument("--burst", type=int, default=1)
+    add_arguments(parser)
+    args = parser.parse_args()
+    if args.command == "server":
+        if args.mode == "fanin":
+            serve_fanin(args.impl, args.warmup, args.seconds, args.profile, args.conns)
+        else:
+            serve_fanout(args.impl, args.warmup, args.seconds, args.profile, args.conns, args.burst)
+        return
+    common.apply_quick(args)
+    print("\n".join(common.machine_info()))
+    rows, notes = run(args)
+    print(common.format_table("many-to-one: fan-in and fan-out", rows, notes))
+
+
+if __name__ == "__main__":
+    main()
