@@ -206,12 +206,18 @@ class KeepaliveTracker:
             if now < idle_until:
                 self.next_deadline = idle_until
                 return KeepaliveAction.WAIT
+            due = idle_until
         elif self.probes_unanswered >= settings.probes:
             self.next_deadline = math.inf
             return KeepaliveAction.DEAD
+        else:
+            due = self.next_deadline
         self.probes_unanswered += 1
         self._probe_sent_at = now
-        self.next_deadline = now + settings.interval
+        # Count from when the probe was due, not when the timer ran: a timer
+        # that runs late must not push every later deadline, or the bound
+        # would slip by the sum of the delays.
+        self.next_deadline = min(now, due) + settings.interval
         return KeepaliveAction.PROBE
 
 

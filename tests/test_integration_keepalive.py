@@ -2,9 +2,8 @@
 Integration: application keepalive finds a frozen peer.
 
 The peer is a real ``twistd netmodels`` server process frozen with SIGSTOP: its
-kernel still answers TCP keepalive probes and ACKs data (see
-``/work/shared/reference/faults.md``), so only netmodels' own PING/PONG can
-notice. The client must record ``timeout`` / ``local`` inside the two-sided
+kernel still answers TCP keepalive probes and ACKs data (see the concepts
+page of the docs), so only netmodels' own PING/PONG can notice. The client must record ``timeout`` / ``local`` inside the two-sided
 window ``interval * probes - eps <= t <= idle + interval * probes + eps``.
 """
 

@@ -605,3 +605,25 @@ class TimerWheelTests(SynchronousTestCase):
             self.assertEqual(protocol.probes, [10.0, 15.0, 20.0])
             self.assertEqual(protocol.timeouts, [25.0])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class LateTimerTests(SynchronousTestCase):
+    """A reactor runs timers a little late; the bound must not slip by the sum of the delays."""
+
+    #: How late each reactor timer runs, as a busy epoll reactor does.
+    LATENESS = 0.002
+
+    def test_dead_within_bound_plus_one_granularity(self) -> None:
+        clock = Clock()
+        clock.advance(0.01)  # the last thing received, off the wheel's grid
+        wheel = TimerWheel(clock)
+        protocol = RecordingProtocol(clock, KeepaliveSettings(1.0, 0.5, 3))
+        protocol.keepaliveTimers = wheel
+        protocol.makeConnection(AbortRecordingTransport())
+        started = clock.seconds()
+        while not protocol.timeouts and clock.seconds() < 10:
+            pending = [call.getTime() for call in clock.getDelayedCalls()]
+            clock.advance(max(0.0, min(pending) - clock.seconds()) + self.LATENESS)
+        late = protocol.timeouts[0] - started - 2.5
+        self.assertGreaterEqual(late, 0.0)
+        self.assertLessEqual(late, wheel.granularity + self.LATENESS, f"dead {late * 1000:.1f} ms late")
