@@ -2,6 +2,7 @@
 #
 #   make run     set up if needed, then run the demo node with its status page
 #   make test    set up if needed, then run the suite under trial and under pytest
+#   make lab     run only the fault lab (tests/lab: root, iproute2, iptables), under trial
 #   make lint    ruff check, ruff format --check, mypy
 #   make docs    build the HTML docs into docs/_build/html
 #   make bench   run the benchmarks
@@ -28,7 +29,7 @@ PKG_FILES := $(sort $(shell find netmodels plugins -type f \( -name '*.py' -o -n
 
 STATUS_URL := http://127.0.0.1:8080/status
 
-.PHONY: help setup sysdeps run test lint docs bench clean distclean FORCE
+.PHONY: help setup sysdeps run test lab lint docs bench clean distclean FORCE
 
 help:
 	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
@@ -52,7 +53,7 @@ $(STAMP): setup.cfg pyproject.toml $(FILES) | $(VPY)
 setup: $(STAMP)
 
 # ip and iptables for the lab tests: installed only when missing, as root, with apt-get.
-# Never fails: without them the lab tests skip.
+# Never fails: without them the lab tests skip (or fail, with NETMODELS_LAB_REQUIRED=1 as in CI).
 sysdeps:
 	@if command -v ip >/dev/null 2>&1 && command -v iptables >/dev/null 2>&1; then \
 	  :; \
@@ -80,6 +81,11 @@ test: setup sysdeps
 	echo "==> pytest"; \
 	$(VENV)/bin/pytest tests || rc=1; \
 	exit $$rc
+
+# Real faults between twistd processes in network namespaces; see docs/fault-lab.rst.
+# `$(VPY) -m tests.lab.matrix` regenerates the docs' results table.
+lab: setup sysdeps
+	$(VPY) -m twisted.trial tests.lab
 
 lint: setup
 	@rc=0; \
