@@ -78,6 +78,8 @@ TICK = 1.0
 DIAL_GRACE = 2.0
 #: Message ids remembered per origin beyond its contiguous low mark.
 SEEN_WINDOW = 4096
+#: Broadcast windows kept per origin, one per incarnation it broadcast under.
+INCARNATIONS_KEPT = 4
 #: Most members one PEERS frame may carry.
 MAX_MEMBERS = 1024
 
@@ -236,7 +238,11 @@ class Mesh:
         self._client_endpoint = client_endpoint or (lambda d: clientFromString(node.reactor, d))
         self._fixed_endpoints = endpoints
         self.incarnation = 0
+        self._epoch = 0
         self.members: dict[str, Member] = {}
+        #: Bootstrap targets that turned out to be this node, not to be dialled again.
+        self._self_targets: set[str] = set()
+        self._bootstrap_attempts: dict[int, str] = {}
         self.endpoints: tuple[str, ...] = ()
         self._sequence = 0
         self._seen: dict[tuple[str, int], _Seen] = {}
@@ -259,6 +265,10 @@ class Mesh:
 
     def start(self) -> None:
         self.incarnation = int(self._wall() * 1000)
+        # Broadcast ids use the incarnation this process started with: a
+        # refutation bumps the membership incarnation, and must not make
+        # copies of earlier broadcasts still in flight look new.
+        self._epoch = self.incarnation
         if self._fixed_endpoints is not None:
             self.endpoints = self._fixed_endpoints
         else:
@@ -280,7 +290,7 @@ class Mesh:
     def broadcast(self, payload: bytes) -> int:
         """Flood ``payload`` to every node of the mesh; returns the peers it went to at first."""
         self._sequence += 1
-        message = Broadcast(self.node_id, self.incarnation, self._sequence, payload)
+        message = Broadcast(self.node_id, self._epoch, self._sequence, payload)
         self._seen_window(message).add(message.sequence)
         self.counters["sent"] += 1
         return self._flood(encode_broadcast(message), exclude=None)
@@ -294,7 +304,7 @@ class Mesh:
         if member is None or member.state is PeerState.LEFT:
             raise LookupError(f"no node {node_id!r} in the mesh")
         self._sequence += 1
-        message = Broadcast(self.node_id, self.incarnation, self._sequence, payload, node_id)
+        message = Broadcast(self.node_id, self._epoch, self._sequence, payload, node_id)
         self._seen_window(message).add(message.sequence)
         self.counters["relayed"] += 1
         self._flood(encode_broadcast(message), exclude=None)
@@ -332,8 +342,13 @@ class Mesh:
         peer_id = session.node_id
         assert peer_id is not None
         if peer_id == self.node_id:
-            session.close()  # We dialled ourselves (our own address came back in gossip).
+            # We dialled ourselves, at an address of ours under another name.
+            target = self._bootstrap_attempts.pop(connection.record.id, None)
+            if target is not None:
+                self._self_targets.add(target)
+            session.close()
             return
+        self._bootstrap_attempts.pop(connection.record.id, None)
         member = self._member(peer_id)
         current = member.session
         if current is not None and current is not session:
@@ -348,12 +363,17 @@ class Mesh:
             )
             drop._end(CloseReason.CLEAN, f"duplicate connection; keeping the one {dialler} dialled")
             return
+        before = member.gossip()
         member.session = session
         member.failures = 0
         member.via = None
         self._set_state(member, PeerState.ALIVE)
-        # Push-pull: the newcomer gets our whole view at once.
-        session.write_frame(self._peers_frame(self.members.values(), include_self=True))
+        # Push-pull: the newcomer gets our whole view at once. If we (or
+        # gossip) had it suspect or dead, it is told so, and refutes with a
+        # new incarnation: only that can lift "dead" everywhere else.
+        told_bad = before["state"] in (PeerState.SUSPECT, PeerState.DEAD)
+        view = [before if m is member and told_bad else m.gossip() for m in self.members.values()]
+        session.write_frame(self._peers_frame_from(view, include_self=True))
 
     def _session_closed(self, session: Session, record: ConnectionRecord) -> None:
         peer_id = session.node_id
@@ -451,14 +471,11 @@ class Mesh:
         if self._bootstrap_dialling or now < self._bootstrap_next:
             return
         resolved = [t() if callable(t) else t for t in self.bootstrap]
-        targets = [t for t in resolved if t and t not in self.endpoints]
+        targets = [t for t in resolved if t and t not in self.endpoints and t not in self._self_targets]
         if not targets:
             return
         self._bootstrap_dialling = True
-        attempts = [
-            self.node.manager.connect(self._client_endpoint(t), self.node.session_factory(), t)
-            for t in targets
-        ]
+        attempts = [self._dial_target(t) for t in targets]
 
         def settled(results: list[tuple[bool, Any]]) -> None:
             self._bootstrap_dialling = False
@@ -477,6 +494,17 @@ class Mesh:
         from twisted.internet.defer import DeferredList
 
         DeferredList(attempts, consumeErrors=True).addCallback(settled)
+
+    def _dial_target(self, target: str) -> Deferred[ManagedConnection]:
+        attempt = self.node.manager.connect(
+            self._client_endpoint(target), self.node.session_factory(), target
+        )
+
+        def connected(connection: ManagedConnection) -> ManagedConnection:
+            self._bootstrap_attempts[connection.record.id] = target
+            return connection
+
+        return attempt.addCallback(connected)
 
     # Gossip
 
@@ -522,7 +550,10 @@ class Mesh:
                 member.session.write_frame(frame)
 
     def _peers_frame(self, members: Iterable[Member], include_self: bool) -> bytes:
-        entries = [m.gossip() for m in members][: MAX_MEMBERS - 1]
+        return self._peers_frame_from([m.gossip() for m in members], include_self)
+
+    def _peers_frame_from(self, entries: list[dict[str, Any]], include_self: bool) -> bytes:
+        entries = entries[: MAX_MEMBERS - 1]
         if include_self:
             entries.append(
                 {
@@ -569,8 +600,26 @@ class Mesh:
             # It restarted: dial it again at once.
             member.failures, member.next_dial_at = 0, 0.0
         if member.session is not None:
-            # Our own connection is the authority on a direct peer.
-            member.incarnation = max(member.incarnation, incarnation)
+            # Our own connection is the authority on a direct peer; a rumour
+            # that it is suspect or dead goes to it, so that it refutes.
+            if state in (PeerState.SUSPECT, PeerState.DEAD) and incarnation >= member.incarnation:
+                rumour = {
+                    "id": node_id,
+                    "endpoints": list(endpoints),
+                    "incarnation": incarnation,
+                    "state": str(state),
+                }
+                member.session.write_frame(self._peers_frame_from([rumour], include_self=False))
+            if incarnation > member.incarnation:
+                # It refuted a rumour: it is alive, and says so with a new
+                # incarnation. Pass that on (as alive: re-announcing our own
+                # suspicion under its new incarnation would make it refute
+                # again, and again).
+                member.incarnation = incarnation
+                if member.state is PeerState.ALIVE:
+                    self._announce(member)
+                else:
+                    self._set_state(member, PeerState.ALIVE)
             return
         newer = incarnation > member.incarnation
         stronger = incarnation == member.incarnation and _PRECEDENCE[state] > _PRECEDENCE[member.state]
@@ -626,8 +675,10 @@ class Mesh:
         key = (message.origin, message.incarnation)
         seen = self._seen.get(key)
         if seen is None:
-            # Forget older incarnations of the same origin.
-            for old in [k for k in self._seen if k[0] == message.origin and k[1] < message.incarnation]:
+            # Keep a few incarnations of each origin (a restarted node's old
+            # copies may still be in flight), and forget older ones.
+            mine = sorted(k for k in self._seen if k[0] == message.origin)
+            for old in mine[: max(0, len(mine) + 1 - INCARNATIONS_KEPT)]:
                 del self._seen[old]
             seen = self._seen[key] = _Seen()
         return seen
