@@ -4,6 +4,8 @@ Run every netmodels benchmark against raw Twisted in one go and print ratios.
     .venv/bin/python benchmarks/run_all.py            # default: 1 s warm-up, 3 s windows, 3 reps (~3 min)
     .venv/bin/python benchmarks/run_all.py --quick    # 0.5 s + 1.5 s windows, 2 reps (~1 min)
     .venv/bin/python benchmarks/run_all.py --only rr,ingest --seconds 5 --reps 5
+    .venv/bin/python benchmarks/run_all.py --only mesh                # p2p mesh formation, ~20 s
+    .venv/bin/python benchmarks/run_all.py --only many-to-one         # fan-in and fan-out, ~2 min
     .venv/bin/python benchmarks/run_all.py --profile-dir /tmp/prof   # cProfile each netmodels server window
 
 See benchmarks/README.md for the method. Results are informational: the exit
@@ -18,13 +20,15 @@ import time
 import traceback
 
 import common
+import fanin_fanout
 import idle_mem
 import ingest
 import keepalive_cost
+import mesh_formation
 import rr
 from common import Row
 
-BENCHMARKS = ("rr", "ingest", "keepalive", "idle")
+BENCHMARKS = ("rr", "ingest", "keepalive", "idle", "mesh", "many-to-one")
 
 
 def main() -> int:
@@ -34,6 +38,7 @@ def main() -> int:
     common.add_common_arguments(parser)
     parser.add_argument("--conns", type=int, default=100, help="ingest connections (default 100)")
     idle_mem.add_arguments(parser)
+    mesh_formation.add_arguments(parser)
     parser.add_argument(
         "--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {','.join(BENCHMARKS)}"
     )
@@ -119,6 +124,15 @@ def main() -> int:
         )
     if "idle" in chosen:
         section("4. idle connections", "idle", lambda: idle_mem.run(args))
+    if "mesh" in chosen:
+        section(
+            "5. p2p mesh formation (no raw Twisted equivalent)",
+            "mesh",
+            lambda: mesh_formation.run(args),
+            mesh_formation.COLUMNS,
+        )
+    if "many-to-one" in chosen:
+        section("6. many-to-one fan-in and fan-out", "many-to-one", lambda: fanin_fanout.run(args))
 
     print("\n== summary ==")
     width = max((len(f"{name}: {row.workload}") for name, row in summary), default=10)

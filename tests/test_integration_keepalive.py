@@ -3,8 +3,9 @@ Integration: application keepalive finds a frozen peer.
 
 The peer is a real ``twistd netmodels`` server process frozen with SIGSTOP: its
 kernel still answers TCP keepalive probes and ACKs data (see the concepts
-page of the docs), so only netmodels' own PING/PONG can notice. The client must record ``timeout`` / ``local`` inside the two-sided
-window ``interval * probes - eps <= t <= idle + interval * probes + eps``.
+page of the docs), so only netmodels' own PING/PONG can notice. The client
+must record ``timeout`` / ``local`` inside the two-sided window
+``interval * probes - eps <= t <= idle + interval * probes + eps``.
 """
 
 from __future__ import annotations

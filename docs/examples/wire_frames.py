@@ -9,11 +9,15 @@ a few broken frames.
 Run: python docs/examples/wire_frames.py   (instant)
 """
 
+import json
+
 from netmodels.keepalive import KeepaliveSettings
 from netmodels.wire import (
+    Broadcast,
     FrameDecoder,
     Hello,
     MessageType,
+    encode_broadcast,
     encode_bye,
     encode_correlated,
     encode_frame,
@@ -52,6 +56,19 @@ dump(
     "BYE fatal protocol error",
     encode_bye("protocol-error", "peer speaks protocol version 2, we speak 1", True),
 )
+# p2p: peer exchange (JSON, as netmodels.p2p writes it) and a flooded message.
+member = {
+    "id": "n2",
+    "endpoints": ["tcp:host=10.0.0.2:port=8760"],
+    "incarnation": 1700000000000,
+    "state": "alive",
+}
+dump("PEERS, one member (p2p)", encode_frame(MessageType.PEERS, json.dumps({"members": [member]}).encode()))
+dump("BROADCAST 'hi' from n1 to all (p2p)", encode_broadcast(Broadcast("n1", 1700000000000, 7, b"hi")))
+dump(
+    "BROADCAST 'hi' from n1 relayed to n3 (p2p)",
+    encode_broadcast(Broadcast("n1", 1700000000000, 8, b"hi", "n3")),
+)
 
 print()
 print("a stream cut anywhere still decodes: feeding DATA + PING one byte at a time")
@@ -68,7 +85,7 @@ for title, data in (
     ("length 0 (no type byte)", b"\x00\x00\x00\x00"),
     ("length ff ff ff ff, just those 4 bytes", b"\xff\xff\xff\xff"),
     ("length 2 MiB with --max-frame 1 MiB", (2 * 1024 * 1024).to_bytes(4, "big")),
-    ("unknown type 0x09", b"\x00\x00\x00\x01\x09"),
+    ("unknown type 0x7f", b"\x00\x00\x00\x01\x7f"),
 ):
     decoder = FrameDecoder(max_frame=1024 * 1024)
     decoder.feed(data)
@@ -78,8 +95,8 @@ print()
 print("good frames before a bad one are delivered; after it the decoder latches:")
 decoder = FrameDecoder()
 print(
-    "  feed(DATA 'ok' + type 0x09):",
-    decoder.feed(encode_frame(MessageType.DATA, b"ok") + b"\x00\x00\x00\x01\x09"),
+    "  feed(DATA 'ok' + type 0x7f):",
+    decoder.feed(encode_frame(MessageType.DATA, b"ok") + b"\x00\x00\x00\x01\x7f"),
 )
 print("  error:", decoder.error)
 print(
