@@ -195,12 +195,7 @@ class RawLineSession(SlowConsumerPolicy, Protocol):
         if record is None or not self._ready or record.state is not _OPEN:
             return
         record.messages_out += 1
-        if not self.writable:
-            self._grow_backlog(len(data))
-        if corked:
-            self.transport.cork(data)
-        else:
-            self.transport.write(data)
+        self._send(data, corked)
 
     # Twisted
 

@@ -156,8 +156,8 @@ class SlowConsumerPolicy:
     transport, for any protocol that writes to a peer that may stop reading.
 
     Twisted calls :meth:`pauseProducing` once its buffer holds 64 KiB unsent.
-    While paused, writes may add at most ``settings.max_backlog`` bytes (the
-    writer calls :meth:`_grow_backlog`), and the pause may last
+    While paused, writes (all through :meth:`_send`) may add at most
+    ``settings.max_backlog`` bytes, and the pause may last
     ``settings.slow_consumer_deadline`` seconds; past either, the peer is
     dropped with RST and reason ``rejected``: what waits unsent can never be
     delivered, and the memory is freed at once. So a peer that stops reading
@@ -188,6 +188,15 @@ class SlowConsumerPolicy:
 
     def stopProducing(self) -> None:
         pass
+
+    def _send(self, data: bytes, corked: bool = False) -> None:
+        """Write ``data``, counted against the backlog while paused."""
+        if not self.writable:
+            self._grow_backlog(len(data))
+        if corked:
+            self.transport.cork(data)
+        else:
+            self.transport.write(data)
 
     def _grow_backlog(self, size: int) -> None:
         self._backlog += size
@@ -274,10 +283,7 @@ class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
         if record is None or not self._ready or record.closed:
             raise PeerClosed(self._record_or_placeholder())
         record.messages_out += 1
-        frame = encode_frame(_DATA, payload)
-        if not self.writable:
-            self._grow_backlog(len(frame))
-        self.transport.write(frame)
+        self._send(encode_frame(_DATA, payload))
 
     def request(self, payload: bytes, timeout: float | None = None) -> defer.Deferred[bytes]:
         """Send a REQUEST; see :meth:`netmodels.interfaces.IPeer.request`."""
@@ -304,10 +310,7 @@ class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
             call.reset(wait)
             self._request_due = deadline
         record.messages_out += 1
-        frame = encode_correlated(_REQUEST, request_id, payload)
-        if not self.writable:
-            self._grow_backlog(len(frame))
-        self.transport.write(frame)
+        self._send(encode_correlated(_REQUEST, request_id, payload))
         return deferred
 
     def write_frame(self, frame: bytes, corked: bool = False) -> None:
@@ -327,12 +330,7 @@ class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
         if record is None or record.state is not _OPEN or not self._ready:
             return
         record.messages_out += 1
-        if not self.writable:
-            self._grow_backlog(len(frame))
-        if corked:
-            self.transport.cork(frame)
-        else:
-            self.transport.write(frame)
+        self._send(frame, corked)
 
     def close(self) -> None:
         """Say BYE, then FIN (RST if the write buffer does not drain in time)."""
@@ -640,9 +638,7 @@ class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
         record = self.record
         if record is not None:
             record.messages_out += 1
-        if not self.writable:
-            self._grow_backlog(len(frame))
-        self.transport.write(frame)
+        self._send(frame)
 
     def _drop_slow_consumer(self, detail: str) -> None:
         self.setKeepalive(None)
