@@ -13,6 +13,7 @@ Then make it a plugin (see ``docs/writing-apps.rst``) and run it with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -37,12 +38,32 @@ class Application:
     """No-op defaults for every :class:`~netmodels.interfaces.IApplication` callback."""
 
     node: Node | None = None
+    _repeating: list[LoopingCall] | None = None
 
     def start(self, node: Node) -> None:
         self.node = node
 
     def stop(self) -> None:
-        pass
+        """Stops what :meth:`repeat` started; call it from an override."""
+        for loop in self._repeating or ():
+            if loop.running:
+                loop.stop()
+        self._repeating = None
+
+    def repeat(self, interval: float, function: Callable[[], object]) -> None:
+        """
+        Call ``function()`` every ``interval`` seconds on the node's clock
+        (the first call after one interval), until :meth:`stop`. Call it from
+        :meth:`start`; an interval of 0 or less does nothing.
+        """
+        if interval <= 0 or self.node is None:
+            return
+        loop = LoopingCall(function)
+        loop.clock = self.node.clock
+        loop.start(interval, now=False)
+        if self._repeating is None:
+            self._repeating = []
+        self._repeating.append(loop)
 
     def peer_ready(self, peer: IPeer) -> None:
         pass
@@ -92,18 +113,11 @@ class EchoApplication(Application):
         self.interval = config.interval
         self.sent = 0
         self.answered = 0
-        self._loop: LoopingCall | None = None
 
     def start(self, node: Node) -> None:
         super().start(node)
-        if self.role == "client" and self.interval > 0:
-            self._loop = LoopingCall(self._tick)
-            self._loop.clock = node.clock
-            self._loop.start(self.interval, now=False)
-
-    def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        if self.role == "client":
+            self.repeat(self.interval, self._tick)
 
     def message_received(self, peer: IPeer, payload: bytes) -> None:
         if self.role != "client":

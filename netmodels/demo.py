@@ -13,7 +13,6 @@ import re
 from typing import Any
 
 import attrs
-from twisted.internet.task import LoopingCall
 
 from netmodels.application import EchoApplication
 from netmodels.node import Node, NodeConfig
@@ -41,18 +40,10 @@ class FlakyClient(EchoApplication):
     def __init__(self, config: NodeConfig) -> None:
         super().__init__(config)
         self._closes = itertools.cycle(["close", "reset"])
-        self._flaky: LoopingCall | None = None
 
     def start(self, node: Node) -> None:
         super().start(node)
-        self._flaky = LoopingCall(self._misbehave)
-        self._flaky.clock = node.clock
-        self._flaky.start(FLAKY_PERIOD, now=False)
-
-    def stop(self) -> None:
-        super().stop()
-        if self._flaky is not None and self._flaky.running:
-            self._flaky.stop()
+        self.repeat(FLAKY_PERIOD, self._misbehave)
 
     def _misbehave(self) -> None:
         assert self.node is not None

@@ -36,7 +36,6 @@ from attrs import define
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -617,20 +616,13 @@ class ChatApplication(Application):
         self.relayed = 0
         #: The last :data:`RECENT` lines a client received.
         self.recent: collections.deque[bytes] = collections.deque(maxlen=RECENT)
-        self._loop: LoopingCall | None = None
         self._hub: Hub | None = None
 
     def start(self, node: Node) -> None:
         super().start(node)
         self._hub = hub_of(node)
-        if self.role == "client" and self.interval > 0:
-            self._loop = LoopingCall(self._tick)
-            self._loop.clock = node.clock
-            self._loop.start(self.interval, now=False)
-
-    def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        if self.role == "client":
+            self.repeat(self.interval, self._tick)
 
     def message_received(self, peer: IPeer, payload: bytes) -> None:
         if self.role == "server":

@@ -773,19 +773,11 @@ class BroadcastApplication(Application):
     def __init__(self, config: NodeConfig) -> None:
         self.interval = config.interval
         self.received: list[tuple[str, bytes]] = []
-        self._loop: LoopingCall | None = None
         self._count = 0
 
     def start(self, node: Node) -> None:
         super().start(node)
-        if self.interval > 0:
-            self._loop = LoopingCall(self._say)
-            self._loop.clock = node.clock
-            self._loop.start(self.interval, now=False)
-
-    def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        self.repeat(self.interval, self._say)
 
     def message_received(self, peer: IPeer, payload: bytes) -> None:
         self.received.append((peer.node_id, payload))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from netmodels.application import Application, application_plugin
@@ -35,20 +35,15 @@ class Shout(Application):
         self.role = config.role
         self.interval = config.interval
         self.words = itertools.cycle(WORDS)
-        self.loop = None
 
     # Lifecycle
 
     def start(self, node):
         super().start(node)  # keeps ``self.node``: node.peers(), node.clock, node.config
-        if self.role != "server" and self.interval > 0:
-            self.loop = LoopingCall(self.speak)
-            self.loop.clock = node.clock  # the node's reactor, so tests can use a Clock
-            self.loop.start(self.interval, now=False)
-
-    def stop(self):
-        if self.loop is not None and self.loop.running:
-            self.loop.stop()
+        if self.role != "server":
+            # On the node's clock (so tests can use a Clock); the base class's
+            # stop() stops it. An interval of 0 means never.
+            self.repeat(self.interval, self.speak)
 
     # Peers
 
