@@ -252,6 +252,10 @@ class ManagedConnection(ProtocolWrapper):
         self.transport = transport
         self.connected = 1
         capture_errno(transport, self)
+        stats = getattr(transport, "stats", None)
+        if stats is not None:
+            # A datagram session's loss, duplicate and retransmission counts.
+            record.extra["datagram"] = stats
         sock = direct_send(transport)
         if sock is not None:
             self._direct = transport

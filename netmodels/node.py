@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from netmodels.datagram import DEFAULT_MAX_DATAGRAM
 from netmodels.interfaces import IApplication, IPeer, ITopology
 from netmodels.keepalive import DEFAULT as DEFAULT_KEEPALIVE
 from netmodels.keepalive import KeepaliveSettings, TimerWheel
@@ -36,6 +37,7 @@ from netmodels.manager import (
 from netmodels.reasons import CloseReason
 from netmodels.reconnect import ReconnectingClient
 from netmodels.session import Session, SessionFactory, SessionSettings, encode_bye
+from netmodels.udp import DatagramListeningPort, DatagramOptions, is_datagram, parse_endpoint
 from netmodels.wire import DEFAULT_MAX_FRAME, Hello, MessageType, encode_frame
 
 __all__ = ["ListenFailed", "Node", "NodeConfig", "default_node_id", "endpoint_label"]
@@ -81,6 +83,10 @@ class NodeConfig:
     #: paused, and how long a pause may last, before a peer is dropped.
     max_backlog: int = 4 * 1024 * 1024
     slow_consumer_deadline: float = 10.0
+    #: UDP: the largest datagram, headers included (default fits a 1280-byte path MTU).
+    max_datagram: int = DEFAULT_MAX_DATAGRAM
+    #: UDP: application data over the reliable channel; ``None``: as the application prefers.
+    reliable: bool | None = None
 
     @property
     def effective_user_timeout(self) -> float | None:
@@ -94,13 +100,13 @@ class ListenFailed(Exception):
 
 
 _TCP_FORMS = (
-    re.compile(r"^tcp6?:(?:host=)?(?P<host>[^:=]+|\\?\[[^\]]*\]):(?:port=)?(?P<port>\d+)"),
+    re.compile(r"^(?:tcp|udp)6?:(?:host=)?(?P<host>[^:=]+|\\?\[[^\]]*\]):(?:port=)?(?P<port>\d+)"),
     re.compile(r"^(?:tls|ssl):(?:host=)?(?P<host>[^:=]+):(?:port=)?(?P<port>\d+)"),
 )
 
 
 def endpoint_label(description: str) -> str:
-    """``"tcp:example.com:80"`` -> ``"example.com:80"``; other forms stay as written."""
+    """``"tcp:example.com:80"`` (or ``udp:``) -> ``"example.com:80"``; other forms stay as written."""
     for form in _TCP_FORMS:
         match = form.match(description)
         if match:
@@ -109,10 +115,10 @@ def endpoint_label(description: str) -> str:
 
 
 class _Listener(Service):
-    """Listen on one endpoint description; a failure surfaces at start-up."""
+    """Listen on one endpoint; a failure surfaces at start-up."""
 
-    def __init__(self, reactor: Any, description: str, factory: Factory[Any]) -> None:
-        self.reactor = reactor
+    def __init__(self, endpoint: Any, description: str, factory: Factory[Any]) -> None:
+        self.endpoint = endpoint
         self.description = description
         self.factory = factory
         self.port: IListeningPort | None = None
@@ -120,7 +126,7 @@ class _Listener(Service):
     def startService(self) -> None:
         super().startService()
         result: list[Any] = []
-        serverFromString(self.reactor, self.description).listen(self.factory).addBoth(result.append)
+        self.endpoint.listen(self.factory).addBoth(result.append)
         if not result:
             raise ListenFailed(f"listening on {self.description} did not complete at start-up")
         if not IListeningPort.providedBy(result[0]):
@@ -174,6 +180,18 @@ class Node(MultiService):
         self.application = application
         self.reactor = reactor
         self.clock = reactor
+        #: What ``udp:`` endpoints call ``listenUDP`` on (tests put a fake network here).
+        self.datagram_reactor: Any = reactor
+        reliable = config.reliable
+        if reliable is None:
+            reliable = bool(getattr(application, "reliable", False))
+        self.datagram_options = DatagramOptions(
+            max_datagram=config.max_datagram,
+            reliable=reliable,
+            user_timeout=config.effective_user_timeout,
+            connect_timeout=config.handshake_timeout,
+            max_frame=config.max_frame,
+        )
         self.manager = ConnectionManager(
             reactor,
             ConnectionLimits(config.max_connections, config.max_per_address),
@@ -204,6 +222,11 @@ class Node(MultiService):
             max_backlog=config.max_backlog,
             slow_consumer_deadline=config.slow_consumer_deadline,
             timers=TimerWheel(reactor),
+            max_unreliable_body=(
+                self.datagram_options.max_unreliable_body
+                if config.transport == "udp" and not reliable
+                else None
+            ),
         )
         self.listeners: list[_Listener] = []
         self.clients: list[ReconnectingClient] = []
@@ -233,7 +256,7 @@ class Node(MultiService):
             factory or self.session_factory(),
             rejection_payload=rejection_payload or (lambda reason, detail: encode_bye(reason, detail)),
         )
-        listener = _Listener(self.reactor, description, wrapped)
+        listener = _Listener(self.endpoint(description, server=True), description, wrapped)
         listener.setServiceParent(self)
         self.listeners.append(listener)
 
@@ -241,7 +264,7 @@ class Node(MultiService):
         """Keep a connection to ``description`` up, reconnecting by close reason."""
         client = ReconnectingClient(
             self.manager,
-            clientFromString(self.reactor, description),
+            self.endpoint(description, server=False),
             factory or self.session_factory(),
             endpoint_label(description),
             self.clock,
@@ -249,6 +272,18 @@ class Node(MultiService):
         client.setServiceParent(self)
         self.clients.append(client)
         return client
+
+    def endpoint(self, description: str, server: bool) -> Any:
+        """
+        The endpoint for ``description``: ``udp:`` forms are datagram
+        sessions (:mod:`netmodels.udp`), the rest Twisted's endpoint strings.
+        """
+        if is_datagram(description):
+            options = self.datagram_options
+            return parse_endpoint(self.datagram_reactor, description, server, options, self.clock)
+        if server:
+            return serverFromString(self.reactor, description)
+        return clientFromString(self.reactor, description)
 
     # What applications use
 
@@ -367,10 +402,28 @@ class Node(MultiService):
             },
             "connections": [record.as_dict() for record in self.manager.records()],
             "counters": dict(self.manager.counters),
+            **self._datagram_status(),
             **{key: section() for key, section in self.status_sections.items()},
         }
 
     # Internals
+
+    def _datagram_status(self) -> dict[str, Any]:
+        ports: list[tuple[str, dict[str, int]]] = []
+        for listener in self.listeners:
+            port = listener.port
+            if isinstance(port, DatagramListeningPort):
+                ports.append((listener.address, port.counters))
+        if not ports and self.config.transport != "udp":
+            return {}
+        options = self.datagram_options
+        return {
+            "datagram": {
+                "max_datagram": options.max_datagram,
+                "reliable": options.reliable,
+                "listeners": {address: dict(counters) for address, counters in ports},
+            }
+        }
 
     def _check_peer(self, hello: Hello) -> str | None:
         if hello.topology != self.topology.name:

@@ -724,7 +724,8 @@ def _dialable(listener: Any) -> str:
         return f"unix:path={host.name}"
     if address in ("0.0.0.0", "::", ""):
         address = "*"
-    return f"tcp:host={address.replace(':', chr(92) + ':')}:port={host.port}"
+    scheme = "udp" if getattr(host, "type", "TCP") == "UDP" else "tcp"
+    return f"{scheme}:host={address.replace(':', chr(92) + ':')}:port={host.port}"
 
 
 def first_endpoint(node: Node) -> str | None:

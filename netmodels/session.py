@@ -70,6 +70,8 @@ _PONG = int(MessageType.PONG)
 _HELLO = int(MessageType.HELLO)
 _BYE = int(MessageType.BYE)
 _OPEN = ConnectionState.OPEN
+#: Frames that carry application messages (limited by ``max_data_body``).
+_DATA_TYPES = frozenset({_DATA, int(MessageType.BROADCAST)})
 
 
 class MessageTooLarge(ValueError):
@@ -138,11 +140,21 @@ class SessionSettings:
     on_liveness: Callable[[Session, str], None] | None = None
     #: A wheel shared by the node's sessions for keepalive (``None``: the clock).
     timers: TimerWheel | None = None
+    #: Largest application message body the transport carries unframed by
+    #: the stream (one UDP datagram); ``None``: the frame limit.
+    max_unreliable_body: int | None = None
 
     @cached_property
     def max_body(self) -> int:
         """The largest body a frame may carry (one int shared by every session)."""
         return self.max_frame - 1
+
+    @cached_property
+    def max_data_body(self) -> int:
+        """The largest DATA body (and REQUEST/RESPONSE body plus its id) one message may carry."""
+        if self.max_unreliable_body is None:
+            return self.max_body
+        return min(self.max_body, self.max_unreliable_body)
 
     @cached_property
     def hello_frame(self) -> bytes:
@@ -243,6 +255,8 @@ class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
         self.record: ConnectionRecord | None = None
         self._decoder = FrameDecoder(settings.max_frame)
         self._max_body = settings.max_body
+        #: Application messages may be limited further (a datagram each).
+        self._max_data = settings.max_data_body
         self._handshake_deadline = 0.0
         self._pending: dict[int, tuple[defer.Deferred[bytes], float]] = _NO_REQUESTS
         self._next_request_id = 1
@@ -275,9 +289,9 @@ class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
 
     def send(self, payload: bytes) -> None:
         """Send one DATA message; see :meth:`netmodels.interfaces.IPeer.send`."""
-        if len(payload) > self._max_body:
+        if len(payload) > self._max_data:
             raise MessageTooLarge(
-                f"message of {len(payload)} bytes exceeds the frame limit of {self._max_body}"
+                f"message of {len(payload)} bytes exceeds the {self._limit_name} of {self._max_data}"
             )
         record = self.record
         if record is None or not self._ready or record.closed:
@@ -287,9 +301,9 @@ class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
 
     def request(self, payload: bytes, timeout: float | None = None) -> defer.Deferred[bytes]:
         """Send a REQUEST; see :meth:`netmodels.interfaces.IPeer.request`."""
-        if len(payload) + 4 > self._max_body:
+        if len(payload) + 4 > self._max_data:
             raise MessageTooLarge(
-                f"request of {len(payload)} bytes exceeds the frame limit of {self._max_body - 4}"
+                f"request of {len(payload)} bytes exceeds the {self._limit_name} of {self._max_data - 4}"
             )
         record = self.record
         if record is None or not self._ready or record.closed:
@@ -321,9 +335,10 @@ class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
         ``corked``: written at the end of the reactor turn with the rest of
         a burst (see ``ManagedConnection.cork``).
         """
-        if len(frame) - 5 > self._max_body:
+        limit = self._max_data if frame[4] in _DATA_TYPES else self._max_body
+        if len(frame) - 5 > limit:
             raise MessageTooLarge(
-                f"frame of {len(frame) - 4} bytes exceeds the peer's limit of {self._max_body + 1}"
+                f"frame of {len(frame) - 4} bytes exceeds the peer's limit of {limit + 1}"
             )
         # Ready and not closing, in one comparison: this runs once per peer per message.
         record = self.record
@@ -494,6 +509,7 @@ class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
         # Never send more than either side accepts.
         if hello.max_frame < self.settings.max_frame:
             self._max_body = hello.max_frame - 1
+            self._max_data = min(self._max_data, self._max_body)
         self._ready = True
         record = self.record
         if record is not None:
@@ -542,9 +558,9 @@ class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
         record = self.record
         if record is None or record.closed or record.state is ConnectionState.CLOSING:
             return
-        if len(body) + 4 > self._max_body:
+        if len(body) + 4 > self._max_data:
             message_type = _ERROR
-            body = b"response exceeds the frame limit"
+            body = f"response exceeds the {self._limit_name}".encode()
         self._write_control(encode_correlated(message_type, request_id, body))
 
     def _response_received(self, message_type: int, body: bytes) -> None:
@@ -649,6 +665,10 @@ class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
             method(*args)
         except Exception:
             _log.failure("application callback {name} failed", Failure(), name=method.__name__)
+
+    @property
+    def _limit_name(self) -> str:
+        return "frame limit" if self._max_data == self._max_body else "datagram limit"
 
     def _peer_text(self) -> str:
         return "?" if self.record is None else self.record.peer

@@ -1,0 +1,534 @@
+"""
+The datagram layer under netmodels sessions on UDP, without I/O.
+
+UDP has no connection, no FIN, no RST, no retransmission and no keepalive;
+this module supplies them as pure state machines that :mod:`netmodels.udp`
+drives from a Twisted ``DatagramProtocol``:
+
+* the datagram format (:func:`parse`, and one ``encode_*`` per kind), whose
+  parser never raises anything but :class:`MalformedDatagram`;
+* a stateless-cookie handshake (:class:`CookieJar`): the listening side keeps
+  nothing and sends at most 3x what it received until the peer has proved it
+  owns its address, so it cannot amplify traffic towards a spoofed source;
+* :class:`SequenceWindow`: loss, duplicate and reordering counts for the
+  unreliable channel (duplicates are dropped);
+* :class:`ReliableSender` and :class:`ReliableReceiver`: an ordered, reliable
+  byte stream (cumulative + selective acknowledgements, retransmission on an
+  RTT-based timeout as in RFC 6298, fast retransmit, a bounded window) that
+  carries every control frame, and application data on request.
+
+Every datagram of a session starts with its kind and the 64-bit session id the
+listening side chose; see ``docs/protocol.md`` for the byte layout.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import os
+import struct
+from collections.abc import Callable
+from typing import Any, Final, NamedTuple
+
+__all__ = [
+    "DATAGRAM_VERSION",
+    "DEFAULT_MAX_DATAGRAM",
+    "MAX_DATAGRAM",
+    "MIN_DATAGRAM",
+    "CookieJar",
+    "Kind",
+    "MalformedDatagram",
+    "Packet",
+    "ReliableReceiver",
+    "ReliableSender",
+    "RttEstimator",
+    "SequenceWindow",
+    "parse",
+]
+
+#: Version of the datagram layer, carried by INIT and OPEN.
+DATAGRAM_VERSION: Final = 1
+#: A datagram that fits a 1280-byte IPv6 path MTU (minus the IPv6 and UDP
+#: headers) with room to spare, as QUIC chooses.
+DEFAULT_MAX_DATAGRAM: Final = 1200
+#: The largest UDP payload over IPv4.
+MAX_DATAGRAM: Final = 65507
+#: Below this, a session could not carry its own HELLO in a few segments.
+MIN_DATAGRAM: Final = 256
+#: INIT is padded to this size, so that the COOKIE answer is smaller than it.
+INIT_SIZE: Final = 64
+#: A cookie is honoured for this many seconds after it was issued.
+COOKIE_LIFETIME: Final = 30
+
+
+class Kind(enum.IntEnum):
+    """The first byte of every datagram."""
+
+    #: client -> server: version, nonce, padding to :data:`INIT_SIZE`.
+    INIT = 0xC1
+    #: server -> client: nonce, issue time, MAC (keeps no state).
+    COOKIE = 0xC2
+    #: client -> server: version, nonce, issue time, MAC (proves the address).
+    OPEN = 0xC3
+    #: server -> client: nonce, session id.
+    ACCEPT = 0xC4
+    #: Unreliable: session id, sequence number, whole frames.
+    DATA = 0xD0
+    #: Reliable: session id, sequence number, flags, a slice of the stream.
+    SEGMENT = 0xD1
+    #: Session id, next expected segment, bitmap of the 32 after it.
+    ACK = 0xD2
+    #: Session id: the session is gone (our RST).
+    RESET = 0xD3
+
+
+#: SEGMENT flag: the last segment of the stream (our FIN).
+FIN: Final = 0x01
+
+_SID = struct.Struct("!BQ")
+_INIT = struct.Struct("!BBQ")
+_COOKIE = struct.Struct("!BQI16s")
+_OPEN = struct.Struct("!BBQI16s")
+_ACCEPT = struct.Struct("!BQQ")
+_DATA = struct.Struct("!BQI")
+_SEGMENT = struct.Struct("!BQIB")
+_ACK = struct.Struct("!BQII")
+
+#: Header bytes before the frames of a DATA datagram.
+DATA_HEADER: Final = _DATA.size
+#: Header bytes before the stream bytes of a SEGMENT.
+SEGMENT_HEADER: Final = _SEGMENT.size
+
+
+class MalformedDatagram(ValueError):
+    """A datagram that is not ours, or is truncated: dropped and counted."""
+
+
+class Packet(NamedTuple):
+    """A parsed datagram; fields that a kind lacks are 0 or empty."""
+
+    kind: Kind
+    session: int = 0
+    sequence: int = 0
+    flags: int = 0
+    payload: bytes = b""
+    nonce: int = 0
+    issued: int = 0
+    mac: bytes = b""
+    version: int = 0
+    ack_bits: int = 0
+
+
+def parse(datagram: bytes) -> Packet:
+    """
+    Parse one datagram. Raises :class:`MalformedDatagram` (only) for
+    anything that is not a well-formed netmodels datagram.
+    """
+    if not datagram:
+        raise MalformedDatagram("empty datagram")
+    kind = datagram[0]
+    size = len(datagram)
+    try:
+        if kind == Kind.DATA:
+            _, session, sequence = _DATA.unpack_from(datagram)
+            return Packet(Kind.DATA, session, sequence, payload=datagram[DATA_HEADER:])
+        if kind == Kind.SEGMENT:
+            _, session, sequence, flags = _SEGMENT.unpack_from(datagram)
+            if flags & ~FIN:
+                raise MalformedDatagram(f"unknown segment flags {flags:#x}")
+            return Packet(Kind.SEGMENT, session, sequence, flags, datagram[SEGMENT_HEADER:])
+        if kind == Kind.ACK:
+            _, session, sequence, bits = _exact(_ACK, datagram)
+            return Packet(Kind.ACK, session, sequence, ack_bits=bits)
+        if kind == Kind.RESET:
+            _, session = _exact(_SID, datagram)
+            return Packet(Kind.RESET, session)
+        if kind == Kind.INIT:
+            if size != INIT_SIZE:
+                raise MalformedDatagram(f"INIT of {size} bytes, expected {INIT_SIZE}")
+            _, version, nonce = _INIT.unpack_from(datagram)
+            return Packet(Kind.INIT, nonce=nonce, version=version)
+        if kind == Kind.COOKIE:
+            _, nonce, issued, mac = _exact(_COOKIE, datagram)
+            return Packet(Kind.COOKIE, nonce=nonce, issued=issued, mac=mac)
+        if kind == Kind.OPEN:
+            _, version, nonce, issued, mac = _exact(_OPEN, datagram)
+            return Packet(Kind.OPEN, nonce=nonce, issued=issued, mac=mac, version=version)
+        if kind == Kind.ACCEPT:
+            _, nonce, session = _exact(_ACCEPT, datagram)
+            return Packet(Kind.ACCEPT, session, nonce=nonce)
+    except struct.error:
+        raise MalformedDatagram(f"truncated {Kind(kind).name} datagram of {size} bytes") from None
+    raise MalformedDatagram(f"unknown datagram kind {kind:#04x}")
+
+
+def _exact(layout: struct.Struct, datagram: bytes) -> tuple[Any, ...]:
+    if len(datagram) != layout.size:
+        raise MalformedDatagram(f"{Kind(datagram[0]).name} of {len(datagram)} bytes, expected {layout.size}")
+    return layout.unpack(datagram)
+
+
+def encode_init(nonce: int) -> bytes:
+    return _INIT.pack(Kind.INIT, DATAGRAM_VERSION, nonce).ljust(INIT_SIZE, b"\0")
+
+
+def encode_cookie(nonce: int, issued: int, mac: bytes) -> bytes:
+    return _COOKIE.pack(Kind.COOKIE, nonce, issued, mac)
+
+
+def encode_open(nonce: int, issued: int, mac: bytes) -> bytes:
+    return _OPEN.pack(Kind.OPEN, DATAGRAM_VERSION, nonce, issued, mac)
+
+
+def encode_accept(nonce: int, session: int) -> bytes:
+    return _ACCEPT.pack(Kind.ACCEPT, nonce, session)
+
+
+def encode_data_header(session: int, sequence: int) -> bytes:
+    return _DATA.pack(Kind.DATA, session, sequence & 0xFFFFFFFF)
+
+
+def encode_segment(session: int, sequence: int, flags: int, payload: bytes) -> bytes:
+    return _SEGMENT.pack(Kind.SEGMENT, session, sequence & 0xFFFFFFFF, flags) + payload
+
+
+def encode_ack(session: int, expected: int, bits: int) -> bytes:
+    return _ACK.pack(Kind.ACK, session, expected & 0xFFFFFFFF, bits)
+
+
+def encode_reset(session: int) -> bytes:
+    return _SID.pack(Kind.RESET, session)
+
+
+def unwrap(wire: int, near: int) -> int:
+    """The 64-bit-and-up sequence number closest to ``near`` whose low 32 bits are ``wire``."""
+    return near + ((wire - near + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+
+
+def whole_frames(payload: bytes) -> bool:
+    """Whether ``payload`` is a run of complete length-prefixed frames."""
+    position = 0
+    size = len(payload)
+    while position < size:
+        if size - position < 5:
+            return False
+        position += 4 + int.from_bytes(payload[position : position + 4], "big")
+    return position == size
+
+
+# The handshake
+
+
+class CookieJar:
+    """
+    Stateless cookies: ``mint`` answers an INIT with a MAC over the source
+    address, the client's nonce and the time; ``check`` verifies an OPEN.
+    Nothing is stored between the two, so a flood of INITs costs no memory.
+
+    :param now: seconds (the reactor's clock), injected.
+    :param secret: the MAC key; random per process unless given.
+    """
+
+    def __init__(self, now: Callable[[], float], secret: bytes | None = None) -> None:
+        self._now = now
+        self._secret = secret or os.urandom(32)
+
+    def _mac(self, address: str, nonce: int, issued: int) -> bytes:
+        message = f"{address}|{nonce}|{issued}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).digest()[:16]
+
+    def mint(self, address: str, nonce: int) -> bytes:
+        """The COOKIE datagram answering ``nonce`` from ``address``."""
+        issued = int(self._now()) & 0xFFFFFFFF
+        return encode_cookie(nonce, issued, self._mac(address, nonce, issued))
+
+    def check(self, address: str, packet: Packet) -> str | None:
+        """``None`` if ``packet`` (an OPEN) carries a cookie we minted for ``address``; else why not."""
+        if not hmac.compare_digest(packet.mac, self._mac(address, packet.nonce, packet.issued)):
+            return "bad cookie"
+        age = (int(self._now()) - packet.issued) & 0xFFFFFFFF
+        if age > COOKIE_LIFETIME:
+            return "expired cookie"
+        return None
+
+
+# The unreliable channel
+
+
+class SequenceWindow:
+    """
+    Receive-side accounting for the unreliable channel: each DATA datagram
+    carries the next sequence number, and this counts what arrived, what went
+    missing, duplicates (dropped) and datagrams that arrived out of order, in
+    a 64-datagram window (as IPsec's anti-replay window).
+    """
+
+    __slots__ = ("_bits", "_first", "duplicates", "highest", "late", "received", "reordered")
+
+    WIDTH: Final = 64
+
+    def __init__(self) -> None:
+        self.highest = -1
+        self._first = -1
+        self._bits = 0
+        self.received = 0
+        self.duplicates = 0
+        self.reordered = 0
+        #: Older than the window: cannot tell a duplicate from a late one; dropped.
+        self.late = 0
+
+    def accept(self, wire_sequence: int) -> bool:
+        """Count one datagram; ``False`` if it must be dropped (a duplicate, or too late)."""
+        highest = self.highest
+        if highest < 0:
+            self.highest = self._first = wire_sequence
+            self._bits = 1
+            self.received = 1
+            return True
+        sequence = unwrap(wire_sequence, highest)
+        if sequence > highest:
+            self._bits = ((self._bits << (sequence - highest)) | 1) & 0xFFFFFFFFFFFFFFFF
+            self.highest = sequence
+            self.received += 1
+            return True
+        offset = highest - sequence
+        if offset >= self.WIDTH:
+            self.late += 1
+            return False
+        if (self._bits >> offset) & 1:
+            self.duplicates += 1
+            return False
+        self._bits |= 1 << offset
+        self.reordered += 1
+        self.received += 1
+        return True
+
+    @property
+    def lost(self) -> int:
+        """Sequence numbers not (yet) seen between the first and the highest."""
+        if self.highest < 0:
+            return 0
+        return self.highest - self._first + 1 - self.received
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "received": self.received,
+            "lost": self.lost,
+            "duplicates": self.duplicates,
+            "reordered": self.reordered,
+            "late": self.late,
+        }
+
+
+# The reliable channel
+
+
+class RttEstimator:
+    """Retransmission timeout from RTT samples (RFC 6298), with Karn's rule left to the caller."""
+
+    __slots__ = ("rto", "rttvar", "srtt")
+
+    #: Far below TCP's 200 ms: datagram sessions run on LANs and loopback too,
+    #: and the sender backs off exponentially anyway.
+    MIN_RTO: Final = 0.05
+    MAX_RTO: Final = 10.0
+    INITIAL_RTO: Final = 0.5
+
+    def __init__(self) -> None:
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.rto = self.INITIAL_RTO
+
+    def sample(self, rtt: float) -> None:
+        if self.srtt is None:
+            self.srtt = rtt
+            self.rttvar = rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+        self.rto = min(self.MAX_RTO, max(self.MIN_RTO, self.srtt + 4 * self.rttvar))
+
+    def back_off(self) -> None:
+        self.rto = min(self.MAX_RTO, self.rto * 2)
+
+
+class _InFlight:
+    __slots__ = ("first_sent", "flags", "payload", "sent", "tries")
+
+    def __init__(self, payload: bytes, flags: int, now: float) -> None:
+        self.payload = payload
+        self.flags = flags
+        self.first_sent = now
+        self.sent = now
+        self.tries = 1
+
+
+class ReliableSender:
+    """
+    The sending half of the reliable stream: bytes in, segments out.
+
+    :param segment_size: stream bytes per segment (the datagram size less headers).
+    :param window: most segments in flight, unacknowledged.
+    """
+
+    #: Segments acknowledged past one still in flight before it is resent
+    #: without waiting for its timeout (TCP's three duplicate ACKs).
+    REORDER_THRESHOLD: Final = 3
+
+    def __init__(self, segment_size: int, window: int = 64) -> None:
+        self.segment_size = segment_size
+        self.window = window
+        self.rtt = RttEstimator()
+        self._next = 0
+        self._unsent = bytearray()
+        self._in_flight: dict[int, _InFlight] = {}
+        self._fin_queued = False
+        self._fin_sent = False
+        self.retransmissions = 0
+        self.acknowledged = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes queued and not yet sent once."""
+        return len(self._unsent)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    @property
+    def finished(self) -> bool:
+        """FIN was sent and everything up to it acknowledged."""
+        return self._fin_sent and not self._in_flight
+
+    def queue(self, data: bytes) -> None:
+        self._unsent += data
+
+    def close(self) -> None:
+        """End the stream after what is queued (FIN)."""
+        self._fin_queued = True
+
+    def take(self, now: float) -> list[tuple[int, int, bytes]]:
+        """New segments the window allows: ``(sequence, flags, payload)``."""
+        out = []
+        unsent = self._unsent
+        while len(self._in_flight) < self.window and (unsent or (self._fin_queued and not self._fin_sent)):
+            payload = bytes(unsent[: self.segment_size])
+            del unsent[: self.segment_size]
+            flags = 0
+            if self._fin_queued and not unsent:
+                flags = FIN
+                self._fin_sent = True
+            sequence = self._next
+            self._next += 1
+            self._in_flight[sequence] = _InFlight(payload, flags, now)
+            out.append((sequence, flags, payload))
+        return out
+
+    def acknowledge(self, wire_expected: int, bits: int, now: float) -> list[tuple[int, int, bytes]]:
+        """
+        Apply an ACK: everything below ``expected``, and each sequence
+        ``expected + 1 + i`` whose bit ``i`` is set, arrived. Returns the
+        segments to resend at once (fast retransmit).
+        """
+        in_flight = self._in_flight
+        if not in_flight:
+            return []
+        oldest = next(iter(in_flight))
+        expected = unwrap(wire_expected, oldest)
+        if expected > self._next:
+            return []  # acknowledges what we never sent: ignore it
+        newly = [sequence for sequence in in_flight if sequence < expected]
+        highest = expected - 1
+        index = 0
+        while bits:
+            if bits & 1:
+                sequence = expected + 1 + index
+                if sequence in in_flight:
+                    newly.append(sequence)
+                highest = sequence
+            bits >>= 1
+            index += 1
+        for sequence in newly:
+            segment = in_flight.pop(sequence)
+            if segment.tries == 1:
+                # Karn: only a segment sent once gives an unambiguous sample.
+                self.rtt.sample(now - segment.sent)
+            self.acknowledged += 1
+        resend = []
+        for sequence, segment in in_flight.items():
+            if sequence >= highest - self.REORDER_THRESHOLD + 1:
+                break
+            if segment.tries == 1:
+                resend.append(self._resend(sequence, segment, now))
+        return resend
+
+    def _resend(self, sequence: int, segment: _InFlight, now: float) -> tuple[int, int, bytes]:
+        segment.tries += 1
+        segment.sent = now
+        self.retransmissions += 1
+        return (sequence, segment.flags, segment.payload)
+
+    def next_timeout(self) -> float | None:
+        """When the oldest segment in flight is due for retransmission."""
+        if not self._in_flight:
+            return None
+        return min(segment.sent for segment in self._in_flight.values()) + self.rtt.rto
+
+    def expired(self, now: float) -> list[tuple[int, int, bytes]]:
+        """Segments whose retransmission timeout passed: resend them, and back off."""
+        rto = self.rtt.rto
+        due = [(s, seg) for s, seg in self._in_flight.items() if seg.sent + rto <= now]
+        if due:
+            self.rtt.back_off()
+        return [self._resend(sequence, segment, now) for sequence, segment in due]
+
+    def oldest_unacknowledged(self) -> float | None:
+        """When the oldest segment still in flight was first sent."""
+        for segment in self._in_flight.values():
+            return segment.first_sent
+        return None
+
+
+class ReliableReceiver:
+    """The receiving half: segments in any order in, the stream in order out."""
+
+    def __init__(self, window: int = 256) -> None:
+        self.window = window
+        self.expected = 0
+        self._held: dict[int, tuple[int, bytes]] = {}
+        self.duplicates = 0
+        self.fin = False
+
+    def accept(self, wire_sequence: int, flags: int, payload: bytes) -> list[bytes]:
+        """Take one segment; returns the stream bytes now in order (maybe none)."""
+        sequence = unwrap(wire_sequence, self.expected)
+        if sequence < self.expected or sequence in self._held or self.fin:
+            self.duplicates += 1
+            return []
+        if sequence >= self.expected + self.window:
+            return []  # beyond the window: the sender will resend it
+        self._held[sequence] = (flags, payload)
+        out = []
+        held = self._held
+        while self.expected in held:
+            flags, chunk = held.pop(self.expected)
+            self.expected += 1
+            if chunk:
+                out.append(chunk)
+            if flags & FIN:
+                self.fin = True
+                held.clear()
+                break
+        return out
+
+    def ack_fields(self) -> tuple[int, int]:
+        """``(expected, bits)`` for an ACK: bit ``i`` is segment ``expected + 1 + i``."""
+        bits = 0
+        expected = self.expected
+        for sequence in self._held:
+            offset = sequence - expected - 1
+            if 0 <= offset < 32:
+                bits |= 1 << offset
+        return expected, bits
