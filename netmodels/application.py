@@ -39,6 +39,9 @@ class Application:
 
     node: Node | None = None
     _repeating: list[LoopingCall] | None = None
+    #: Over UDP, send application data on the reliable channel unless
+    #: ``--delivery`` says otherwise (games want unreliable, chat reliable).
+    reliable: bool = False
 
     def start(self, node: Node) -> None:
         self.node = node

@@ -8,6 +8,7 @@ takes the reactor as an argument.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -16,10 +17,12 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.python import usage
 
+from netmodels.datagram import DEFAULT_MAX_DATAGRAM, MAX_DATAGRAM, MIN_DATAGRAM
 from netmodels.keepalive import KeepaliveSettings
 from netmodels.node import Node, NodeConfig, default_node_id
 from netmodels.registry import applications, topologies
 from netmodels.status import status_site
+from netmodels.udp import is_datagram, parse_endpoint
 from netmodels.wire import DEFAULT_MAX_FRAME
 
 __all__ = ["Options", "makeService"]
@@ -64,7 +67,7 @@ class Options(usage.Options):
     optParameters = [
         ["topology", "t", "client-server", "Topology (see --list-topologies)."],
         ["role", "r", None, "Role in the topology (default: the topology's first role)."],
-        ["transport", None, "tcp", "Transport: tcp."],
+        ["transport", None, "tcp", "Transport: tcp, or udp (with udp: endpoints)."],
         ["node-id", None, None, "This node's id (default: hostname plus random hex)."],
         ["app", "a", None, "Application (see --list-apps; default: the topology's)."],
         [
@@ -81,6 +84,20 @@ class Options(usage.Options):
             "Endpoint for the HTTP status page, e.g. tcp:8080:interface=127.0.0.1.",
         ],
         ["max-frame", None, str(DEFAULT_MAX_FRAME), "Largest frame accepted, in bytes."],
+        [
+            "max-datagram",
+            None,
+            str(DEFAULT_MAX_DATAGRAM),
+            f"udp: largest datagram, headers included ({MIN_DATAGRAM} to {MAX_DATAGRAM}; the default "
+            "fits a 1280-byte path MTU).",
+        ],
+        [
+            "delivery",
+            None,
+            None,
+            "udp: application data 'reliable' (acknowledged, ordered) or 'unreliable' (a datagram "
+            "each); default: the application's choice (chat: reliable).",
+        ],
         ["max-connections", None, "10000", "Most inbound connections at once (0: no limit)."],
         ["max-per-address", None, "0", "Most inbound connections from one address (0: no limit)."],
         ["handshake-timeout", None, "10", "Seconds a peer has to send its HELLO."],
@@ -160,8 +177,11 @@ class Options(usage.Options):
         nodes = _count("nodes", self["nodes"]) or 1
         if nodes > 1 and self["topology"] != "p2p":
             raise usage.UsageError("--nodes: runs several nodes of the p2p topology only")
+        transport = self["transport"]
+        if transport not in ("tcp", "udp"):
+            raise usage.UsageError(f"--transport: expected tcp or udp, not {transport!r}")
         if nodes > 1 and not self["listen"]:
-            self["listen"] = ["tcp:0:interface=127.0.0.1"]
+            self["listen"] = [f"{transport}:0:interface=127.0.0.1"]
         self["nodes"] = nodes
         if self["demo"]:
             if self["topology"] != "client-server":
@@ -179,9 +199,17 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(f"--keepalive: {e}") from None
         for description in self["listen"]:
-            _check_endpoint("listen", description, lambda d: serverFromString(reactor, d))
+            _check_endpoint("listen", description, _parser(reactor, transport, server=True))
         for description in self["connect"]:
-            _check_endpoint("connect", description, lambda d: clientFromString(reactor, d))
+            _check_endpoint("connect", description, _parser(reactor, transport, server=False))
+        max_datagram = _count("max-datagram", self["max-datagram"])
+        if max_datagram is None or not MIN_DATAGRAM <= max_datagram <= MAX_DATAGRAM:
+            raise usage.UsageError(f"--max-datagram: must be {MIN_DATAGRAM} to {MAX_DATAGRAM} bytes")
+        delivery = self["delivery"]
+        if delivery not in (None, "reliable", "unreliable"):
+            raise usage.UsageError(f"--delivery: expected reliable or unreliable, not {delivery!r}")
+        if delivery is not None and transport != "udp":
+            raise usage.UsageError("--delivery: only the udp transport has a choice (tcp is reliable)")
         for option in ("raw-listen", "group"):
             if self[option] and topology.name != "many-to-one":
                 raise usage.UsageError(f"--{option}: only the many-to-one topology has it")
@@ -217,6 +245,8 @@ class Options(usage.Options):
             raw_listen=tuple(self["raw-listen"]),
             max_backlog=_bytes("max-backlog", self["max-backlog"]),
             slow_consumer_deadline=_number("slow-consumer-deadline", self["slow-consumer-deadline"]),
+            max_datagram=max_datagram,
+            reliable=None if delivery is None else delivery == "reliable",
         )
         if self["node-id"] is not None and not 0 < len(self["node-id"]) <= 128:
             raise usage.UsageError("--node-id: must be 1 to 128 characters")
@@ -235,6 +265,20 @@ def _bytes(option: str, text: str) -> int:
     if value < 0:
         raise usage.UsageError(f"--{option}: must be 0 or more, not {text!r}")
     return value
+
+
+def _parser(reactor: Any, transport: str, server: bool) -> Callable[[str], object]:
+    """What parses a --listen or --connect endpoint of ``transport``."""
+
+    def parse(description: str) -> object:
+        if is_datagram(description) != (transport == "udp"):
+            kind = "udp" if is_datagram(description) else "stream"
+            raise ValueError(f"a {kind} endpoint needs --transport {'udp' if kind == 'udp' else 'tcp'}")
+        if transport == "udp":
+            return parse_endpoint(reactor, description, server)
+        return serverFromString(reactor, description) if server else clientFromString(reactor, description)
+
+    return parse
 
 
 def _check_endpoint(option: str, description: str, parse: Any) -> None:
@@ -262,7 +306,7 @@ def _more_p2p_nodes(first: Node, count: int, reactor: Any) -> list[Node]:
         config = attrs.evolve(
             first.config,
             node_id=f"{first.config.node_id}-{index}",
-            listen=("tcp:0:interface=127.0.0.1",),
+            listen=(f"{first.config.transport}:0:interface=127.0.0.1",),
             connect=(),
             status=None,
         )

@@ -27,7 +27,7 @@ class Topology:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     roles: ClassVar[tuple[str, ...]] = ()
-    transports: ClassVar[tuple[str, ...]] = ("tcp",)
+    transports: ClassVar[tuple[str, ...]] = ("tcp", "udp")
     default_app: ClassVar[str] = "echo"
 
     def validate(self, config: NodeConfig) -> None:
