@@ -347,21 +347,34 @@ class RttEstimator:
         else:
             self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
             self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        self.rto = min(self.MAX_RTO, max(self.MIN_RTO, self.srtt + 4 * self.rttvar))
+        self._settle()
+
+    def _settle(self) -> None:
+        if self.srtt is not None:
+            self.rto = min(self.MAX_RTO, max(self.MIN_RTO, self.srtt + 4 * self.rttvar))
 
     def back_off(self) -> None:
         self.rto = min(self.MAX_RTO, self.rto * 2)
 
+    def progress(self) -> None:
+        """New data was acknowledged: the path works, so the back-off ends (as in TCP)."""
+        self._settle()
+
 
 class _InFlight:
-    __slots__ = ("first_sent", "flags", "payload", "sent", "tries")
+    __slots__ = ("due", "first_sent", "flags", "payload", "sent", "transmission", "tries")
 
-    def __init__(self, payload: bytes, flags: int, now: float) -> None:
+    def __init__(self, payload: bytes, flags: int, now: float, rto: float, transmission: int) -> None:
         self.payload = payload
         self.flags = flags
         self.first_sent = now
         self.sent = now
+        #: When it is resent: each segment keeps the timeout it was sent
+        #: with, so backing off for one never postpones another's retry.
+        self.due = now + rto
         self.tries = 1
+        #: Counts every (re)transmission of the stream: orders them in time.
+        self.transmission = transmission
 
 
 class ReliableSender:
@@ -372,8 +385,9 @@ class ReliableSender:
     :param window: most segments in flight, unacknowledged.
     """
 
-    #: Segments acknowledged past one still in flight before it is resent
-    #: without waiting for its timeout (TCP's three duplicate ACKs).
+    #: Transmissions that arrived after one still in flight before it counts
+    #: as lost and is resent without waiting for its timeout (TCP's three
+    #: duplicate ACKs).
     REORDER_THRESHOLD: Final = 3
 
     def __init__(self, segment_size: int, window: int = 64) -> None:
@@ -387,6 +401,8 @@ class ReliableSender:
         self._fin_sent = False
         self.retransmissions = 0
         self.acknowledged = 0
+        self._transmissions = 0
+        self._delivered_transmission = 0
 
     @property
     def buffered(self) -> int:
@@ -422,7 +438,8 @@ class ReliableSender:
                 self._fin_sent = True
             sequence = self._next
             self._next += 1
-            self._in_flight[sequence] = _InFlight(payload, flags, now)
+            self._transmissions += 1
+            self._in_flight[sequence] = _InFlight(payload, flags, now, self.rtt.rto, self._transmissions)
             out.append((sequence, flags, payload))
         return out
 
@@ -440,33 +457,41 @@ class ReliableSender:
         if expected > self._next:
             return []  # acknowledges what we never sent: ignore it
         newly = [sequence for sequence in in_flight if sequence < expected]
-        highest = expected - 1
+        if newly:
+            self.rtt.progress()
         index = 0
         while bits:
             if bits & 1:
                 sequence = expected + 1 + index
                 if sequence in in_flight:
                     newly.append(sequence)
-                highest = sequence
             bits >>= 1
             index += 1
+        delivered = self._delivered_transmission
         for sequence in newly:
             segment = in_flight.pop(sequence)
             if segment.tries == 1:
                 # Karn: only a segment sent once gives an unambiguous sample.
                 self.rtt.sample(now - segment.sent)
+            if segment.transmission > delivered:
+                delivered = segment.transmission
             self.acknowledged += 1
-        resend = []
-        for sequence, segment in in_flight.items():
-            if sequence >= highest - self.REORDER_THRESHOLD + 1:
-                break
-            if segment.tries == 1:
-                resend.append(self._resend(sequence, segment, now))
-        return resend
+        self._delivered_transmission = delivered
+        # Lost, by time order (as Linux's RACK): a segment whose latest
+        # transmission went out before three that have since arrived. This
+        # also catches a lost retransmission, without waiting for a timeout.
+        cutoff = delivered - self.REORDER_THRESHOLD
+        return [
+            self._resend(sequence, segment, now)
+            for sequence, segment in list(in_flight.items())
+            if segment.transmission <= cutoff
+        ]
 
     def _resend(self, sequence: int, segment: _InFlight, now: float) -> tuple[int, int, bytes]:
         segment.tries += 1
         segment.sent = now
+        segment.transmission = self._transmissions = self._transmissions + 1
+        segment.due = now + self.rtt.rto
         self.retransmissions += 1
         return (sequence, segment.flags, segment.payload)
 
@@ -474,12 +499,11 @@ class ReliableSender:
         """When the oldest segment in flight is due for retransmission."""
         if not self._in_flight:
             return None
-        return min(segment.sent for segment in self._in_flight.values()) + self.rtt.rto
+        return min(segment.due for segment in self._in_flight.values())
 
     def expired(self, now: float) -> list[tuple[int, int, bytes]]:
         """Segments whose retransmission timeout passed: resend them, and back off."""
-        rto = self.rtt.rto
-        due = [(s, seg) for s, seg in self._in_flight.items() if seg.sent + rto <= now]
+        due = [(s, seg) for s, seg in self._in_flight.items() if seg.due <= now]
         if due:
             self.rtt.back_off()
         return [self._resend(sequence, segment, now) for sequence, segment in due]

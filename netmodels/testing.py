@@ -30,6 +30,17 @@ fault              the other side                                recorded reason
 ``refuse``         connects fail with ``ECONNREFUSED``           ``refused``
 ``stop_reading``   the sender is paused past :data:`WINDOW`       ``rejected`` (slow consumer)
 =================  ===========================================  ==========================
+
+:class:`DatagramNetwork` is the same for UDP: a fake ``listenUDP`` whose
+datagrams are dropped, duplicated, reordered or blackholed on request, with
+ICMP port unreachable for connected sockets; put it in a node's
+``datagram_reactor`` (or pass it to :mod:`netmodels.udp`'s endpoints)::
+
+    network = DatagramNetwork(clock, latency=0.001, seed=1)
+    network.loss = 0.2              # every datagram: 20 % dropped
+    network.duplicate = 0.1         # ... 10 % delivered twice
+    network.reorder = 0.1           # ... 10 % held back behind later ones
+    network.blackhole_host("10.0.0.2")
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ from __future__ import annotations
 import collections
 import errno as _errno
 import os
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -54,7 +66,7 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["MemoryLink", "MemoryNetwork", "MemoryTransport"]
+__all__ = ["DatagramNetwork", "MemoryLink", "MemoryNetwork", "MemoryTransport"]
 
 #: Marks an orderly close (FIN) in a link's queue.
 _FIN = None
@@ -403,3 +415,123 @@ class MemoryNetwork:
         server_protocol.makeConnection(server)
         client_protocol.makeConnection(client)
         return defer.succeed(client_protocol)
+
+
+class _DatagramPort:
+    """A bound UDP socket on a :class:`DatagramNetwork` (what ``listenUDP`` returns)."""
+
+    def __init__(self, network: DatagramNetwork, host: str, port: int, protocol: Any, max_packet: int):
+        self.network = network
+        self.address = (host, port)
+        self.protocol = protocol
+        self.max_packet = max_packet
+        self.connected_to: tuple[str, int] | None = None
+
+    def write(self, datagram: bytes, addr: tuple[str, int] | None = None) -> None:
+        destination = addr or self.connected_to
+        assert destination is not None, "write() without an address on an unconnected port"
+        self.network._send(self.address, destination, datagram)
+
+    def connect(self, host: str, port: int) -> None:
+        self.connected_to = (host, port)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("UDP", *self.address)
+
+    def stopListening(self) -> defer.Deferred[None]:
+        if self.network._ports.get(self.address) is self:
+            del self.network._ports[self.address]
+            self.protocol.doStop()
+        return defer.succeed(None)
+
+    loseConnection = stopListening
+
+
+class DatagramNetwork:
+    """
+    An in-memory UDP network on a clock, providing ``listenUDP``.
+
+    Each datagram independently may be lost (:attr:`loss`), duplicated
+    (:attr:`duplicate`) or delayed behind later ones (:attr:`reorder`), drawn
+    from a seeded generator so that a test is the same on every run.
+    A datagram to a port nobody listens on makes a *connected* sender's
+    protocol see ``connectionRefused`` (ICMP port unreachable), unless
+    :attr:`icmp` is off. :attr:`log` keeps ``(source, destination, size)``
+    of every datagram sent.
+
+    :param source: the host an unbound (``interface=""``) port gets.
+    """
+
+    def __init__(
+        self, clock: IReactorTime, latency: float = 0.001, seed: int = 0, source: str = "10.0.0.1"
+    ) -> None:
+        self.clock = clock
+        self.latency = latency
+        self.random = random.Random(seed)
+        self.loss = 0.0
+        self.duplicate = 0.0
+        self.reorder = 0.0
+        self.icmp = True
+        self.source = source
+        self.log: list[tuple[tuple[str, int], tuple[str, int], int]] = []
+        self.dropped = 0
+        self._ports: dict[tuple[str, int], _DatagramPort] = {}
+        self._blackholed: set[str] = set()
+        self._next_port = 40000
+
+    def listenUDP(
+        self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
+    ) -> _DatagramPort:
+        host = interface if interface not in ("", "0.0.0.0", "::") else self.source
+        if port == 0:
+            while (host, self._next_port) in self._ports:
+                self._next_port += 1
+            port = self._next_port
+            self._next_port += 1
+        if (host, port) in self._ports:
+            raise error.CannotListenError(host, port, OSError(_errno.EADDRINUSE, "address in use"))
+        bound = _DatagramPort(self, host, port, protocol, maxPacketSize)
+        self._ports[(host, port)] = bound
+        protocol.makeConnection(bound)
+        return bound
+
+    def resolve(self, name: str) -> defer.Deferred[str]:
+        return defer.fail(error.DNSLookupError(name))
+
+    def blackhole_host(self, host: str) -> None:
+        """Drop every datagram to or from ``host`` until :meth:`heal_host`."""
+        self._blackholed.add(host)
+
+    def heal_host(self, host: str) -> None:
+        self._blackholed.discard(host)
+
+    def inject(self, datagram: bytes, source: tuple[str, int], destination: tuple[str, int]) -> None:
+        """Deliver ``datagram`` as if ``source`` (perhaps spoofed) sent it."""
+        self._send(source, destination, datagram)
+
+    def port_at(self, address: tuple[str, int]) -> _DatagramPort | None:
+        return self._ports.get(address)
+
+    def _send(self, source: tuple[str, int], destination: tuple[str, int], datagram: bytes) -> None:
+        self.log.append((source, destination, len(datagram)))
+        draw = self.random.random
+        if source[0] in self._blackholed or destination[0] in self._blackholed or draw() < self.loss:
+            self.dropped += 1
+            return
+        copies = 2 if draw() < self.duplicate else 1
+        for _ in range(copies):
+            delay = self.latency
+            if draw() < self.reorder:
+                delay += self.latency * (2 + 8 * draw())
+            self.clock.callLater(delay, self._deliver, source, destination, datagram)
+
+    def _deliver(self, source: tuple[str, int], destination: tuple[str, int], datagram: bytes) -> None:
+        port = self._ports.get(destination)
+        if port is None:
+            sender = self._ports.get(source)
+            if self.icmp and sender is not None and sender.connected_to == destination:
+                sender.protocol.connectionRefused()
+            return
+        if port.connected_to is not None and port.connected_to != source:
+            return  # a connected socket hears only its peer
+        port.protocol.datagramReceived(datagram[: port.max_packet], source)

@@ -386,15 +386,15 @@ class DatagramTransport:
     # Internals
 
     def _data_received(self, packet: Packet) -> None:
-        if not self._window.accept(packet.sequence):
-            self.stats["unreliable"] = self._window.as_dict()
-            return
-        self.stats["unreliable"] = self._window.as_dict()
         payload = packet.payload
+        # Checked first: a malformed datagram must not move the window.
         if not datagram.whole_frames(payload):
             self._socket.counters["malformed"] += 1
             return
-        self.protocol.dataReceived(payload)
+        accepted = self._window.accept(packet.sequence)
+        self.stats["unreliable"] = self._window.as_dict()
+        if accepted:
+            self.protocol.dataReceived(payload)
 
     def _segment_received(self, packet: Packet) -> None:
         chunks = self._receiver.accept(packet.sequence, packet.flags, packet.payload)

@@ -1,0 +1,417 @@
+"""
+Sessions over UDP, deterministically: two nodes on a :class:`DatagramNetwork`
+and a :class:`Clock`. Handshake, keepalive, the reliable channel, every close
+reason, limits, and what forged or malformed datagrams may (not) do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from netmodels import datagram
+from netmodels.datagram import parse
+from netmodels.node import Node
+from netmodels.session import MessageTooLarge, Session
+from netmodels.testing import DatagramNetwork
+from netmodels.topology import ClientServer
+from netmodels.wire import MessageType, encode_frame
+from tests.test_testing import (
+    CLIENT_ID,
+    EPSILON,
+    KEEPALIVE_BOUND,
+    SERVER_ID,
+    RecordingApplication,
+    _result,
+    advance_by,
+    advance_to,
+    make_node,
+)
+
+SERVER = ("10.0.0.2", 7000)
+CLIENT_HOST = "10.0.0.1"
+LATENCY = 0.001
+
+
+class UdpPair:
+    """A client-server pair over UDP on a fake datagram network."""
+
+    def __init__(
+        self,
+        *,
+        server_config: dict[str, Any] | None = None,
+        client_config: dict[str, Any] | None = None,
+        clients: int = 1,
+        seed: int = 1,
+    ) -> None:
+        self.clock = Clock()
+        self.network = DatagramNetwork(self.clock, LATENCY, seed=seed, source=CLIENT_HOST)
+        self.server_app = RecordingApplication()
+        self.server = self._node(
+            "server",
+            SERVER_ID,
+            self.server_app,
+            listen=(f"udp:{SERVER[1]}:interface={SERVER[0]}",),
+            **(server_config or {}),
+        )
+        self.client_apps = [RecordingApplication() for _ in range(clients)]
+        self.clients = [
+            self._node(
+                "client",
+                f"{CLIENT_ID}{index or ''}",
+                app,
+                connect=(f"udp:{SERVER[0]}:{SERVER[1]}",),
+                **(client_config or {}),
+            )
+            for index, app in enumerate(self.client_apps)
+        ]
+
+    @property
+    def client(self) -> Node:
+        return self.clients[0]
+
+    @property
+    def client_app(self) -> RecordingApplication:
+        return self.client_apps[0]
+
+    def _node(self, role: str, node_id: str, app: RecordingApplication, **config: Any) -> Node:
+        node = make_node(self.clock, role, node_id, app, transport="udp", **config)
+        node.datagram_reactor = self.network
+        ClientServer().build(node)
+        for client in node.clients:
+            client._draw = lambda: 0.0
+        return node
+
+    def start(self) -> None:
+        self.server.startService()
+        for client in self.clients:
+            client.startService()
+        advance_by(self.clock, 0.1)
+
+    def session(self, node: Node) -> Session:
+        [peer] = node.peers()
+        assert isinstance(peer, Session)
+        return peer
+
+    def records(self, node: Node) -> list[dict[str, Any]]:
+        return node.status()["connections"]
+
+    def closed(self, node: Node) -> dict[str, Any]:
+        """The one closed session of ``node`` (a client may be dialling again)."""
+        [record] = [r for r in self.records(node) if r["state"] == "closed"]
+        return record
+
+    def listener_counters(self) -> dict[str, int]:
+        [counters] = self.server.status()["datagram"]["listeners"].values()
+        return counters
+
+
+class HandshakeTests(SynchronousTestCase):
+    def test_request_response(self) -> None:
+        pair = UdpPair()
+        pair.start()
+        session = pair.session(pair.client)
+        self.assertEqual(session.node_id, SERVER_ID)
+        response = session.request(b"ping?")
+        advance_by(pair.clock, 0.01)
+        self.assertEqual(_result(response), b"ping?")
+        [record] = pair.records(pair.server)
+        self.assertEqual((record["transport"], record["state"]), ("udp", "open"))
+        self.assertEqual(record["peer"], f"{CLIENT_HOST}:40000")
+        self.assertEqual(pair.listener_counters()["sessions_opened"], 1)
+
+    def test_handshake_survives_loss(self) -> None:
+        pair = UdpPair(seed=3)
+        pair.network.loss = 0.4
+        pair.start()
+        advance_by(pair.clock, 10)
+        self.assertEqual(len(pair.client.peers()), 1)
+        self.assertEqual(len(pair.server.peers()), 1)
+
+    def test_resent_open_gets_the_same_session(self) -> None:
+        pair = UdpPair()
+        pair.server.startService()
+        nonce = 99
+        client = ("10.0.0.7", 5555)
+        pair.network.inject(datagram.encode_init(nonce), client, SERVER)
+        advance_by(pair.clock, 0.01)
+        [cookie_size] = [size for source, dest, size in pair.network.log if dest == client]
+        # The cookie the listener minted (its jar is stateless: minting again gives the same).
+        listener = pair.server.listeners[0].port.listener  # type: ignore[union-attr]
+        minted = parse(listener.cookies.mint(f"{client[0]}:{client[1]}", nonce))
+        opening = datagram.encode_open(nonce, minted.issued, minted.mac)
+        pair.network.inject(opening, client, SERVER)
+        pair.network.inject(opening, client, SERVER)
+        advance_by(pair.clock, 0.01)
+        self.assertEqual(listener.counters["sessions_opened"], 1)
+        self.assertEqual(cookie_size, 29)
+
+    def test_connect_refused(self) -> None:
+        pair = UdpPair()
+        pair.client.startService()
+        advance_by(pair.clock, 0.1)
+        [record] = pair.records(pair.client)
+        self.assertEqual(
+            (record["state"], record["reason"], record["errno"]), ("failed", "refused", "ECONNREFUSED")
+        )
+
+    def test_connect_timeout(self) -> None:
+        pair = UdpPair(client_config={"handshake_timeout": 3.0})
+        pair.server.startService()
+        pair.network.blackhole_host(SERVER[0])
+        pair.client.startService()
+        advance_to(pair.clock, 3.0 + EPSILON)
+        [record] = pair.records(pair.client)
+        self.assertEqual((record["state"], record["reason"]), ("failed", "timeout"))
+        # INIT went out again and again meanwhile (0.25 s, doubling to 2 s).
+        sent = [entry for entry in pair.network.log if entry[1] == SERVER]
+        self.assertEqual(len(sent), 4)
+
+
+class CloseReasonTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.pair = UdpPair()
+        self.pair.start()
+
+    def test_close_is_clean_on_both_sides(self) -> None:
+        pair = self.pair
+        pair.session(pair.client).close()
+        advance_by(pair.clock, 0.1)
+        client, server = pair.closed(pair.client), pair.closed(pair.server)
+        self.assertEqual((client["reason"], client["initiator"]), ("clean", "local"))
+        self.assertEqual((server["reason"], server["initiator"]), ("clean", "remote"))
+        listener = pair.server.listeners[0].port.listener  # type: ignore[union-attr]
+        self.assertEqual(listener.sessions, {})
+        self.assertEqual(len(listener.time_wait), 1)
+
+    def test_reset_is_aborted_here_and_reset_there(self) -> None:
+        pair = self.pair
+        pair.session(pair.client).reset()
+        advance_by(pair.clock, 0.1)
+        client, server = pair.closed(pair.client), pair.closed(pair.server)
+        self.assertEqual((client["reason"], client["initiator"]), ("aborted", "local"))
+        self.assertEqual(
+            (server["reason"], server["initiator"], server["errno"]), ("reset", "remote", "ECONNRESET")
+        )
+
+    def test_icmp_port_unreachable_is_refused(self) -> None:
+        pair = self.pair
+        # The server's process dies: its socket is gone, nothing says BYE.
+        port = pair.network.port_at(SERVER)
+        assert port is not None
+        del pair.network._ports[SERVER]
+        pair.session(pair.client).send(b"anyone?")
+        advance_by(pair.clock, 0.1)
+        record = pair.closed(pair.client)
+        self.assertEqual((record["reason"], record["errno"]), ("refused", "ECONNREFUSED"))
+
+    def test_restarted_server_answers_reset(self) -> None:
+        pair = self.pair
+        pair.network.icmp = False
+        del pair.network._ports[SERVER]
+        restarted = UdpPair().server
+        restarted.datagram_reactor = pair.network
+        restarted.listeners.clear()
+        restarted.listen(f"udp:{SERVER[1]}:interface={SERVER[0]}")
+        restarted.startService()
+        pair.session(pair.client).send(b"still there?")
+        advance_by(pair.clock, 0.1)
+        record = pair.closed(pair.client)
+        self.assertEqual((record["reason"], record["errno"]), ("reset", "ECONNRESET"))
+
+    def test_keepalive_timeout_within_the_bound(self) -> None:
+        pair = self.pair
+        sessions = [pair.session(pair.client), pair.session(pair.server)]
+        heard = [session._keepalive_tracker.last_received for session in sessions]  # type: ignore[union-attr]
+        pair.network.blackhole_host(SERVER[0])
+        # The node's timer wheel runs deadlines on its 1/64 s slots.
+        late = pair.server.session_settings.timers.granularity  # type: ignore[union-attr]
+        advance_to(pair.clock, max(heard) + KEEPALIVE_BOUND + late)
+        for node, last in zip((pair.client, pair.server), heard, strict=True):
+            record = pair.closed(node)
+            self.assertEqual(record["reason"], "timeout")
+            self.assertIn("no answer to 3 keepalive probes", record["detail"])
+            detected = record["closed_at"]
+            self.assertGreaterEqual(detected, last + KEEPALIVE_BOUND)
+            self.assertLessEqual(detected, last + KEEPALIVE_BOUND + late)
+
+    def test_server_stop_says_bye(self) -> None:
+        pair = self.pair
+        stopped = pair.server.stopService()
+        advance_by(pair.clock, 0.1)
+        _result(stopped)
+        record = pair.closed(pair.client)
+        self.assertEqual((record["reason"], record["initiator"]), ("clean", "remote"))
+        self.assertIsNone(pair.network.port_at(SERVER))
+
+
+class ReliableChannelTests(SynchronousTestCase):
+    def test_nothing_lost_duplicated_or_reordered(self) -> None:
+        pair = UdpPair(server_config={"reliable": True}, client_config={"reliable": True}, seed=7)
+        pair.start()
+        pair.network.loss = 0.2
+        pair.network.duplicate = 0.1
+        pair.network.reorder = 0.2
+        session = pair.session(pair.client)
+        sent = [f"line {n}".encode() * (1 + n % 300) for n in range(300)]
+        for message in sent:
+            session.send(message)
+        advance_by(pair.clock, 10)
+        self.assertEqual(pair.server_app.messages, sent)
+        stats = pair.records(pair.client)[0]["datagram"]
+        self.assertGreater(stats["retransmissions"], 0)
+
+    def test_gives_up_with_timeout(self) -> None:
+        pair = UdpPair(client_config={"reliable": True, "user_timeout": 3.0})
+        pair.start()
+        pair.network.blackhole_host(SERVER[0])
+        sent_at = pair.clock.seconds()
+        pair.session(pair.client).send(b"into the void")
+        advance_to(pair.clock, sent_at + 3.0 + 5)
+        record = pair.closed(pair.client)
+        self.assertEqual((record["reason"], record["initiator"]), ("timeout", "local"))
+        self.assertIn("reliable channel", record["detail"])
+        self.assertLess(record["closed_at"], sent_at + KEEPALIVE_BOUND)
+
+    def test_large_messages_over_the_reliable_channel(self) -> None:
+        pair = UdpPair(server_config={"reliable": True}, client_config={"reliable": True})
+        pair.start()
+        big = bytes(range(256)) * 40
+        pair.session(pair.client).send(big)
+        advance_by(pair.clock, 1)
+        self.assertEqual(pair.server_app.messages, [big])
+
+
+class UnreliableChannelTests(SynchronousTestCase):
+    def test_loss_and_duplicates_are_counted(self) -> None:
+        pair = UdpPair(seed=11)
+        pair.start()
+        pair.network.loss = 0.2
+        pair.network.duplicate = 0.2
+        pair.network.reorder = 0.2
+        session = pair.session(pair.client)
+        for n in range(500):
+            # One a millisecond: a datagram held back lands among later ones.
+            session.send(str(n).encode())
+            advance_by(pair.clock, 0.001)
+        advance_by(pair.clock, 1)
+        [record] = pair.records(pair.server)
+        stats = record["datagram"]["unreliable"]
+        received = pair.server_app.messages
+        self.assertEqual(len(received), len(set(received)))  # duplicates dropped
+        self.assertEqual(stats["received"], len(received))
+        self.assertGreater(stats["lost"], 50)
+        self.assertGreater(stats["duplicates"], 30)
+        self.assertGreater(stats["reordered"], 10)
+        self.assertLess(len(received), 500)
+
+    def test_a_message_over_the_datagram_limit_is_refused(self) -> None:
+        pair = UdpPair()
+        pair.start()
+        session = pair.session(pair.client)
+        limit = 1200 - 13 - 5
+        session.send(b"x" * limit)
+        with self.assertRaises(MessageTooLarge) as raised:
+            session.send(b"x" * (limit + 1))
+        self.assertIn("datagram limit", str(raised.exception))
+        advance_by(pair.clock, 0.1)
+        self.assertEqual(pair.server_app.messages, [b"x" * limit])
+
+    def test_a_larger_datagram_limit(self) -> None:
+        pair = UdpPair(server_config={"max_datagram": 9000}, client_config={"max_datagram": 9000})
+        pair.start()
+        pair.session(pair.client).send(b"y" * 8000)
+        advance_by(pair.clock, 0.1)
+        self.assertEqual(pair.server_app.messages, [b"y" * 8000])
+
+
+class HostileTrafficTests(SynchronousTestCase):
+    def test_bytes_to_unproven_addresses_stay_under_three_times(self) -> None:
+        pair = UdpPair()
+        pair.server.startService()
+        for n in range(200):
+            spoofed = (f"192.0.2.{n % 250}", 1000 + n)
+            pair.network.inject(datagram.encode_init(n), spoofed, SERVER)
+            # A forged OPEN (no cookie of ours) gets no answer at all.
+            pair.network.inject(datagram.encode_open(n, 0, b"\0" * 16), spoofed, SERVER)
+        advance_by(pair.clock, 0.1)
+        received = sum(size for _, dest, size in pair.network.log if dest == SERVER)
+        sent = sum(size for source, _, size in pair.network.log if source == SERVER)
+        self.assertLessEqual(sent, 3 * received)
+        counters = pair.listener_counters()
+        self.assertEqual((counters["cookies_sent"], counters["bad_cookie"]), (200, 200))
+        self.assertEqual(counters["sessions_opened"], 0)
+        self.assertEqual(pair.server.manager.live, {})
+
+    def test_garbage_and_forgeries_disturb_nobody(self) -> None:
+        pair = UdpPair()
+        pair.start()
+        client_session = pair.session(pair.client)
+        server_session_id = pair.server.listeners[0].port.listener.sessions  # type: ignore[union-attr]
+        [session_id] = server_session_id
+        client_address = (CLIENT_HOST, 40000)
+        attacker = ("10.6.6.6", 6666)
+        for payload in (b"", b"\xff" * 50, datagram.encode_ack(1, 2, 3)[:-1]):
+            pair.network.inject(payload, client_address, SERVER)
+        # The right session id from another address: forged.
+        forged = datagram.encode_data_header(session_id, 0) + encode_frame(MessageType.DATA, b"evil")
+        pair.network.inject(forged, attacker, SERVER)
+        pair.network.inject(datagram.encode_reset(session_id), attacker, SERVER)
+        # From the right address, DATA that is not whole frames.
+        pair.network.inject(
+            datagram.encode_data_header(session_id, 99) + b"\0\0\0\x09\x02", client_address, SERVER
+        )
+        advance_by(pair.clock, 0.1)
+        counters = pair.listener_counters()
+        self.assertEqual(counters["malformed"], 4)
+        self.assertEqual(counters["forged"], 2)
+        self.assertEqual(pair.server_app.messages, [])
+        response = client_session.request(b"still fine")
+        advance_by(pair.clock, 0.1)
+        self.assertEqual(_result(response), b"still fine")
+
+    def test_unknown_sessions_get_rate_limited_resets(self) -> None:
+        pair = UdpPair()
+        pair.server.startService()
+        for n in range(500):
+            pair.network.inject(
+                datagram.encode_data_header(n, 0) + encode_frame(MessageType.DATA, b"?"),
+                (CLIENT_HOST, 1),
+                SERVER,
+            )
+        advance_by(pair.clock, 0.01)
+        counters = pair.listener_counters()
+        self.assertEqual(counters["unknown_session"], 500)
+        self.assertEqual(counters["resets_sent"], 100)
+        resets = [size for source, _, size in pair.network.log if source == SERVER]
+        self.assertTrue(all(size == 9 for size in resets))
+
+    def test_oversized_datagrams_are_dropped(self) -> None:
+        pair = UdpPair()
+        pair.start()
+        [session_id] = pair.server.listeners[0].port.listener.sessions  # type: ignore[union-attr]
+        big = datagram.encode_data_header(session_id, 5) + encode_frame(MessageType.DATA, b"z" * 1300)
+        pair.network.inject(big, (CLIENT_HOST, 40000), SERVER)
+        advance_by(pair.clock, 0.1)
+        self.assertEqual(pair.listener_counters()["oversized"], 1)
+        self.assertEqual(pair.server_app.messages, [])
+
+
+class LimitTests(SynchronousTestCase):
+    def test_session_limit_rejects(self) -> None:
+        pair = UdpPair(server_config={"max_connections": 1}, clients=2)
+        pair.start()
+        records = sorted(pair.records(pair.server), key=lambda r: r["id"])
+        self.assertEqual(records[0]["state"], "open")
+        self.assertEqual((records[1]["reason"], records[1]["initiator"]), ("rejected", "local"))
+        refused = [r for node in pair.clients for r in pair.records(node) if r["reason"] == "rejected"]
+        self.assertEqual(len(refused), 1)
+        self.assertIn("connection limit of 1", refused[0]["detail"])
+
+    def test_per_address_limit_rejects(self) -> None:
+        pair = UdpPair(server_config={"max_per_address": 1}, clients=2)
+        pair.start()
+        states = sorted(r["reason"] or r["state"] for r in pair.records(pair.server))
+        self.assertEqual(states, ["open", "rejected"])
