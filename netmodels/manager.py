@@ -389,6 +389,12 @@ class ManagedConnection(ProtocolWrapper):
         if self.record.state is ConnectionState.CONNECTING:
             self.record.state = ConnectionState.HANDSHAKING
 
+    def use_reliable_channel(self) -> None:
+        """Ask a datagram transport to send application data reliably (streams already do)."""
+        upgrade = getattr(self.transport, "use_reliable_channel", None)
+        if upgrade is not None:
+            upgrade()
+
     def mark_open(self, peer_id: str | None = None) -> None:
         """The protocol's handshake is done; the connection carries traffic."""
         record = self.record

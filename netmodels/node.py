@@ -208,7 +208,11 @@ class Node(MultiService):
                 app=config.app,
                 listen=config.listen,
                 max_frame=config.max_frame,
-                extra={"groups": list(config.groups)} if config.groups else {},
+                extra={
+                    **({"groups": list(config.groups)} if config.groups else {}),
+                    # Either side asking for the reliable channel gets it both ways.
+                    **({"reliable": True} if config.transport == "udp" and reliable else {}),
+                },
             ),
             keepalive=config.keepalive,
             application=application,

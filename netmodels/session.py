@@ -506,6 +506,12 @@ class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
             self._protocol_error(refusal, fatal=True)
             return
         self.peer_hello = hello
+        if hello.extra.get("reliable") is True and self._max_data < self._max_body:
+            # The peer wants application data on a datagram transport's
+            # reliable channel: ours goes there too, so nothing it sends (an
+            # echo of a large message) is refused on our side.
+            self._max_data = self._max_body
+            self.transport.use_reliable_channel()
         # Never send more than either side accepts.
         if hello.max_frame < self.settings.max_frame:
             self._max_body = hello.max_frame - 1

@@ -288,6 +288,7 @@ class DatagramTransport:
         self._producer: Any = None
         self._paused = False
         self._fin_received = False
+        self._reliable = options.reliable
         #: Datagrams and bytes each way, drops: merged into the status record.
         self.stats: dict[str, Any] = {
             "datagrams_in": 0,
@@ -302,7 +303,7 @@ class DatagramTransport:
     def write(self, data: bytes) -> None:
         if not self.connected or self.disconnecting:
             return
-        reliable_data = self._options.reliable
+        reliable_data = self._reliable
         limit = self._options.max_datagram - DATA_HEADER
         batch: list[bytes] = []
         batch_size = 0
@@ -357,6 +358,11 @@ class DatagramTransport:
 
     def getHost(self) -> IAddress:
         return self._host
+
+    def use_reliable_channel(self) -> None:
+        """Send application data on the reliable channel from now on (the peer asked for it)."""
+        self._reliable = True
+        self.stats["reliable"] = True
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self._producer = producer

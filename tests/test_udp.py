@@ -275,6 +275,16 @@ class ReliableChannelTests(SynchronousTestCase):
         self.assertIn("reliable channel", record["detail"])
         self.assertLess(record["closed_at"], sent_at + KEEPALIVE_BOUND)
 
+    def test_either_side_asking_makes_it_reliable_both_ways(self) -> None:
+        pair = UdpPair(client_config={"reliable": True})
+        pair.start()
+        big = b"z" * 3000
+        pair.session(pair.server).send(big)
+        advance_by(pair.clock, 0.1)
+        self.assertEqual(pair.client_app.messages, [big])
+        [record] = pair.records(pair.server)
+        self.assertTrue(record["datagram"]["reliable"])
+
     def test_large_messages_over_the_reliable_channel(self) -> None:
         pair = UdpPair(server_config={"reliable": True}, client_config={"reliable": True})
         pair.start()
