@@ -87,6 +87,15 @@ class NodeConfig:
     max_datagram: int = DEFAULT_MAX_DATAGRAM
     #: UDP: application data over the reliable channel; ``None``: as the application prefers.
     reliable: bool | None = None
+    #: callback: the shared secret a client presents in its HELLO (None: none asked).
+    token: str | None = field(default=None, repr=False)
+    #: callback client: the endpoint it listens on for the server to dial back.
+    callback: str | None = None
+    #: callback: the SQLite file of the server's outbox, or of a client's
+    #: delivered ids (None: in memory, lost on restart).
+    outbox: str | None = None
+    #: callback server: the most undelivered messages kept for one client.
+    outbox_limit: int = 10_000
 
     @property
     def effective_user_timeout(self) -> float | None:

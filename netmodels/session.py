@@ -126,6 +126,9 @@ class SessionSettings:
     kernel_keepalive: bool = True
     #: ``None`` if a peer's HELLO is acceptable, else why not (made fatal).
     check_peer: Callable[[Hello], str | None] = lambda hello: None
+    #: ``None`` if a peer's HELLO carries acceptable credentials, else why not:
+    #: closed with reason ``rejected`` (fatal) before the application sees it.
+    authenticate: Callable[[Hello], str | None] = lambda hello: None
     #: Handlers for a topology's own message types (PEERS, BROADCAST, ...).
     #: Any other type after the handshake is a protocol error.
     handlers: Mapping[int, Callable[[Session, bytes], None]] = field(factory=dict)
@@ -504,6 +507,16 @@ class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
         refusal = self.settings.check_peer(hello)
         if refusal is not None:
             self._protocol_error(refusal, fatal=True)
+            return
+        rejection = self.settings.authenticate(hello)
+        if rejection is not None:
+            _log.warn(
+                "connection {id} to {peer}: rejected: {detail}; closing",
+                id=self.connection_id,
+                peer=self._peer_text(),
+                detail=rejection,
+            )
+            self._end(CloseReason.REJECTED, rejection, fatal=True)
             return
         self.peer_hello = hello
         if hello.extra.get("reliable") is True and self._max_data < self._max_body:

@@ -123,6 +123,23 @@ class Options(usage.Options):
             "10",
             "Seconds a peer that stopped reading may stay paused before it is dropped.",
         ],
+        ["token", None, None, "callback: the shared secret clients present (prefer --token-file)."],
+        ["token-file", None, None, "callback: read the shared secret from this file (first line)."],
+        [
+            "callback",
+            None,
+            None,
+            "callback client: endpoint to listen on for the server's callbacks, "
+            "e.g. tcp:0:interface=127.0.0.1.",
+        ],
+        [
+            "outbox",
+            None,
+            None,
+            "callback: SQLite file for the server's outbox (or a client's delivered ids); "
+            "without it they live in memory and a restart loses them.",
+        ],
+        ["outbox-limit", None, "10000", "callback server: the most undelivered messages kept per client."],
     ]
 
     def __init__(self) -> None:
@@ -215,6 +232,9 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{option}: only the many-to-one topology has it")
         for description in self["raw-listen"]:
             _check_endpoint("raw-listen", description, lambda d: serverFromString(reactor, d))
+        token = _callback_options(self, topology.name)
+        if self["callback"] is not None:
+            _check_endpoint("callback", self["callback"], _parser(reactor, transport, server=True))
         if self["status"] is not None:
             _check_endpoint("status", self["status"], lambda d: serverFromString(reactor, d))
         max_frame = _count("max-frame", self["max-frame"])
@@ -247,6 +267,10 @@ class Options(usage.Options):
             slow_consumer_deadline=_number("slow-consumer-deadline", self["slow-consumer-deadline"]),
             max_datagram=max_datagram,
             reliable=None if delivery is None else delivery == "reliable",
+            token=token,
+            callback=self["callback"],
+            outbox=self["outbox"],
+            outbox_limit=_count("outbox-limit", self["outbox-limit"]) or 10_000,
         )
         if self["node-id"] is not None and not 0 < len(self["node-id"]) <= 128:
             raise usage.UsageError("--node-id: must be 1 to 128 characters")
@@ -265,6 +289,30 @@ def _bytes(option: str, text: str) -> int:
     if value < 0:
         raise usage.UsageError(f"--{option}: must be 0 or more, not {text!r}")
     return value
+
+
+_CALLBACK_OPTIONS = ("token", "token-file", "callback", "outbox")
+
+
+def _callback_options(options: Options, topology: str) -> str | None:
+    """Check the callback topology's options; returns the token (from --token or --token-file)."""
+    for option in _CALLBACK_OPTIONS:
+        if options[option] is not None and topology != "callback":
+            raise usage.UsageError(f"--{option}: only the callback topology has it")
+    if options["outbox-limit"] != "10000" and topology != "callback":
+        raise usage.UsageError("--outbox-limit: only the callback topology has it")
+    token: str | None = options["token"]
+    if options["token-file"] is not None:
+        if token is not None:
+            raise usage.UsageError("--token-file: give --token or --token-file, not both")
+        try:
+            with open(options["token-file"], encoding="utf-8") as file:
+                token = file.readline().strip()
+        except OSError as e:
+            raise usage.UsageError(f"--token-file: cannot read {options['token-file']!r}: {e}") from None
+    if token is not None and not token:
+        raise usage.UsageError("--token: the token must not be empty")
+    return token
 
 
 def _parser(reactor: Any, transport: str, server: bool) -> Callable[[str], object]:

@@ -74,6 +74,12 @@ class MessageType(enum.IntEnum):
     PEERS = 0x09
     #: A message flooded to every node, or relayed to one (p2p).
     BROADCAST = 0x0A
+    #: Callback: a client registers its callback endpoint (JSON).
+    REGISTER = 0x0B
+    #: Callback: a message for the client (a u64 message id, then the payload).
+    DELIVER = 0x0C
+    #: Callback: the client has every message up to this u64 id.
+    ACK = 0x0D
 
 
 _KNOWN_TYPES: Final = frozenset(int(t) for t in MessageType)

@@ -111,6 +111,12 @@ SAMPLE_FRAMES: list[tuple[bytes, tuple[int, bytes]]] = [
         encode_broadcast(Broadcast("n1", 3, 7, b"hi", "n2")),
         (MessageType.BROADCAST, b"\x02\x02" + (3).to_bytes(8, "big") + (7).to_bytes(4, "big") + b"n1n2hi"),
     ),
+    (encode_frame(MessageType.REGISTER, b'{"port":25}'), (MessageType.REGISTER, b'{"port":25}')),
+    (
+        encode_frame(MessageType.DELIVER, (9).to_bytes(8, "big") + b"mail"),
+        (MessageType.DELIVER, (9).to_bytes(8, "big") + b"mail"),
+    ),
+    (encode_frame(MessageType.ACK, (9).to_bytes(8, "big")), (MessageType.ACK, (9).to_bytes(8, "big"))),
 ]
 
 STREAM = b"".join(encoded for encoded, _ in SAMPLE_FRAMES)

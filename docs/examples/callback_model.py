@@ -7,9 +7,10 @@ When mail arrives, the server checks that the callback endpoint is alive by
 dialling it, and delivers at once. When the callback endpoint has gone away,
 the dial is refused and the server falls back to the control connection.
 
-netmodels' callback topology (planned) is this model with the wire protocol,
-keepalive and close reasons; this script shows the mechanism with plain
-Twisted line protocols and netmodels' connection manager for the dial-back.
+netmodels' callback topology (``--topology callback``, docs/callback.rst) is
+this model with the wire protocol, keepalive, close reasons and a durable
+outbox; this script shows the bare mechanism with plain Twisted line
+protocols and netmodels' connection manager for the dial-back.
 
 Run: python docs/examples/callback_model.py   (about 1 s)
 """

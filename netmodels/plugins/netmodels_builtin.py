@@ -1,6 +1,7 @@
 """The built-in topologies and applications, found like any third party's."""
 
 from netmodels.application import EchoApplication, application_plugin
+from netmodels.callback import Callback, InboxApplication
 from netmodels.many_to_one import ChatApplication, ManyToOne
 from netmodels.p2p import BroadcastApplication, PeerToPeer
 from netmodels.topology import ClientServer
@@ -8,6 +9,7 @@ from netmodels.topology import ClientServer
 client_server = ClientServer()
 p2p = PeerToPeer()
 many_to_one = ManyToOne()
+callback = Callback()
 
 echo = application_plugin(
     "echo",
@@ -25,4 +27,10 @@ chat = application_plugin(
     "chat",
     "many-to-one: the server relays each client's line to the others; clients say hello every --interval s",
     ChatApplication,
+)
+
+inbox = application_plugin(
+    "inbox",
+    "callback: a client logs every message delivered to it (POST /deliver/<client> on the server)",
+    InboxApplication,
 )
