@@ -6,6 +6,7 @@
 #   make lint    ruff check, ruff format --check, mypy
 #   make docs    build the HTML docs into docs/_build/html
 #   make bench   run the benchmarks
+#   make fuzz    run each atheris fuzz target for FUZZ_SECONDS (installs the fuzz extra)
 #   make clean   remove build artifacts and caches (keeps .venv; see distclean)
 #
 # Setup is idempotent: the venv is created only when .venv/bin/python is missing, and
@@ -29,7 +30,7 @@ PKG_FILES := $(sort $(shell find netmodels plugins -type f \( -name '*.py' -o -n
 
 STATUS_URL := http://127.0.0.1:8080/status
 
-.PHONY: help setup sysdeps run test lab lint docs bench clean distclean FORCE
+.PHONY: help setup sysdeps run test lab lint docs bench fuzz clean distclean FORCE
 
 help:
 	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
@@ -100,10 +101,26 @@ docs: setup
 bench: setup
 	$(VPY) benchmarks/run_all.py
 
+# Coverage-guided fuzzing (atheris, an optional extra) of the frame decoder and the
+# handshake; new inputs go to a scratch copy of the corpus, crashes to fuzz/artifacts/.
+# See "Fuzzing" in docs/fault-lab.rst.
+FUZZ_SECONDS ?= 120
+FUZZ_TARGETS := frames handshake
+fuzz: setup
+	$(VPY) -c "import atheris" 2>/dev/null || $(VPY) -m pip install $(PIP_FLAGS) -e '.[fuzz]' --config-settings editable_mode=strict
+	@mkdir -p fuzz/artifacts
+	@for target in $(FUZZ_TARGETS); do \
+	  work=$$(mktemp -d); cp fuzz/corpus/$$target/* $$work/; \
+	  echo "==> fuzz_$$target for $(FUZZ_SECONDS) s"; \
+	  PYTHONPATH=. $(VPY) fuzz/fuzz_$$target.py $$work fuzz/corpus/$$target -max_total_time=$(FUZZ_SECONDS) \
+	    -max_len=4096 -artifact_prefix=fuzz/artifacts/ || { rm -rf $$work; exit 1; }; \
+	  rm -rf $$work; \
+	done
+
 # Removing build/ also removes the strict editable tree (build/__editable__.*), so the
 # stamp goes too and the next target reinstalls.
 clean:
-	rm -rf build dist docs/_build _trial_temp _trial_temp-* .hypothesis .mypy_cache .ruff_cache .pytest_cache
+	rm -rf build dist docs/_build fuzz/artifacts _trial_temp _trial_temp-* .hypothesis .mypy_cache .ruff_cache .pytest_cache
 	rm -rf *.egg-info $(STAMP) $(FILES)
 	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name dropin.cache \) -print0 \
 	  | xargs -0 rm -rf

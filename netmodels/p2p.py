@@ -35,7 +35,6 @@ from typing import Any
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -223,7 +222,8 @@ class Mesh:
         :param bootstrap: endpoints to dial while the node has no peer; an
             entry may be a callable returning one (or ``None``, not yet).
         :param client_endpoint: turns an advertised endpoint into something to
-            dial (default: ``clientFromString``; tests pass a memory network's).
+            dial (default: :meth:`Node.endpoint`, so ``udp:`` endpoints too;
+            tests pass a memory network's).
         :param endpoints: what to advertise (default: the node's listeners,
             once they listen).
         """
@@ -235,7 +235,7 @@ class Mesh:
         self.policy = policy
         self._draw = draw
         self.tick = tick
-        self._client_endpoint = client_endpoint or (lambda d: clientFromString(node.reactor, d))
+        self._client_endpoint = client_endpoint or (lambda d: node.endpoint(d, server=False))
         self._fixed_endpoints = endpoints
         self.incarnation = 0
         self._epoch = 0
@@ -444,11 +444,27 @@ class Mesh:
         return member.node_id > self.node_id or now - member.known_since >= DIAL_GRACE
 
     def _dial(self, member: Member) -> None:
-        member.dialling = True
         endpoint = member.endpoints[0]
-        attempt = self.node.manager.connect(
-            self._client_endpoint(endpoint), self.node.session_factory(), member.node_id
-        )
+        try:
+            client_endpoint = self._client_endpoint(endpoint)
+        except Exception as e:
+            # The endpoint came from the network (a PEERS entry): one that does
+            # not parse must not escape into, and stop, the maintenance loop.
+            _log.warn(
+                "[{node}] cannot dial {peer} at {endpoint!r}: {error}",
+                node=self.node_id,
+                peer=member.node_id,
+                endpoint=endpoint,
+                error=e,
+            )
+            member.failures += 1
+            member.last_reason = str(CloseReason.UNREACHABLE)
+            member.next_dial_at = self.clock.seconds() + 30.0
+            if member.state is not PeerState.LEFT and member.failures >= 2:
+                self._set_state(member, PeerState.DEAD)
+            return
+        member.dialling = True
+        attempt = self.node.manager.connect(client_endpoint, self.node.session_factory(), member.node_id)
 
         def done(result: Any) -> None:
             member.dialling = False

@@ -5,8 +5,9 @@ Run the fault matrix in the lab and write the results table of the docs.
     .venv/bin/python -m tests.lab.matrix --repeat 20     # as trusted systems hold themselves to
     .venv/bin/python -m tests.lab.matrix --only sigstop,refused --output -
 
-Writes ``docs/fault-lab-results.rst`` (included by ``docs/fault-lab.rst``),
-printing each row's report as it goes. Exits 1 if any repetition was
+Writes ``docs/fault-lab-results.rst`` (included by ``docs/fault-lab.rst``):
+a row per fault, topology and transport, then the fault x topology x
+transport grid; it prints each row's report as it goes. Exits 1 if any repetition was
 misclassified or out of its window (the table says which), 2 if the lab
 cannot run here (root, iproute2 and iptables are needed).
 
@@ -138,9 +139,46 @@ def render(results: Sequence[FaultResult], repeat: int, elapsed: float) -> str:
             f"     - {_cell('; '.join(filter(None, [_counts(result.others()).strip('—'), *result.notes])))}",
             f"     - {_cell(_seconds(result.reconnects()))}",
         ]
-    planned = ["", "Not in the lab yet (extension points of ``tests/lab/scenarios.py``):", ""]
+    planned = ["", *summary(results, repeat)]
+    planned += ["", "Not in the lab yet (extension points of ``tests/lab/scenarios.py``):", ""]
     planned += [f"- {topology} over {transport}: {what}." for topology, transport, what in PLANNED]
     return "\n".join([*header, *rows, *planned]) + "\n"
+
+
+#: Key prefixes of the rows of other topologies than client-server, stripped to find the fault.
+_PREFIXES = ("m2o-", "p2p-")
+
+
+def summary(results: Sequence[FaultResult], repeat: int) -> list[str]:
+    """The fault x (topology / transport) grid: reason seen, median *t*, repetitions passed."""
+    columns: list[tuple[str, str]] = []
+    cells: dict[tuple[str, tuple[str, str]], str] = {}
+    kinds: dict[str, str] = {}
+    for result in results:
+        fault = result.fault
+        column = (fault.topology, fault.transport)
+        if column not in columns:
+            columns.append(column)
+        kind = fault.key
+        for prefix in _PREFIXES:
+            kind = kind.removeprefix(prefix)
+        kinds.setdefault(kind, fault.title)
+        times = result.times()
+        seen = _counts(result.reason_counts())
+        passed = sum(observation.ok for observation in result.observations)
+        median = f", {statistics.median(times):.2f} s" if times else ""
+        cells[kind, column] = f"{seen}{median} ({passed}/{repeat}{'' if result.ok else ', FAIL'})"
+    lines = [
+        ".. list-table:: Fault x topology x transport (reason seen, median t, repetitions passed)",
+        "   :header-rows: 1",
+        "",
+        "   * - fault",
+        *(f"     - {topology} / {transport}" for topology, transport in columns),
+    ]
+    for kind, title in kinds.items():
+        lines.append(f"   * - {_cell(title)}")
+        lines += [f"     - {_cell(cells.get((kind, column), '—'))}" for column in columns]
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -73,12 +73,12 @@ SEED_ENV = "NETMODELS_LAB_SEED"
 _phases = random.Random(os.environ.get(SEED_ENV))
 
 
-def repeat_count() -> int:
-    """Repetitions of each fault: ``NETMODELS_LAB_REPEAT`` (default 3, at least 1)."""
+def repeat_count(default: int = 3) -> int:
+    """Repetitions of each fault: ``NETMODELS_LAB_REPEAT`` (else ``default``; at least 1)."""
     try:
-        return max(1, int(os.environ.get(REPEAT_ENV, "3")))
+        return max(1, int(os.environ.get(REPEAT_ENV, str(default))))
     except ValueError:
-        return 3
+        return default
 
 
 def soak_seconds() -> float:
@@ -124,6 +124,8 @@ class Observation:
     #: Seconds between the connection being ready and the fault (its phase in the keepalive cycle).
     phase: float | None = None
     problems: list[str] = field(default_factory=list)
+    #: What a topology's own checks saw (``served``, ``view: dead``, ``rejoined``).
+    notes: list[str] = field(default_factory=list)
 
     @classmethod
     def of_record(cls, rep: int, record: dict[str, Any], since: float) -> Observation:
@@ -155,6 +157,8 @@ class Observation:
             text += f"; reconnected {self.reconnect:.2f} s after healing"
         if self.detail:
             text += f"; detail: {self.detail}"
+        if self.notes:
+            text += f"; {', '.join(self.notes)}"
         if self.problems:
             text += "\n    PROBLEM: " + "\n    PROBLEM: ".join(self.problems)
         return text
@@ -282,6 +286,8 @@ def run_fault(fault: Fault, repeat: int | None = None, lab: Lab | None = None) -
             fault.check(observation)
         if len(run.observations) < repeat:
             run.problems.append(f"only {len(run.observations)} of {repeat} repetitions ran")
+        tally = Counter(note for observation in run.observations for note in observation.notes)
+        run.notes[:0] = [f"{note}: {count}" for note, count in sorted(tally.items())]
     except (AssertionError, LabError, OSError, KeyError, ValueError) as e:
         error = "".join(traceback.format_exception_only(e)).strip()
         error += "\n" + "".join(traceback.format_tb(e.__traceback__)[-3:]).rstrip()
@@ -346,13 +352,13 @@ class LabNode:
         return f"{self.node_id} status: {self.status()}"
 
 
-def spawn_node(host: Host, node_id: str, args: Iterable[str]) -> LabNode:
-    """Start a node and wait until its status endpoint answers."""
+def spawn_node(host: Host, node_id: str, args: Iterable[str], topology: str = "client-server") -> LabNode:
+    """Start a node of ``topology`` and wait until its status endpoint answers."""
     process = host.spawn_twistd(
         [
             "netmodels",
             "--topology",
-            "client-server",
+            topology,
             "--keepalive",
             KEEPALIVE,
             "--status",
@@ -374,7 +380,42 @@ def spawn_node(host: Host, node_id: str, args: Iterable[str]) -> LabNode:
     return node
 
 
-class ClientServerPair:
+class Cluster:
+    """
+    The nodes of one topology in a lab, as the fault scenarios see them: an
+    *observer* whose record of its connection to the *faulty* node is read,
+    the faulty node, in :attr:`faulty_host` where faults are injected, and
+    (:meth:`check_fault`, :meth:`check_healed`) what else a topology must
+    show while the fault lasts and once it is healed.
+    """
+
+    faulty_host: Host
+
+    def start(self, interval: float = 0.0) -> tuple[LabNode, LabNode]:
+        """Start the nodes; ``(observer, faulty)``."""
+        raise NotImplementedError
+
+    def link(
+        self, exclude: tuple[set[int], set[int]] = (set(), set())
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The connection between observer and faulty node, open on both sides: their records."""
+        raise NotImplementedError
+
+    def restart_faulty(self) -> LabNode:
+        """Start the faulty node again (after a SIGKILL)."""
+        raise NotImplementedError
+
+    def before_fault(self) -> None:
+        """Called with the link ready, just before the fault is injected."""
+
+    def check_fault(self, observation: Observation) -> None:
+        """Called once the observer recorded the close, before healing."""
+
+    def check_healed(self, observation: Observation) -> None:
+        """Called once the link is back."""
+
+
+class ClientServerPair(Cluster):
     """The client-server topology over TCP: the server in host 1, clients in host 2."""
 
     server_id = "server"
@@ -382,8 +423,17 @@ class ClientServerPair:
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
         self.server_host, self.client_host = lab.hosts[0], lab.hosts[1]
+        self.faulty_host = self.client_host
         self.server: LabNode | None = None
         self.clients: list[LabNode] = []
+
+    def start(self, interval: float = 0.0) -> tuple[LabNode, LabNode]:
+        return self.start_server(), self.start_client("client", interval)
+
+    def link(
+        self, exclude: tuple[set[int], set[int]] = (set(), set())
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        return self.wait_pair(self.clients[-1], exclude)
 
     def start_server(self) -> LabNode:
         listen = f"tcp:{SERVICE_PORT}:interface={self.server_host.address}"
@@ -419,6 +469,208 @@ class ClientServerPair:
             0.01,
             lambda: f"{client.describe()}\n{server.describe()}",
         )
+
+
+class ManyToOneGroup(Cluster):
+    """
+    many-to-one over TCP: the server in host 1, the faulty client in host 2,
+    and two bystander clients in hosts 3 and 4, all idle. While one client
+    is faulted, the server must go on serving the others: their
+    connections stay the same and open, and keep exchanging messages.
+    """
+
+    server_id = "server"
+    faulty_id = "client-a"
+    bystander_ids = ("client-b", "client-c")
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.server_host, self.faulty_host = lab.hosts[0], lab.hosts[1]
+        self.bystander_hosts = lab.hosts[2:4]
+        self.server: LabNode | None = None
+        self.faulty: LabNode | None = None
+        self.bystanders: list[LabNode] = []
+        self._before: dict[str, dict[str, Any]] = {}
+
+    def _client(self, host: Host, node_id: str) -> LabNode:
+        connect = f"tcp:{self.server_host.address}:{SERVICE_PORT}"
+        args = ["--role", "client", "--connect", connect, "--interval", "0"]
+        return spawn_node(host, node_id, args, "many-to-one")
+
+    def start(self, interval: float = 0.0) -> tuple[LabNode, LabNode]:
+        listen = f"tcp:{SERVICE_PORT}:interface={self.server_host.address}"
+        self.server = spawn_node(
+            self.server_host, self.server_id, ["--role", "server", "--listen", listen], "many-to-one"
+        )
+        self.bystanders = [
+            self._client(host, node_id)
+            for host, node_id in zip(self.bystander_hosts, self.bystander_ids, strict=True)
+        ]
+        return self.server, self.restart_faulty()
+
+    def restart_faulty(self) -> LabNode:
+        self.faulty = self._client(self.faulty_host, self.faulty_id)
+        return self.faulty
+
+    def link(
+        self, exclude: tuple[set[int], set[int]] = (set(), set())
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        server, faulty = self.server, self.faulty
+        assert server is not None and faulty is not None
+
+        def ready() -> tuple[dict[str, Any], dict[str, Any]] | None:
+            on_faulty = faulty.open_to(server.node_id, exclude[1])
+            on_server = server.open_to(faulty.node_id, exclude[0])
+            bystanders = all(server.open_to(node_id) for node_id in self.bystander_ids)
+            return (on_server, on_faulty) if on_server and on_faulty and bystanders else None
+
+        return wait_until(
+            ready,
+            RECONNECT_TIMEOUT,
+            "every client to have an open connection to the server",
+            0.01,
+            server.describe,
+        )
+
+    def before_fault(self) -> None:
+        server = self.server
+        assert server is not None
+        self._before = {}
+        for node_id in self.bystander_ids:
+            record = server.open_to(node_id)
+            assert record is not None, f"{node_id} not connected before the fault"
+            self._before[node_id] = record
+
+    def check_fault(self, observation: Observation) -> None:
+        """The bystanders' connections are the same, open, and still exchanging messages."""
+        server = self.server
+        assert server is not None
+
+        def served() -> bool:
+            for before in self._before.values():
+                now = server.record(before["id"])
+                if now is None or now["state"] != "open" or now["messages_in"] <= before["messages_in"]:
+                    return False
+            return True
+
+        try:
+            wait_until(served, BOUND, "the other clients to keep being served", 0.05)
+        except AssertionError:
+            now = {node_id: server.record(before["id"]) for node_id, before in self._before.items()}
+            observation.problems.append(
+                f"the other clients were not served: before {self._before}, now {now}"
+            )
+            return
+        observation.notes.append("served")
+
+
+class P2PMesh(Cluster):
+    """
+    p2p over TCP, three nodes in hosts 1 to 3 (``peer-1`` .. ``peer-3``),
+    meshed from ``peer-1``'s endpoint. ``peer-2`` is faulted; ``peer-1``
+    observes. Once the fault is detected, ``peer-1``'s membership view must
+    show ``peer-2`` as :attr:`expected_state` (``dead`` when it failed,
+    ``left`` when it said BYE) while the link between ``peer-1`` and
+    ``peer-3`` stays up; once healed, ``peer-2`` must rejoin (alive again).
+    """
+
+    ids = ("peer-1", "peer-2", "peer-3")
+
+    def __init__(self, lab: Lab, expected_state: str = "dead") -> None:
+        self.lab = lab
+        self.expected_state = expected_state
+        self.faulty_host = lab.hosts[1]
+        self.nodes: list[LabNode] = []
+        self._witness: dict[str, Any] | None = None
+
+    def _spawn(self, index: int) -> LabNode:
+        host = self.lab.hosts[index]
+        args = [
+            "--role",
+            "peer",
+            "--listen",
+            f"tcp:{SERVICE_PORT}:interface={host.address}",
+            "--interval",
+            "0",
+        ]
+        if index:
+            args += ["--connect", f"tcp:{self.lab.hosts[0].address}:{SERVICE_PORT}"]
+        return spawn_node(host, self.ids[index], args, "p2p")
+
+    def start(self, interval: float = 0.0) -> tuple[LabNode, LabNode]:
+        self.nodes = [self._spawn(index) for index in range(3)]
+        return self.nodes[0], self.nodes[1]
+
+    def restart_faulty(self) -> LabNode:
+        self.nodes[1] = self._spawn(1)
+        return self.nodes[1]
+
+    def member(self, node: LabNode, peer_id: str) -> dict[str, Any] | None:
+        return next((m for m in node.status().get("peers", []) if m["id"] == peer_id), None)
+
+    def link(
+        self, exclude: tuple[set[int], set[int]] = (set(), set())
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        observer, faulty, witness = self.nodes
+
+        def single(node: LabNode, peer_id: str, skip: Iterable[int] = ()) -> dict[str, Any] | None:
+            skipped = set(skip)
+            links = [c for c in node.connections() if c["state"] == "open" and c["peer_id"] == peer_id]
+            member = self.member(node, peer_id)
+            if len(links) != 1 or links[0]["id"] in skipped or not member or member["state"] != "alive":
+                return None
+            return links[0]
+
+        def meshed() -> tuple[dict[str, Any], dict[str, Any]] | None:
+            on_observer = single(observer, faulty.node_id, exclude[0])
+            on_faulty = single(faulty, observer.node_id, exclude[1])
+            ok = on_observer and on_faulty and single(observer, witness.node_id)
+            return (on_observer, on_faulty) if ok else None  # type: ignore[return-value]
+
+        return wait_until(
+            meshed, RECONNECT_TIMEOUT, "the three peers to be meshed", 0.02, lambda: observer.describe()
+        )
+
+    def before_fault(self) -> None:
+        self._witness = self.nodes[0].open_to(self.ids[2])
+
+    def check_fault(self, observation: Observation) -> None:
+        observer = self.nodes[0]
+        faulty_id = self.ids[1]
+
+        def marked() -> dict[str, Any] | None:
+            member = self.member(observer, faulty_id)
+            return member if member and member["state"] != "alive" and not member["connected"] else None
+
+        try:
+            member = wait_until(marked, 1.0, f"{faulty_id} marked down in the view of peer-1", 0.02)
+        except AssertionError:
+            observation.problems.append(f"view of peer-1: {self.member(observer, faulty_id)}")
+            return
+        observation.notes.append(f"view: {member['state']}")
+        if member["state"] != self.expected_state:
+            observation.problems.append(
+                f"peer-1 sees {faulty_id} {member['state']}, expected {self.expected_state}"
+            )
+        witness = self._witness
+        now = None if witness is None else observer.record(witness["id"])
+        if now is None or now["state"] != "open":
+            observation.problems.append(f"the link peer-1 -- peer-3 did not stay up: {now}")
+
+    def check_healed(self, observation: Observation) -> None:
+        member = self.member(self.nodes[0], self.ids[1])
+        if not member or member["state"] != "alive":
+            observation.problems.append(f"{self.ids[1]} did not rejoin: {member}")
+        else:
+            observation.notes.append("rejoined")
+
+
+def _stop(nodes: Cluster, faulty: LabNode) -> None:
+    faulty.process.terminate()
+
+
+def _kill(nodes: Cluster, faulty: LabNode) -> None:
+    faulty.process.sigkill()
 
 
 def _other_side(node: LabNode, connection_id: int) -> str:
@@ -472,43 +724,83 @@ def peer_sigkill_unread(lab: Lab, repeat: int) -> Run:
     return run
 
 
+Inject = Callable[[Cluster, LabNode], None]
+
+
 def heal_after(
-    inject: Callable[[ClientServerPair, LabNode], None],
-    heal: Callable[[ClientServerPair, LabNode], None],
+    inject: Inject,
+    heal: Inject,
     interval: float = 0.0,
+    cluster: Callable[[Lab], Cluster] = ClientServerPair,
 ) -> Scenario:
     """
-    A scenario: with the client connected and idle, ``inject`` the fault,
-    wait for the server to record the close, ``heal``, and wait for the
-    client to reconnect; repeat. The other side's record is kept too.
+    A scenario: with the faulty node (the client) connected and idle,
+    ``inject`` the fault, wait for the observer (the server) to record the
+    close, ``heal``, and wait for the link to come back; repeat. The other
+    side's record is kept too, and the cluster checks what else its
+    topology must show.
     """
 
     def scenario(lab: Lab, repeat: int) -> Run:
-        pair = ClientServerPair(lab)
-        server = pair.start_server()
-        client = pair.start_client("client", interval)
+        nodes = cluster(lab)
+        observer, faulty = nodes.start(interval)
         run = Run()
         seen: tuple[set[int], set[int]] = (set(), set())
         for rep in range(1, repeat + 1):
-            on_server, on_client = pair.wait_pair(client, seen)
-            seen[0].add(on_server["id"])
-            seen[1].add(on_client["id"])
+            on_observer, on_faulty = nodes.link(seen)
+            seen[0].add(on_observer["id"])
+            seen[1].add(on_faulty["id"])
+            nodes.before_fault()
             # Land the fault at a random point of the keepalive cycle (both
             # sides probe once a second when idle), so that the whole window is
             # exercised, not only its upper end. Not a wait for an outcome.
             phase = _phases.uniform(0.0, IDLE)
             time.sleep(phase)
             injected = time.time()
-            inject(pair, client)
+            inject(nodes, faulty)
             try:
-                observation = Observation.of_record(rep, server.wait_closed(on_server["id"]), injected)
+                observation = Observation.of_record(rep, observer.wait_closed(on_observer["id"]), injected)
+                nodes.check_fault(observation)
             finally:
                 healed = time.time()
-                heal(pair, client)
-            observation.other = _other_side(client, on_client["id"])
-            _, again = pair.wait_pair(client, seen)
+                heal(nodes, faulty)
+            observation.other = _other_side(faulty, on_faulty["id"])
+            _, again = nodes.link(seen)
             observation.reconnect = again["opened_at"] - healed
             observation.phase = phase
+            nodes.check_healed(observation)
+            run.observations.append(observation)
+        return run
+
+    return scenario
+
+
+def restart_after(stop: Inject, cluster: Callable[[Lab], Cluster]) -> Scenario:
+    """
+    A scenario: ``stop`` the faulty node while its link is idle (SIGKILL:
+    nothing is unread, so its kernel sends FIN; SIGTERM: it says BYE), wait
+    for the observer's record, start the node again and wait for the link to
+    come back; repeat.
+    """
+
+    def scenario(lab: Lab, repeat: int) -> Run:
+        nodes = cluster(lab)
+        observer, faulty = nodes.start()
+        run = Run()
+        seen: tuple[set[int], set[int]] = (set(), set())
+        for rep in range(1, repeat + 1):
+            on_observer, _ = nodes.link(seen)
+            seen[0].add(on_observer["id"])
+            nodes.before_fault()
+            killed = time.time()
+            stop(nodes, faulty)
+            observation = Observation.of_record(rep, observer.wait_closed(on_observer["id"]), killed)
+            nodes.check_fault(observation)
+            restarted = time.time()
+            faulty = nodes.restart_faulty()
+            _, again = nodes.link(seen)
+            observation.reconnect = again["opened_at"] - restarted
+            nodes.check_healed(observation)
             run.observations.append(observation)
         return run
 
@@ -644,28 +936,32 @@ def loss_soak(percent: float) -> Scenario:
     return scenario
 
 
-def _blackhole(direction: str) -> Callable[[ClientServerPair, LabNode], None]:
-    return lambda pair, client: pair.client_host.blackhole(direction)
+def _blackhole(direction: str) -> Inject:
+    return lambda nodes, faulty: nodes.faulty_host.blackhole(direction)
 
 
-def _heal(pair: ClientServerPair, client: LabNode) -> None:
-    pair.client_host.heal()
+def _heal(nodes: Cluster, faulty: LabNode) -> None:
+    nodes.faulty_host.heal()
 
 
-def _freeze(pair: ClientServerPair, client: LabNode) -> None:
-    client.process.sigstop()
+def _reject_reset(nodes: Cluster, faulty: LabNode) -> None:
+    nodes.faulty_host.reject_tcp_reset(SERVICE_PORT)
 
 
-def _thaw(pair: ClientServerPair, client: LabNode) -> None:
-    client.process.sigcont()
+def _freeze(nodes: Cluster, faulty: LabNode) -> None:
+    faulty.process.sigstop()
 
 
-def _link_down(pair: ClientServerPair, client: LabNode) -> None:
-    pair.client_host.link_down()
+def _thaw(nodes: Cluster, faulty: LabNode) -> None:
+    faulty.process.sigcont()
 
 
-def _link_up(pair: ClientServerPair, client: LabNode) -> None:
-    pair.client_host.link_up()
+def _link_down(nodes: Cluster, faulty: LabNode) -> None:
+    nodes.faulty_host.link_down()
+
+
+def _link_up(nodes: Cluster, faulty: LabNode) -> None:
+    nodes.faulty_host.link_up()
 
 
 # --- the matrix ------------------------------------------------------------------------
@@ -765,7 +1061,7 @@ FAULTS: list[Fault] = [
         Window(0.0, IDLE + IMMEDIATE),
         FROM_FAULT,
         f"≤ {IDLE + IMMEDIATE:g} (idle + {IMMEDIATE:g}: the next probe draws the RST)",
-        heal_after(lambda pair, client: pair.client_host.reject_tcp_reset(SERVICE_PORT), _heal),
+        heal_after(_reject_reset, _heal),
         wire="The next segment the server sends (a probe, an answer) is answered by an RST.",
     ),
     Fault(
@@ -831,10 +1127,168 @@ FAULTS: list[Fault] = [
     ),
 ]
 
+
+def _row(
+    key: str,
+    title: str,
+    topology: str,
+    reason: str,
+    initiator: str,
+    errno: str | None,
+    window: Window,
+    bound: str,
+    scenario: Scenario,
+    hosts: int,
+    wire: str,
+) -> Fault:
+    observer = "server" if topology == "many-to-one" else "peer-1"
+    return Fault(
+        key,
+        title,
+        topology,
+        "tcp",
+        observer,
+        reason,
+        initiator,
+        errno,
+        window,
+        FROM_FAULT,
+        bound,
+        scenario,
+        hosts=hosts,
+        wire=wire,
+    )
+
+
+_M2O = "many-to-one"
+_SERVED = " The other two clients keep being served."
+_VIEW = " peer-1 marks peer-2 {state} while its link to peer-3 stays up; peer-2 rejoins after {heal}."
+
+FAULTS += [
+    _row(
+        "m2o-sigkill-idle",
+        "client SIGKILL, idle",
+        _M2O,
+        "clean",
+        "remote",
+        None,
+        Window(0.0, IMMEDIATE),
+        f"≤ {IMMEDIATE:g}",
+        restart_after(_kill, ManyToOneGroup),
+        4,
+        "As client-server: the dead client's kernel sends FIN." + _SERVED,
+    ),
+    _row(
+        "m2o-blackhole-both",
+        "client blackholed both ways, idle",
+        _M2O,
+        "timeout",
+        "local",
+        None,
+        _KEEPALIVE_WINDOW,
+        _KEEPALIVE_BOUND,
+        heal_after(_blackhole("both"), _heal, cluster=ManyToOneGroup),
+        4,
+        "Only the server's unanswered probes tell." + _SERVED,
+    ),
+    _row(
+        "m2o-reject-reset",
+        "REJECT --reject-with tcp-reset at the client",
+        _M2O,
+        "reset",
+        "remote",
+        "ECONNRESET",
+        Window(0.0, IDLE + IMMEDIATE),
+        f"≤ {IDLE + IMMEDIATE:g}",
+        heal_after(_reject_reset, _heal, cluster=ManyToOneGroup),
+        4,
+        "The next segment the server sends that client draws an RST." + _SERVED,
+    ),
+    _row(
+        "m2o-sigstop",
+        "client frozen (SIGSTOP, then SIGCONT)",
+        _M2O,
+        "timeout",
+        "local",
+        None,
+        _KEEPALIVE_WINDOW,
+        _KEEPALIVE_BOUND,
+        heal_after(_freeze, _thaw, cluster=ManyToOneGroup),
+        4,
+        "Only the application PINGs go unanswered." + _SERVED,
+    ),
+    _row(
+        "p2p-sigterm",
+        "peer stops (SIGTERM: BYE, then FIN)",
+        "p2p",
+        "clean",
+        "remote",
+        None,
+        Window(0.0, IMMEDIATE),
+        f"≤ {IMMEDIATE:g}",
+        restart_after(_stop, lambda lab: P2PMesh(lab, "left")),
+        3,
+        "The stopping node says BYE to every peer." + _VIEW.format(state="left", heal="a restart"),
+    ),
+    _row(
+        "p2p-sigkill-idle",
+        "peer SIGKILL, idle",
+        "p2p",
+        "clean",
+        "remote",
+        None,
+        Window(0.0, IMMEDIATE),
+        f"≤ {IMMEDIATE:g}",
+        restart_after(_kill, P2PMesh),
+        3,
+        "FIN without a BYE: a crash, not a leave." + _VIEW.format(state="dead", heal="a restart"),
+    ),
+    _row(
+        "p2p-blackhole-both",
+        "peer blackholed both ways (partition), idle",
+        "p2p",
+        "timeout",
+        "local",
+        None,
+        _KEEPALIVE_WINDOW,
+        _KEEPALIVE_BOUND,
+        heal_after(_blackhole("both"), _heal, cluster=P2PMesh),
+        3,
+        "Silence on every link of peer-2." + _VIEW.format(state="dead", heal="healing"),
+    ),
+    _row(
+        "p2p-reject-reset",
+        "REJECT --reject-with tcp-reset at the peer",
+        "p2p",
+        "reset",
+        "remote",
+        "ECONNRESET",
+        Window(0.0, IDLE + IMMEDIATE),
+        f"≤ {IDLE + IMMEDIATE:g}",
+        heal_after(_reject_reset, _heal, cluster=P2PMesh),
+        3,
+        "The next probe or answer draws an RST." + _VIEW.format(state="dead", heal="healing"),
+    ),
+    _row(
+        "p2p-sigstop",
+        "peer frozen (SIGSTOP, then SIGCONT)",
+        "p2p",
+        "timeout",
+        "local",
+        None,
+        _KEEPALIVE_WINDOW,
+        _KEEPALIVE_BOUND,
+        heal_after(_freeze, _thaw, cluster=P2PMesh),
+        3,
+        "Suspect after one unanswered probe, dead after three." + _VIEW.format(state="dead", heal="SIGCONT"),
+    ),
+]
+
+
 #: Topology/transport combinations the lab does not run yet (extension points).
 PLANNED: list[tuple[str, str, str]] = [
-    ("many-to-one", "tcp", "the same faults with N clients: only the faulty client's connection ends"),
-    ("p2p", "tcp", "≥ 3 nodes: a killed peer is failed, a partitioned one suspect then alive after healing"),
+    ("many-to-one", "tcp", "one-way blackholes, link down, refused connect and loss, as for client-server"),
+    ("p2p", "tcp", "one-way partitions, link down, loss, and a restart storm of many peers"),
     ("client-server", "udp", "peer gone or blackholed: only the application heartbeat detects it"),
 ]
 
