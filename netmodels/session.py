@@ -340,9 +340,7 @@ class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
         """
         limit = self._max_data if frame[4] in _DATA_TYPES else self._max_body
         if len(frame) - 5 > limit:
-            raise MessageTooLarge(
-                f"frame of {len(frame) - 4} bytes exceeds the peer's limit of {limit + 1}"
-            )
+            raise MessageTooLarge(f"frame of {len(frame) - 4} bytes exceeds the peer's limit of {limit + 1}")
         # Ready and not closing, in one comparison: this runs once per peer per message.
         record = self.record
         if record is None or record.state is not _OPEN or not self._ready:
