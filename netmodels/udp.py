@@ -853,10 +853,29 @@ class _Dialler(DatagramProtocol, _Socket):
         self._resend_delay = min(_HANDSHAKE_MAX, self._resend_delay * 2)
 
     def send(self, data: bytes, address: tuple[str, int]) -> None:
+        transport = self.transport
+        if transport is None:
+            # The socket is gone (see stopProtocol): nothing can be sent.
+            self.counters["send_dropped"] += 1
+            return
         try:
-            self.transport.write(data)  # type: ignore[union-attr,call-arg]
+            transport.write(data)  # type: ignore[call-arg]
         except OSError:
             self.counters["send_dropped"] += 1  # as the network may drop it; retransmission covers it
+
+    def stopProtocol(self) -> None:
+        """
+        The socket closed. When we closed it, the session is already gone;
+        otherwise the reactor closed it: Twisted's epoll reactor takes the
+        EPOLLERR that an ICMP port unreachable raises on a connected socket
+        (without EPOLLIN) for a disconnection, and closes the port instead of
+        reading the ECONNREFUSED (``connectionRefused`` is then never called).
+        Either way nothing can be sent on it any more: the peer refused us.
+        """
+        if self.session is not None:
+            self.session.refused()
+        elif not self._done:
+            self._fail(error.ConnectionRefusedError("ICMP port unreachable (socket error)"))
 
     def forget(self, session: DatagramTransport) -> None:
         self.session = None

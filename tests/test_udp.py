@@ -207,6 +207,17 @@ class CloseReasonTests(SynchronousTestCase):
         record = pair.closed(pair.client)
         self.assertEqual((record["reason"], record["errno"]), ("refused", "ECONNREFUSED"))
 
+    def test_socket_closed_by_the_reactor_is_refused(self) -> None:
+        # Twisted's epoll reactor takes the EPOLLERR of an ICMP port
+        # unreachable for a disconnection and closes the port itself.
+        pair = self.pair
+        port = pair.network.port_at((CLIENT_HOST, 40000))
+        assert port is not None
+        port.stopListening()
+        record = pair.closed(pair.client)
+        self.assertEqual((record["reason"], record["errno"]), ("refused", "ECONNREFUSED"))
+        pair.session(pair.server).send(b"hello?")  # nothing breaks on the other side
+
     def test_restarted_server_answers_reset(self) -> None:
         pair = self.pair
         pair.network.icmp = False

@@ -11,7 +11,8 @@ transport grid; it prints each row's report as it goes. Exits 1 if any repetitio
 misclassified or out of its window (the table says which), 2 if the lab
 cannot run here (root, iproute2 and iptables are needed).
 
-Rows come from :data:`tests.lab.scenarios.FAULTS` (fault x topology x
+Rows come from :data:`tests.lab.scenarios.FAULTS` and
+:data:`tests.lab.udp_scenarios.UDP_FAULTS` (fault x topology x
 transport); combinations without a scenario yet are listed from
 :data:`~tests.lab.scenarios.PLANNED`.
 """
@@ -44,6 +45,7 @@ from .scenarios import (
     run_fault,
     soak_seconds,
 )
+from .udp_scenarios import UDP_FAULTS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUTPUT = ROOT / "docs" / "fault-lab-results.rst"
@@ -146,7 +148,10 @@ def render(results: Sequence[FaultResult], repeat: int, elapsed: float) -> str:
 
 
 #: Key prefixes of the rows of other topologies than client-server, stripped to find the fault.
-_PREFIXES = ("m2o-", "p2p-")
+_PREFIXES = ("m2o-", "p2p-", "udp-")
+
+#: Every row of the table: TCP rows, then UDP's.
+ALL_FAULTS = [*FAULTS, *UDP_FAULTS]
 
 
 def summary(results: Sequence[FaultResult], repeat: int) -> list[str]:
@@ -194,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parser.parse_args(argv)
 
     if options.list:
-        for fault in FAULTS:
+        for fault in ALL_FAULTS:
             print(f"{fault.key:16} {fault.topology}/{fault.transport}: {fault.title}")
         return 0
     reason = lab_available()
@@ -202,13 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"NETWORK LAB UNAVAILABLE: {reason}", file=sys.stderr)
         return 2
     wanted = {key.strip() for key in options.only.split(",") if key.strip()}
-    unknown = wanted - {fault.key for fault in FAULTS}
+    unknown = wanted - {fault.key for fault in ALL_FAULTS}
     if unknown:
         parser.error(f"unknown fault keys: {', '.join(sorted(unknown))}")
     repeat = options.repeat or repeat_count()
     started = time.monotonic()
     results = []
-    for fault in FAULTS:
+    for fault in ALL_FAULTS:
         if wanted and fault.key not in wanted:
             continue
         result = run_fault(fault, repeat)

@@ -1289,7 +1289,8 @@ FAULTS += [
 PLANNED: list[tuple[str, str, str]] = [
     ("many-to-one", "tcp", "one-way blackholes, link down, refused connect and loss, as for client-server"),
     ("p2p", "tcp", "one-way partitions, link down, loss, and a restart storm of many peers"),
-    ("client-server", "udp", "peer gone or blackholed: only the application heartbeat detects it"),
+    ("many-to-one", "udp", "the faults of client-server over UDP, with bystander clients"),
+    ("p2p", "udp", "the faults of client-server over UDP, with membership"),
 ]
 
 
