@@ -6,6 +6,8 @@ Run every netmodels benchmark against raw Twisted in one go and print ratios.
     .venv/bin/python benchmarks/run_all.py --only rr,ingest --seconds 5 --reps 5
     .venv/bin/python benchmarks/run_all.py --only mesh                # p2p mesh formation, ~20 s
     .venv/bin/python benchmarks/run_all.py --only many-to-one         # fan-in and fan-out, ~2 min
+    .venv/bin/python benchmarks/run_all.py --only udp                 # UDP vs DatagramProtocol, ~4 min
+    .venv/bin/python benchmarks/run_all.py --only callback            # callback vs fallback, ~1 min
     .venv/bin/python benchmarks/run_all.py --profile-dir /tmp/prof   # cProfile each netmodels server window
 
 See benchmarks/README.md for the method. Results are informational: the exit
@@ -19,6 +21,7 @@ import sys
 import time
 import traceback
 
+import callback
 import common
 import fanin_fanout
 import idle_mem
@@ -26,9 +29,10 @@ import ingest
 import keepalive_cost
 import mesh_formation
 import rr
+import udp
 from common import Row
 
-BENCHMARKS = ("rr", "ingest", "keepalive", "idle", "mesh", "many-to-one")
+BENCHMARKS = ("rr", "ingest", "keepalive", "idle", "mesh", "many-to-one", "callback", "udp")
 
 
 def main() -> int:
@@ -39,6 +43,7 @@ def main() -> int:
     parser.add_argument("--conns", type=int, default=100, help="ingest connections (default 100)")
     idle_mem.add_arguments(parser)
     mesh_formation.add_arguments(parser)
+    udp.add_arguments(parser)
     parser.add_argument(
         "--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {','.join(BENCHMARKS)}"
     )
@@ -51,6 +56,7 @@ def main() -> int:
     args = parser.parse_args()
     common.apply_quick(args)
     idle_mem.apply_quick(args)
+    udp.apply_quick(args)
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(chosen) - set(BENCHMARKS)
     if unknown:
@@ -133,6 +139,22 @@ def main() -> int:
         )
     if "many-to-one" in chosen:
         section("6. many-to-one fan-in and fan-out", "many-to-one", lambda: fanin_fanout.run(args))
+    if "udp" in chosen:
+        section("7a. udp: one-way datagram rate, C sender", "udp", lambda: udp.run_oneway(args))
+        section("7b. udp: request/response, ends on two CPUs", "udp", lambda: udp.run_rr(args))
+        section(
+            "7c. udp: reliable channel goodput under packet loss",
+            "udp",
+            lambda: udp.run_reliable(args),
+            udp.RELIABLE_COLUMNS,
+        )
+    if "callback" in chosen:
+        section(
+            "7. callback topology: callback vs fallback (no raw Twisted equivalent)",
+            "callback",
+            lambda: callback.run(args),
+            callback.COLUMNS,
+        )
 
     print("\n== summary ==")
     width = max((len(f"{name}: {row.workload}") for name, row in summary), default=10)
