@@ -711,7 +711,7 @@ def bulk_send(impl: str, host: str, port: int, total: int, size: int) -> None:
                         "messages": count,
                         "retransmissions": sender.retransmissions,
                         "segments": sender.acknowledged,
-                        "datagrams_out": datagrams.stats["datagrams_out"],
+                        "datagrams_out": datagrams.datagrams_out,
                         "srtt_ms": (sender.rtt.srtt or 0) * 1e3,
                         "rto_ms": sender.rtt.rto * 1e3,
                         "cpu": common.cpu_seconds() - state["cpu"],

@@ -96,13 +96,13 @@ static void drain(int fd) {
         if (n >= 14 && in[0] == 0xD1 && get64(in + 1) == session_id) {
             uint32_t seq = get32(in + 9);
             if (seq == server_expected) server_expected++;
-            unsigned char ack[17];
+            unsigned char ack[21];
             ack[0] = 0xD2;
             put64(ack + 1, session_id);
             put32(ack + 9, server_expected);
-            put32(ack + 13, 0);
+            put64(ack + 13, 0);
             send(fd, ack, sizeof ack, 0);
-        } else if (n == 17 && in[0] == 0xD2 && get64(in + 1) == session_id) {
+        } else if (n == 21 && in[0] == 0xD2 && get64(in + 1) == session_id) {
             if (get32(in + 9) >= 1) hello_acked = 1;
         }
     }

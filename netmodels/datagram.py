@@ -77,7 +77,8 @@ class Kind(enum.IntEnum):
     DATA = 0xD0
     #: Reliable: session id, sequence number, flags, a slice of the stream.
     SEGMENT = 0xD1
-    #: Session id, next expected segment, bitmap of the 32 after it.
+    #: Session id, next expected segment, bitmap of the 64 after it (the
+    #: whole default window, so every segment held can be acknowledged).
     ACK = 0xD2
     #: Session id: the session is gone (our RST).
     RESET = 0xD3
@@ -93,7 +94,7 @@ _OPEN = struct.Struct("!BBQI16s")
 _ACCEPT = struct.Struct("!BQQ")
 _DATA = struct.Struct("!BQI")
 _SEGMENT = struct.Struct("!BQIB")
-_ACK = struct.Struct("!BQII")
+_ACK = struct.Struct("!BQIQ")
 
 #: Header bytes before the frames of a DATA datagram.
 DATA_HEADER: Final = _DATA.size
@@ -502,11 +503,21 @@ class ReliableSender:
         return min(segment.due for segment in self._in_flight.values())
 
     def expired(self, now: float) -> list[tuple[int, int, bytes]]:
-        """Segments whose retransmission timeout passed: resend them, and back off."""
-        due = [(s, seg) for s, seg in self._in_flight.items() if seg.due <= now]
-        if due:
-            self.rtt.back_off()
-        return [self._resend(sequence, segment, now) for sequence, segment in due]
+        """
+        On a retransmission timeout, resend the oldest segment whose timeout
+        passed, and back off (as TCP does). The others wait: the ACK that
+        answers it shows which are lost (time order, see :meth:`acknowledge`),
+        instead of a burst of resends of segments that may have arrived.
+        """
+        for sequence, segment in self._in_flight.items():
+            if segment.due <= now:
+                self.rtt.back_off()
+                for other in self._in_flight.values():
+                    # The rest wait another timeout (or the ACK's verdict).
+                    if other is not segment and other.due <= now:
+                        other.due = now + self.rtt.rto
+                return [self._resend(sequence, segment, now)]
+        return []
 
     def oldest_unacknowledged(self) -> float | None:
         """When the oldest segment still in flight was first sent."""
@@ -548,11 +559,11 @@ class ReliableReceiver:
         return out
 
     def ack_fields(self) -> tuple[int, int]:
-        """``(expected, bits)`` for an ACK: bit ``i`` is segment ``expected + 1 + i``."""
+        """``(expected, bits)`` for an ACK: bit ``i`` (of 64) is segment ``expected + 1 + i``."""
         bits = 0
         expected = self.expected
         for sequence in self._held:
             offset = sequence - expected - 1
-            if 0 <= offset < 32:
+            if 0 <= offset < 64:
                 bits |= 1 << offset
         return expected, bits

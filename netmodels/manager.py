@@ -174,7 +174,8 @@ class ConnectionRecord:
     fatal: bool = False
     #: Round-trip time of the last answered keepalive probe, in seconds.
     rtt: float | None = None
-    #: Topology-specific fields, merged into the status document.
+    #: Topology-specific fields, merged into the status document (a callable
+    #: is called when the document is made).
     extra: dict[str, Any] = field(factory=dict)
 
     @property
@@ -205,7 +206,8 @@ class ConnectionRecord:
             "rtt": self.rtt,
             "fatal": self.fatal,
         }
-        document.update(self.extra)
+        for key, value in self.extra.items():
+            document[key] = value() if callable(value) else value
         return document
 
 
@@ -252,9 +254,10 @@ class ManagedConnection(ProtocolWrapper):
         self.transport = transport
         self.connected = 1
         capture_errno(transport, self)
-        stats = getattr(transport, "stats", None)
+        stats = getattr(transport, "datagram_status", None)
         if stats is not None:
-            # A datagram session's loss, duplicate and retransmission counts.
+            # A datagram session's loss, duplicate and retransmission counts,
+            # computed when the status is read, not on every datagram.
             record.extra["datagram"] = stats
         sock = direct_send(transport)
         if sock is not None:

@@ -27,6 +27,7 @@ import errno as _errno
 import re
 import secrets
 import socket
+import struct
 from typing import Any
 
 import attrs
@@ -81,6 +82,10 @@ _DATA_PLANE = frozenset(
         MessageType.BROADCAST,
     }
 )
+_DATA_KIND = int(Kind.DATA)
+_SESSION_ID = struct.Struct("!Q")
+_SEQUENCE = struct.Struct("!I")
+
 #: Bytes waiting for the reliable window past which the writer is paused
 #: (Twisted pauses a TCP producer at the same size).
 _HIGH_WATER = 65536
@@ -289,19 +294,23 @@ class DatagramTransport:
         self._paused = False
         self._fin_received = False
         self._reliable = options.reliable
-        #: Datagrams and bytes each way, drops: merged into the status record.
-        self.stats: dict[str, Any] = {
-            "datagrams_in": 0,
-            "datagrams_out": 0,
-            "retransmissions": 0,
-            "unreliable": self._window.as_dict(),
-            "reliable": options.reliable,
-        }
+        self.datagrams_in = 0
+        self.datagrams_out = 0
 
     # ITransport
 
     def write(self, data: bytes) -> None:
         if not self.connected or self.disconnecting:
+            return
+        size = len(data)
+        if (
+            size > 4
+            and int.from_bytes(data[:4], "big") + 4 == size
+            and size <= self._options.max_datagram - DATA_HEADER
+            and (data[4] in _ALWAYS_UNRELIABLE or (not self._reliable and data[4] in _DATA_PLANE))
+        ):
+            # One unreliable frame (a message, a request, a probe): one datagram.
+            self._send_data([data])
             return
         reliable_data = self._reliable
         limit = self._options.max_datagram - DATA_HEADER
@@ -359,10 +368,19 @@ class DatagramTransport:
     def getHost(self) -> IAddress:
         return self._host
 
+    def datagram_status(self) -> dict[str, Any]:
+        """Datagrams each way, retransmissions, the unreliable channel's counts (for ``GET /status``)."""
+        return {
+            "datagrams_in": self.datagrams_in,
+            "datagrams_out": self.datagrams_out,
+            "retransmissions": self._sender.retransmissions,
+            "reliable": self._reliable,
+            "unreliable": self._window.as_dict(),
+        }
+
     def use_reliable_channel(self) -> None:
         """Send application data on the reliable channel from now on (the peer asked for it)."""
         self._reliable = True
-        self.stats["reliable"] = True
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self._producer = producer
@@ -374,10 +392,10 @@ class DatagramTransport:
     # From the socket
 
     def datagram_received(self, packet: Packet, size: int) -> None:
-        self.stats["datagrams_in"] += 1
+        self.datagrams_in += 1
         kind = packet.kind
         if kind is Kind.DATA:
-            self._data_received(packet)
+            self.data_received(datagram.encode_data_header(packet.session, packet.sequence) + packet.payload)
         elif kind is Kind.SEGMENT:
             self._segment_received(packet)
         elif kind is Kind.ACK:
@@ -391,15 +409,18 @@ class DatagramTransport:
 
     # Internals
 
-    def _data_received(self, packet: Packet) -> None:
-        payload = packet.payload
+    def data_received(self, data: bytes) -> None:
+        """A whole DATA datagram of this session (header included)."""
+        self.datagrams_in += 1
+        payload = data[DATA_HEADER:]
         # Checked first: a malformed datagram must not move the window.
-        if not datagram.whole_frames(payload):
+        size = len(payload)
+        if not (size >= 5 and int.from_bytes(payload[:4], "big") + 4 == size) and not datagram.whole_frames(
+            payload
+        ):
             self._socket.counters["malformed"] += 1
             return
-        accepted = self._window.accept(packet.sequence)
-        self.stats["unreliable"] = self._window.as_dict()
-        if accepted:
+        if self._window.accept(_SEQUENCE.unpack_from(data, 9)[0]):
             self.protocol.dataReceived(payload)
 
     def _segment_received(self, packet: Packet) -> None:
@@ -442,7 +463,6 @@ class DatagramTransport:
         sender = self._sender
         for sequence, flags, payload in sender.acknowledge(packet.sequence, packet.ack_bits, now):
             self._send_segment(sequence, flags, payload)
-        self.stats["retransmissions"] = sender.retransmissions
         if sender.finished and self.disconnecting:
             self._lost(error.ConnectionDone())
             return
@@ -489,7 +509,6 @@ class DatagramTransport:
             return
         for sequence, flags, payload in sender.expired(now):
             self._send_segment(sequence, flags, payload)
-        self.stats["retransmissions"] = sender.retransmissions
         self._arm()
 
     def _give_up(self, waited: float) -> None:
@@ -535,7 +554,7 @@ class DatagramTransport:
         self._send(datagram.encode_segment(self.session_id, sequence, flags, payload))
 
     def _send(self, data: bytes) -> None:
-        self.stats["datagrams_out"] += 1
+        self.datagrams_out += 1
         self._socket.send(data, self.peer_address)
 
     def _lost(self, reason: Exception) -> None:
@@ -608,12 +627,19 @@ class _Listener(DatagramProtocol, _Socket):
         )
         self._reset_tokens = _RESET_RATE
         self._reset_refilled = clock.seconds()
+        self._max_datagram = options.max_datagram
         self.host: IAddress | None = None
         self._idle: defer.Deferred[None] | None = None
 
     def send(self, data: bytes, address: tuple[str, int]) -> None:
         try:
-            self.transport.write(data, address)  # type: ignore[union-attr]
+            # A real port's socket directly: Twisted's write validates the
+            # address on every call, and ours came from recvfrom.
+            sock = getattr(self.transport, "socket", None)
+            if sock is not None:
+                sock.sendto(data, address)
+            else:
+                self.transport.write(data, address)  # type: ignore[union-attr]
         except OSError:
             # A full socket buffer drops a datagram, as the network may:
             # the reliable channel resends it; the unreliable one loses it.
@@ -633,9 +659,15 @@ class _Listener(DatagramProtocol, _Socket):
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         counters = self.counters
         counters["datagrams_in"] += 1
-        if len(data) > self.options.max_datagram:
+        if len(data) > self._max_datagram:
             counters["oversized"] += 1
             return
+        if len(data) >= DATA_HEADER and data[0] == _DATA_KIND:
+            # The common case, without building a Packet.
+            session = self.sessions.get(_SESSION_ID.unpack_from(data, 1)[0])
+            if session is not None and session.peer_address == addr:
+                session.data_received(data)
+                return
         try:
             packet = datagram.parse(data)
         except MalformedDatagram:
@@ -882,12 +914,20 @@ class _Dialler(DatagramProtocol, _Socket):
         self._close_socket()
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        session = self.session
+        if (
+            session is not None
+            and len(data) >= DATA_HEADER
+            and data[0] == _DATA_KIND
+            and _SESSION_ID.unpack_from(data, 1)[0] == session.session_id
+        ):
+            session.data_received(data)
+            return
         try:
             packet = datagram.parse(data)
         except MalformedDatagram:
             self.counters["malformed"] += 1
             return
-        session = self.session
         if session is not None:
             if packet.session == session.session_id and packet.kind not in (Kind.ACCEPT, Kind.COOKIE):
                 session.datagram_received(packet, len(data))
