@@ -278,6 +278,8 @@ class DatagramTransport:
         self.disconnecting = False
         self.session_id = session_id
         self.peer_address = peer
+        #: The (address, nonce) of the OPEN that made it (a listener's key for resent OPENs).
+        self.opened_by: tuple[tuple[str, int], int] | None = None
         self._socket = sock
         self._host = host
         self._peer = _address(*peer)
@@ -391,12 +393,11 @@ class DatagramTransport:
 
     # From the socket
 
-    def datagram_received(self, packet: Packet, size: int) -> None:
+    def datagram_received(self, packet: Packet) -> None:
+        """A SEGMENT, ACK or RESET of this session (DATA comes to :meth:`data_received`)."""
         self.datagrams_in += 1
         kind = packet.kind
-        if kind is Kind.DATA:
-            self.data_received(datagram.encode_data_header(packet.session, packet.sequence) + packet.payload)
-        elif kind is Kind.SEGMENT:
+        if kind is Kind.SEGMENT:
             self._segment_received(packet)
         elif kind is Kind.ACK:
             self._ack_received(packet)
@@ -648,10 +649,8 @@ class _Listener(DatagramProtocol, _Socket):
     def forget(self, session: DatagramTransport) -> None:
         if self.sessions.pop(session.session_id, None) is not None:
             self.time_wait[session.session_id] = self.clock.seconds() + _TIME_WAIT
-            for key, value in list(self.opened.items()):
-                if value is session:
-                    del self.opened[key]
-                    break
+            if session.opened_by is not None:
+                self.opened.pop(session.opened_by, None)
         if not self.sessions and self._idle is not None:
             idle, self._idle = self._idle, None
             idle.callback(None)
@@ -683,7 +682,7 @@ class _Listener(DatagramProtocol, _Socket):
                 # we do not follow. Either way it must not touch the session.
                 counters["forged"] += 1
             else:
-                session.datagram_received(packet, len(data))
+                session.datagram_received(packet)
         elif kind is Kind.INIT:
             self._init(packet, data, addr)
         elif kind is Kind.OPEN:
@@ -736,7 +735,8 @@ class _Listener(DatagramProtocol, _Socket):
         self.counters["sessions_opened"] += 1
         if session.connected:
             self.sessions[session_id] = session
-            self.opened[(addr, packet.nonce)] = session
+            session.opened_by = (addr, packet.nonce)
+            self.opened[session.opened_by] = session
         self._expire_time_wait()
 
     def _unknown_session(self, packet: Packet, addr: tuple[str, int]) -> None:
@@ -930,7 +930,7 @@ class _Dialler(DatagramProtocol, _Socket):
             return
         if session is not None:
             if packet.session == session.session_id and packet.kind not in (Kind.ACCEPT, Kind.COOKIE):
-                session.datagram_received(packet, len(data))
+                session.datagram_received(packet)
             elif packet.kind is not Kind.ACCEPT:
                 self.counters["forged"] += 1
             return

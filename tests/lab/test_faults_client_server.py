@@ -18,8 +18,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .netlab import Lab, require_lab
-from .scenarios import fault, faults, run_fault
+from .rows import MatrixRows
+from .scenarios import faults
 
 try:
     import pytest
@@ -28,29 +28,13 @@ except ImportError:  # trial does not need pytest
 else:
     pytestmark = [pytest.mark.slow, pytest.mark.lab]
 
-TOPOLOGY, TRANSPORT = "client-server", "tcp"
 
-
-class ClientServerTCPFaultTests(SynchronousTestCase):
+class ClientServerTCPFaultTests(MatrixRows, SynchronousTestCase):
     """One test per row of the matrix for client-server over TCP."""
 
-    def setUp(self) -> None:
-        require_lab()
-
-    def check(self, key: str) -> None:
-        row = fault(key)
-        self.assertEqual((row.topology, row.transport), (TOPOLOGY, TRANSPORT))
-        lab = Lab(row.hosts)
-        self.addCleanup(lab.close)
-        result = run_fault(row, lab=lab)
-        if not result.ok:
-            self.fail(result.report())
-
-    def test_every_row_has_a_test(self) -> None:
-        """Each client-server/TCP row of the matrix is run by a test of this class."""
-        for row in faults(TOPOLOGY, TRANSPORT):
-            name = "test_" + row.key.replace("-", "_")
-            self.assertTrue(callable(getattr(self, name, None)), f"no {type(self).__name__}.{name}")
+    rows = faults("client-server", "tcp")
+    prefix = ""
+    repeat = 3
 
     def test_sigkill_idle(self) -> None:
         """Peer SIGKILLed with nothing unread: its kernel sends FIN; ``clean`` (remote) within 0.5 s."""

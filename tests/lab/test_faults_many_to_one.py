@@ -20,8 +20,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .netlab import Lab, require_lab
-from .scenarios import fault, faults, repeat_count, run_fault
+from .rows import MatrixRows
+from .scenarios import faults
 
 try:
     import pytest
@@ -30,31 +30,16 @@ except ImportError:  # trial does not need pytest
 else:
     pytestmark = [pytest.mark.slow, pytest.mark.lab]
 
-TOPOLOGY, TRANSPORT = "many-to-one", "tcp"
 #: Repetitions per test unless NETMODELS_LAB_REPEAT says otherwise.
 REPEAT = 2
 
 
-class ManyToOneTCPFaultTests(SynchronousTestCase):
+class ManyToOneTCPFaultTests(MatrixRows, SynchronousTestCase):
     """One test per row of the matrix for many-to-one over TCP."""
 
-    def setUp(self) -> None:
-        require_lab()
-
-    def check(self, key: str) -> None:
-        row = fault(key)
-        self.assertEqual((row.topology, row.transport), (TOPOLOGY, TRANSPORT))
-        lab = Lab(row.hosts)
-        self.addCleanup(lab.close)
-        result = run_fault(row, repeat_count(REPEAT), lab=lab)
-        if not result.ok:
-            self.fail(result.report())
-
-    def test_every_row_has_a_test(self) -> None:
-        """Each many-to-one/TCP row of the matrix is run by a test of this class."""
-        for row in faults(TOPOLOGY, TRANSPORT):
-            name = "test_" + row.key.removeprefix("m2o-").replace("-", "_")
-            self.assertTrue(callable(getattr(self, name, None)), f"no {type(self).__name__}.{name}")
+    rows = faults("many-to-one", "tcp")
+    prefix = "m2o-"
+    repeat = REPEAT
 
     def test_sigkill_idle(self) -> None:
         """A client SIGKILLed: ``clean`` (remote, its kernel's FIN) within 0.5 s; the others served."""

@@ -21,8 +21,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .netlab import Lab, require_lab
-from .scenarios import repeat_count, run_fault
+from .rows import MatrixRows
 from .udp_scenarios import UDP_FAULTS
 
 try:
@@ -36,25 +35,12 @@ else:
 REPEAT = 2
 
 
-class ClientServerUDPFaultTests(SynchronousTestCase):
+class ClientServerUDPFaultTests(MatrixRows, SynchronousTestCase):
     """One test per UDP row of the matrix."""
 
-    def setUp(self) -> None:
-        require_lab()
-
-    def check(self, key: str, repeat: int = REPEAT) -> None:
-        (row,) = [row for row in UDP_FAULTS if row.key == key]
-        self.assertEqual(row.transport, "udp")
-        lab = Lab(row.hosts)
-        self.addCleanup(lab.close)
-        result = run_fault(row, repeat_count(repeat), lab=lab)
-        if not result.ok:
-            self.fail(result.report())
-
-    def test_every_row_has_a_test(self) -> None:
-        for row in UDP_FAULTS:
-            name = "test_" + row.key.removeprefix("udp-").replace("-", "_")
-            self.assertTrue(callable(getattr(self, name, None)), f"no {type(self).__name__}.{name}")
+    rows = UDP_FAULTS
+    prefix = "udp-"
+    repeat = REPEAT
 
     def test_sigkill_server(self) -> None:
         """Server SIGKILLed while the client sends: ``refused`` (ECONNREFUSED) by ICMP within 0.5 s."""
