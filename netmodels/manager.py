@@ -385,6 +385,12 @@ class ManagedConnection(ProtocolWrapper):
         if self._os_errno is None and number not in _TRANSIENT_ERRNOS:
             self._os_errno = number
 
+    def resetKeepalive(self) -> None:
+        """The transport heard the peer without passing data up (a datagram ACK): it is alive."""
+        reset = getattr(self.wrappedProtocol, "resetKeepalive", None)
+        if reset is not None:
+            reset()
+
     # Public side
 
     def mark_handshaking(self) -> None:

@@ -472,6 +472,8 @@ class DatagramNetwork:
         self.duplicate = 0.0
         self.reorder = 0.0
         self.icmp = True
+        #: Drops every datagram for which it returns true (before :attr:`loss` is drawn).
+        self.drop_if: Callable[[bytes], bool] | None = None
         self.source = source
         self.log: list[tuple[tuple[str, int], tuple[str, int], int]] = []
         self.dropped = 0
@@ -515,7 +517,12 @@ class DatagramNetwork:
     def _send(self, source: tuple[str, int], destination: tuple[str, int], datagram: bytes) -> None:
         self.log.append((source, destination, len(datagram)))
         draw = self.random.random
-        if source[0] in self._blackholed or destination[0] in self._blackholed or draw() < self.loss:
+        if (
+            source[0] in self._blackholed
+            or destination[0] in self._blackholed
+            or (self.drop_if is not None and self.drop_if(datagram))
+            or draw() < self.loss
+        ):
             self.dropped += 1
             return
         copies = 2 if draw() < self.duplicate else 1

@@ -398,8 +398,10 @@ class DatagramTransport:
         self.datagrams_in += 1
         kind = packet.kind
         if kind is Kind.SEGMENT:
+            self._peer_heard()
             self._segment_received(packet)
         elif kind is Kind.ACK:
+            self._peer_heard()
             self._ack_received(packet)
         elif kind is Kind.RESET:
             self._peer_gone(_errno.ECONNRESET, error.ConnectionLost("RESET from peer"))
@@ -409,6 +411,15 @@ class DatagramTransport:
         self._peer_gone(_errno.ECONNREFUSED, error.ConnectionRefusedError("ICMP port unreachable"))
 
     # Internals
+
+    def _peer_heard(self) -> None:
+        # Keepalive sees only what reaches dataReceived; an ACK, or a segment held back
+        # for reordering, proves the peer alive too (as any segment does for TCP's
+        # keepalive). Without it a side that only sends would depend on PINGs alone,
+        # and under loss three lost PING/PONG pairs in a row are a false death.
+        reset = getattr(self.protocol, "resetKeepalive", None)
+        if reset is not None:
+            reset()
 
     def data_received(self, data: bytes) -> None:
         """A whole DATA datagram of this session (header included)."""

@@ -286,6 +286,30 @@ class ReliableChannelTests(SynchronousTestCase):
         self.assertIn("reliable channel", record["detail"])
         self.assertLess(record["closed_at"], sent_at + KEEPALIVE_BOUND)
 
+    def test_acks_keep_a_sending_side_alive(self) -> None:
+        """
+        A client that only sends, on the reliable channel, hears nothing from
+        the server but ACKs: with every PING and PONG lost, those ACKs are
+        what keeps its keepalive from declaring the server dead (the lab's
+        10 % loss soak found a false timeout here).
+        """
+        pair = UdpPair(server_config={"reliable": True}, client_config={"reliable": True})
+        pair.start()
+        # Unreliable DATA datagrams carry the PINGs and PONGs; segments and ACKs pass.
+        pair.network.drop_if = lambda data: data[0] == datagram.Kind.DATA
+        session = pair.session(pair.client)
+        sends = int(2 * KEEPALIVE_BOUND / 0.5)
+        for n in range(sends):
+            session.send(b"reading %d" % n)
+            advance_by(pair.clock, 0.5)
+        self.assertEqual(len(pair.server_app.messages), sends)
+        self.assertEqual([r["state"] for r in pair.records(pair.client)], ["open"])
+        # Silence both ways, ACKs included, still ends it within the bound.
+        session.send(b"last")
+        pair.network.blackhole_host(SERVER[0])
+        advance_by(pair.clock, KEEPALIVE_BOUND + 0.1)
+        self.assertEqual(pair.closed(pair.client)["reason"], "timeout")
+
     def test_either_side_asking_makes_it_reliable_both_ways(self) -> None:
         pair = UdpPair(client_config={"reliable": True})
         pair.start()
