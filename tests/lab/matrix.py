@@ -40,6 +40,7 @@ from .scenarios import (
     INTERVAL,
     PLANNED,
     PROBES,
+    Fault,
     FaultResult,
     repeat_count,
     run_fault,
@@ -147,11 +148,24 @@ def render(results: Sequence[FaultResult], repeat: int, elapsed: float) -> str:
     return "\n".join([*header, *rows, *planned]) + "\n"
 
 
-#: Key prefixes of the rows of other topologies than client-server, stripped to find the fault.
-_PREFIXES = ("m2o-", "p2p-", "udp-")
+#: Key prefixes of the rows of other topologies than client-server, stripped in turn to find the
+#: fault ("m2o-udp-sigstop" is "sigstop").
+_PREFIXES = ("m2o-", "p2p-", "cb-", "udp-")
 
-#: Every row of the table: TCP rows, then UDP's.
-ALL_FAULTS = [*FAULTS, *UDP_FAULTS]
+#: The order of the table's rows and columns.
+TOPOLOGIES = ("client-server", "many-to-one", "p2p", "callback")
+TRANSPORTS = ("tcp", "udp")
+
+#: Every row of the table, by transport, then topology.
+ALL_FAULTS = sorted(
+    [*FAULTS, *UDP_FAULTS],
+    key=lambda fault: (TRANSPORTS.index(fault.transport), TOPOLOGIES.index(fault.topology)),
+)
+
+
+def rows_of(topology: str, transport: str) -> list[Fault]:
+    """The rows of ``topology`` over ``transport``, in the table's order."""
+    return [fault for fault in ALL_FAULTS if (fault.topology, fault.transport) == (topology, transport)]
 
 
 def summary(results: Sequence[FaultResult], repeat: int) -> list[str]:

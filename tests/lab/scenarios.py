@@ -126,6 +126,8 @@ class Observation:
     problems: list[str] = field(default_factory=list)
     #: What a topology's own checks saw (``served``, ``view: dead``, ``rejoined``).
     notes: list[str] = field(default_factory=list)
+    #: Whether the observer dialled the connection (``outbound``) or accepted it (``inbound``).
+    direction: str | None = None
 
     @classmethod
     def of_record(cls, rep: int, record: dict[str, Any], since: float) -> Observation:
@@ -136,6 +138,7 @@ class Observation:
             record["errno"],
             record["detail"] or "",
             record["closed_at"] - since,
+            direction=record["direction"],
         )
 
     @property
@@ -202,22 +205,33 @@ class Fault:
     hosts: int = 2
     #: What this fault does on the wire, for the docs.
     wire: str = ""
+    #: What the observer must record instead if it dialled the connection:
+    #: ``(reason, initiator, errno, window)``. Over UDP only a dialler's connected
+    #: socket hears the ICMP a dead peer's host sends back.
+    dialled: tuple[str, str, str | None, Window] | None = None
+
+    def expected(self, observation: Observation) -> tuple[str | None, str | None, str | None, Window | None]:
+        """The reason, initiator, errno and window ``observation`` must match."""
+        if self.dialled is not None and observation.direction == "outbound":
+            return self.dialled
+        return self.reason, self.initiator, self.errno, self.window
 
     def check(self, observation: Observation) -> None:
         """Add to ``observation.problems`` what does not match this row."""
-        if observation.reason != self.reason:
-            expected = "the connection to stay open" if self.reason is None else repr(self.reason)
+        reason, initiator, errno, window = self.expected(observation)
+        if observation.reason != reason:
+            expected = "the connection to stay open" if reason is None else repr(reason)
             observation.problems.append(f"expected {expected}, observer recorded {observation.reason!r}")
-        if self.reason is not None and observation.initiator != self.initiator:
-            observation.problems.append(f"expected initiator {self.initiator}, got {observation.initiator}")
-        if self.errno is not None and observation.errno != self.errno:
-            observation.problems.append(f"expected errno {self.errno}, got {observation.errno}")
-        if self.window is not None:
+        if reason is not None and observation.initiator != initiator:
+            observation.problems.append(f"expected initiator {initiator}, got {observation.initiator}")
+        if errno is not None and observation.errno != errno:
+            observation.problems.append(f"expected errno {errno}, got {observation.errno}")
+        if window is not None:
             if observation.seconds is None:
                 observation.problems.append("no detection time measured")
-            elif observation.seconds not in self.window:
+            elif observation.seconds not in window:
                 observation.problems.append(
-                    f"detected after {observation.seconds:.3f} s, outside the window [{self.window}] s"
+                    f"detected after {observation.seconds:.3f} s, outside the window [{window}] s"
                 )
 
 
@@ -387,12 +401,25 @@ class Cluster:
     the faulty node, in :attr:`faulty_host` where faults are injected, and
     (:meth:`check_fault`, :meth:`check_healed`) what else a topology must
     show while the fault lasts and once it is healed.
+
+    Every node runs over :attr:`transport` (``--transport``), with
+    ``--delivery`` :attr:`delivery` if given (``None``: the application's
+    default).
     """
 
     faulty_host: Host
+    #: Whether :meth:`delivered` must come in the order sent (one path; p2p floods take several).
+    ordered = True
+    #: The number every receiver's messages start from (``None``: a receiver may join late).
+    first: int | None = None
+
+    def __init__(self, lab: Lab, transport: str = "tcp", delivery: str | None = None) -> None:
+        self.lab = lab
+        self.transport = transport
+        self.delivery = delivery
 
     def start(self, interval: float = 0.0) -> tuple[LabNode, LabNode]:
-        """Start the nodes; ``(observer, faulty)``."""
+        """Start the nodes, the faulty one sending every ``interval`` s (0: idle); ``(observer, faulty)``."""
         raise NotImplementedError
 
     def link(
@@ -414,21 +441,66 @@ class Cluster:
     def check_healed(self, observation: Observation) -> None:
         """Called once the link is back."""
 
+    def delivered(self) -> dict[str, list[int]]:
+        """What each receiver logged of the faulty node's numbered messages (sent every ``interval``)."""
+        raise NotImplementedError
+
+    def failures(self) -> int:
+        """How many of the faulty node's requests failed (timed out, or their connection ended)."""
+        return 0
+
+    # Endpoints and command lines
+
+    def listen(self, host: Host) -> list[str]:
+        return ["--listen", f"{self.transport}:{SERVICE_PORT}:interface={host.address}"]
+
+    def connect(self, host: Host) -> list[str]:
+        return ["--connect", f"{self.transport}:{host.address}:{SERVICE_PORT}"]
+
+    def spawn(self, host: Host, node_id: str, args: Iterable[str], topology: str) -> LabNode:
+        """Start ``node_id`` in ``host`` with this cluster's transport and delivery."""
+        extra = ["--transport", self.transport]
+        if self.delivery is not None:
+            extra += ["--delivery", self.delivery]
+        return spawn_node(host, node_id, [*args, *extra], topology)
+
+
+def numbers(pattern: str, log: str) -> list[int]:
+    """The first group of each match of ``pattern`` in ``log``, as integers, in order."""
+    return [int(number) for number in re.findall(pattern, log)]
+
 
 class ClientServerPair(Cluster):
-    """The client-server topology over TCP: the server in host 1, clients in host 2."""
+    """
+    The client-server topology: the server in host 1, clients in host 2
+    (faulty; the server observes). The echo client sends a request every
+    ``interval`` seconds (``client_interval`` when restarted) and logs each
+    answer.
+    """
 
     server_id = "server"
+    # Requests are numbered from 1 only once the client is connected.
+    first = 1
 
-    def __init__(self, lab: Lab) -> None:
-        self.lab = lab
+    def __init__(
+        self, lab: Lab, transport: str = "tcp", delivery: str | None = None, client_interval: float = 0.0
+    ) -> None:
+        super().__init__(lab, transport, delivery)
+        self.client_interval = client_interval
         self.server_host, self.client_host = lab.hosts[0], lab.hosts[1]
         self.faulty_host = self.client_host
         self.server: LabNode | None = None
         self.clients: list[LabNode] = []
 
     def start(self, interval: float = 0.0) -> tuple[LabNode, LabNode]:
-        return self.start_server(), self.start_client("client", interval)
+        return self.start_server(), self.start_client("client", interval or self.client_interval)
+
+    def start_clients(self) -> LabNode:
+        """Start the client only (no server yet); it is the one observed."""
+        return self.start_client("client", self.client_interval)
+
+    def restart_faulty(self) -> LabNode:
+        return self.start_client("client", self.client_interval)
 
     def link(
         self, exclude: tuple[set[int], set[int]] = (set(), set())
@@ -436,19 +508,27 @@ class ClientServerPair(Cluster):
         return self.wait_pair(self.clients[-1], exclude)
 
     def start_server(self) -> LabNode:
-        listen = f"tcp:{SERVICE_PORT}:interface={self.server_host.address}"
-        self.server = spawn_node(self.server_host, self.server_id, ["--role", "server", "--listen", listen])
+        self.server = self.spawn(
+            self.server_host,
+            self.server_id,
+            ["--role", "server", *self.listen(self.server_host)],
+            "client-server",
+        )
         return self.server
 
     def start_client(self, node_id: str = "client", interval: float = 0.0) -> LabNode:
-        connect = f"tcp:{self.server_host.address}:{SERVICE_PORT}"
-        client = spawn_node(
-            self.client_host,
-            node_id,
-            ["--role", "client", "--connect", connect, "--interval", f"{interval:g}"],
-        )
+        args = ["--role", "client", *self.connect(self.server_host), "--interval", f"{interval:g}"]
+        client = self.spawn(self.client_host, node_id, args, "client-server")
         self.clients.append(client)
         return client
+
+    def delivered(self) -> dict[str, list[int]]:
+        # The echo client logs "answered 'hello N'" for each answer to its request N.
+        client = self.clients[-1]
+        return {client.node_id: numbers(r"answered 'hello (\d+)'", client.process.log)}
+
+    def failures(self) -> int:
+        return len(re.findall(r"request to \S+ failed", self.clients[-1].process.log))
 
     def wait_pair(
         self, client: LabNode, exclude: tuple[set[int], set[int]] = (set(), set())
@@ -473,44 +553,61 @@ class ClientServerPair(Cluster):
 
 class ManyToOneGroup(Cluster):
     """
-    many-to-one over TCP: the server in host 1, the faulty client in host 2,
-    and two bystander clients in hosts 3 and 4, all idle. While one client
-    is faulted, the server must go on serving the others: their
-    connections stay the same and open, and keep exchanging messages.
+    many-to-one: the server in host 1, the faulty client in host 2, and two
+    bystander clients in hosts 3 and 4, all idle unless the faulty client
+    is told to chat. While one client is faulted, the server must go on
+    serving the others: their connections stay the same and open, and keep
+    exchanging messages.
     """
 
     server_id = "server"
     faulty_id = "client-a"
     bystander_ids = ("client-b", "client-c")
 
-    def __init__(self, lab: Lab) -> None:
-        self.lab = lab
+    def __init__(self, lab: Lab, transport: str = "tcp") -> None:
+        super().__init__(lab, transport)
         self.server_host, self.faulty_host = lab.hosts[0], lab.hosts[1]
         self.bystander_hosts = lab.hosts[2:4]
         self.server: LabNode | None = None
         self.faulty: LabNode | None = None
         self.bystanders: list[LabNode] = []
+        self.interval = 0.0
         self._before: dict[str, dict[str, Any]] = {}
 
-    def _client(self, host: Host, node_id: str) -> LabNode:
-        connect = f"tcp:{self.server_host.address}:{SERVICE_PORT}"
-        args = ["--role", "client", "--connect", connect, "--interval", "0"]
-        return spawn_node(host, node_id, args, "many-to-one")
+    def _client(self, host: Host, node_id: str, interval: float = 0.0) -> LabNode:
+        args = ["--role", "client", *self.connect(self.server_host), "--interval", f"{interval:g}"]
+        return self.spawn(host, node_id, args, "many-to-one")
 
-    def start(self, interval: float = 0.0) -> tuple[LabNode, LabNode]:
-        listen = f"tcp:{SERVICE_PORT}:interface={self.server_host.address}"
-        self.server = spawn_node(
-            self.server_host, self.server_id, ["--role", "server", "--listen", listen], "many-to-one"
+    def start_server(self) -> LabNode:
+        self.server = self.spawn(
+            self.server_host,
+            self.server_id,
+            ["--role", "server", *self.listen(self.server_host)],
+            "many-to-one",
         )
+        return self.server
+
+    def start_clients(self) -> LabNode:
+        """Start the three clients (the faulty one last, and observed); no server yet."""
         self.bystanders = [
             self._client(host, node_id)
             for host, node_id in zip(self.bystander_hosts, self.bystander_ids, strict=True)
         ]
-        return self.server, self.restart_faulty()
+        return self.restart_faulty()
+
+    def start(self, interval: float = 0.0) -> tuple[LabNode, LabNode]:
+        self.interval = interval
+        server = self.start_server()
+        return server, self.start_clients()
 
     def restart_faulty(self) -> LabNode:
-        self.faulty = self._client(self.faulty_host, self.faulty_id)
+        self.faulty = self._client(self.faulty_host, self.faulty_id, self.interval)
         return self.faulty
+
+    def delivered(self) -> dict[str, list[int]]:
+        # A chat client says "hello from <id> #n"; the others log it as "[<them>] <id>: hello from <id> #n".
+        pattern = rf"\] {self.faulty_id}: hello from {self.faulty_id} #(\d+)"
+        return {node.node_id: numbers(pattern, node.process.log) for node in self.bystanders}
 
     def link(
         self, exclude: tuple[set[int], set[int]] = (set(), set())
@@ -566,8 +663,8 @@ class ManyToOneGroup(Cluster):
 
 class P2PMesh(Cluster):
     """
-    p2p over TCP, three nodes in hosts 1 to 3 (``peer-1`` .. ``peer-3``),
-    meshed from ``peer-1``'s endpoint. ``peer-2`` is faulted; ``peer-1``
+    p2p, three nodes in hosts 1 to 3 (``peer-1`` .. ``peer-3``), meshed
+    from ``peer-1``'s endpoint. ``peer-2`` is faulted; ``peer-1``
     observes. Once the fault is detected, ``peer-1``'s membership view must
     show ``peer-2`` as :attr:`expected_state` (``dead`` when it failed,
     ``left`` when it said BYE) while the link between ``peer-1`` and
@@ -575,35 +672,42 @@ class P2PMesh(Cluster):
     """
 
     ids = ("peer-1", "peer-2", "peer-3")
+    # peer-2's broadcasts reach peer-1 directly and through peer-3: either copy may come first.
+    ordered = False
 
-    def __init__(self, lab: Lab, expected_state: str = "dead") -> None:
-        self.lab = lab
+    def __init__(self, lab: Lab, expected_state: str = "dead", transport: str = "tcp") -> None:
+        super().__init__(lab, transport)
         self.expected_state = expected_state
         self.faulty_host = lab.hosts[1]
         self.nodes: list[LabNode] = []
+        self.interval = 0.0
         self._witness: dict[str, Any] | None = None
 
     def _spawn(self, index: int) -> LabNode:
         host = self.lab.hosts[index]
-        args = [
-            "--role",
-            "peer",
-            "--listen",
-            f"tcp:{SERVICE_PORT}:interface={host.address}",
-            "--interval",
-            "0",
-        ]
+        interval = self.interval if index == 1 else 0.0
+        args = ["--role", "peer", *self.listen(host), "--interval", f"{interval:g}"]
         if index:
-            args += ["--connect", f"tcp:{self.lab.hosts[0].address}:{SERVICE_PORT}"]
-        return spawn_node(host, self.ids[index], args, "p2p")
+            args += self.connect(self.lab.hosts[0])
+        return self.spawn(host, self.ids[index], args, "p2p")
 
     def start(self, interval: float = 0.0) -> tuple[LabNode, LabNode]:
+        self.interval = interval
         self.nodes = [self._spawn(index) for index in range(3)]
         return self.nodes[0], self.nodes[1]
 
     def restart_faulty(self) -> LabNode:
         self.nodes[1] = self._spawn(1)
         return self.nodes[1]
+
+    def delivered(self) -> dict[str, list[int]]:
+        # A broadcast node floods "hello #n from <id>"; the others log each once.
+        pattern = rf"hello #(\d+) from {self.ids[1]}\b"
+        return {
+            node.node_id: numbers(pattern, node.process.log)
+            for node in self.nodes
+            if node is not self.nodes[1]
+        }
 
     def member(self, node: LabNode, peer_id: str) -> dict[str, Any] | None:
         return next((m for m in node.status().get("peers", []) if m["id"] == peer_id), None)
@@ -665,11 +769,11 @@ class P2PMesh(Cluster):
             observation.notes.append("rejoined")
 
 
-def _stop(nodes: Cluster, faulty: LabNode) -> None:
+def stop(nodes: Cluster, faulty: LabNode) -> None:
     faulty.process.terminate()
 
 
-def _kill(nodes: Cluster, faulty: LabNode) -> None:
+def kill(nodes: Cluster, faulty: LabNode) -> None:
     faulty.process.sigkill()
 
 
@@ -807,14 +911,26 @@ def restart_after(stop: Inject, cluster: Callable[[Lab], Cluster]) -> Scenario:
     return scenario
 
 
-def refused_then_restart(lab: Lab, repeat: int) -> Run:
+#: The clusters with one server and clients: what a refused connect needs.
+ServedCluster = ClientServerPair | ManyToOneGroup
+
+
+def refused_then_restart(cluster: Callable[[Lab], ServedCluster] = ClientServerPair) -> Scenario:
     """
-    No server: the client's connects are refused, with a growing, jittered
-    backoff; start the server on the same port and the client reconnects
-    within its next delay. Then SIGKILL the server and do it again.
+    No server: the observed client's connects are refused, with a growing,
+    jittered backoff; start the server on the same port and the client
+    reconnects within its next delay (with every other client). Then SIGKILL
+    the server and do it again.
     """
-    pair = ClientServerPair(lab)
-    client = pair.start_client("client")
+
+    def scenario(lab: Lab, repeat: int) -> Run:
+        return _refused_then_restart(cluster(lab), repeat)
+
+    return scenario
+
+
+def _refused_then_restart(pair: ServedCluster, repeat: int) -> Run:
+    client = pair.start_clients()
     run = Run()
     ratios: list[float] = []
     refused = 0
@@ -855,11 +971,11 @@ def refused_then_restart(lab: Lab, repeat: int) -> Run:
                 observation.problems.append(f"backoff gaps {gaps}: ratio {ratio:.2f} outside [1, 4]")
 
         server = pair.start_server()
-        server.process.wait_for_log(r"listening on tcp:", START_TIMEOUT)
+        server.process.wait_for_log(rf"listening on {pair.transport}:", START_TIMEOUT)
         # Listening began at most the time of one poll of the log ago.
         listening = time.time()
         failures = client.status()["node"]["connecting"][0]["failures"]
-        _, on_client = pair.wait_pair(client)
+        _, on_client = pair.link()
         observation.seconds = on_client["opened_at"] - listening
         # The pending delay is at most initial * 2 ** (failures - 1); one more doubling of slack
         # covers an attempt that started just before the server listened and was refused.
@@ -879,95 +995,137 @@ def refused_then_restart(lab: Lab, repeat: int) -> Run:
     return run
 
 
-def loss_soak(percent: float) -> Scenario:
-    """Requests every 0.1 s while ``percent`` % of the client's packets are dropped both ways."""
+#: How often the faulty node sends a numbered message during a soak.
+SEND_INTERVAL = 0.1
+
+
+def gaps(received: list[int], ordered: bool, first: int | None = None) -> str | None:
+    """``None`` if ``received`` holds a run of consecutive numbers (from ``first`` if given),
+    each once (and in order if ``ordered``); else what is wrong."""
+    if not received:
+        return "nothing received"
+    if first is not None and min(received) != first:
+        return f"the first message received is {min(received)}, not {first}"
+    if ordered:
+        for index, (before, after) in enumerate(itertools.pairwise(received), start=1):
+            if after != before + 1:
+                nearby = received[max(0, index - 4) : index + 4]
+                return f"message {after} came after {before} (around it: {nearby})"
+        return None
+    missing = sorted(set(range(min(received), max(received) + 1)) - set(received))
+    repeated = sorted(n for n, count in Counter(received).items() if count > 1)
+    if missing or repeated:
+        return f"missing {missing[:10]}, repeated {repeated[:10]}"
+    return None
+
+
+def loss_soak(percent: float, cluster: Callable[[Lab], Cluster] = ClientServerPair) -> Scenario:
+    """
+    The faulty node sends a numbered message every :data:`SEND_INTERVAL` s
+    (client-server: an echo request; many-to-one: a chat line to the other
+    clients; p2p: a broadcast) while ``percent`` % of its packets are
+    dropped both ways, for a soak of several keepalive bounds. No false
+    death on either side, no request fails, and every receiver gets every
+    message once (in order, where there is one path), none missing: the
+    transport's retransmissions hide the loss from the keepalive.
+    """
 
     def scenario(lab: Lab, repeat: int) -> Run:
-        pair = ClientServerPair(lab)
-        server = pair.start_server()
-        client = pair.start_client("client", interval=0.1)
+        nodes = cluster(lab)
+        observer, faulty = nodes.start(SEND_INTERVAL)
         soak = soak_seconds()
-        answers: list[int] = []
-        failures = 0
         run = Run()
+        counts: list[str] = []
         for rep in range(1, repeat + 1):
             # The same connection from one repetition to the next, unless one ended.
-            on_server, on_client = pair.wait_pair(client)
-            log_mark = len(client.process.log)
-            pair.client_host.loss(percent)
+            on_observer, on_faulty = nodes.link()
+            before = {receiver: len(seen) for receiver, seen in nodes.delivered().items()}
+            failed_before = nodes.failures()
+            nodes.faulty_host.loss(percent)
             started = time.monotonic()
             closed: dict[str, Any] | None = None
             try:
                 # The soak itself: look at both records twice a second until it is over.
                 while closed is None and time.monotonic() - started < soak:
                     time.sleep(0.5)
-                    for node, record in ((server, on_server), (client, on_client)):
+                    for node, record in ((observer, on_observer), (faulty, on_faulty)):
                         now = node.record(record["id"])
                         if now is not None and now["state"] != "open":
                             closed = now
             finally:
-                pair.client_host.heal()
-            after = client.record(on_client["id"]) or on_client
-            # Responses (and the odd PONG) the client received during the soak.
-            answered = after["messages_in"] - on_client["messages_in"]
-            # The echo client logs each request that failed (timed out, or its connection ended).
-            failed = len(re.findall(r"request to \S+ failed", client.process.log[log_mark:]))
+                nodes.faulty_host.heal()
+
+            # Once healed, what was being retransmitted gets through: a few more messages each.
+            def caught_up(before: dict[str, int] = before) -> bool:
+                return all(len(seen) >= before[r] + 5 for r, seen in nodes.delivered().items())
+
             if closed is None:
-                observation = Observation(rep, None)
-            else:
-                observation = Observation.of_record(rep, closed, 0.0)
-                observation.seconds = None
-            answers.append(answered)
-            failures += failed
+                wait_until(caught_up, BOUND, "every receiver to get messages again after healing", 0.05)
+            observation = (
+                Observation(rep, None) if closed is None else Observation.of_record(rep, closed, 0.0)
+            )
+            observation.seconds = None
+            failed = nodes.failures() - failed_before
             if failed:
                 observation.problems.append(f"{failed} requests failed")
-            expected = soak / 0.1
-            if answered < expected * 0.5:
+            during = []
+            for receiver, seen in nodes.delivered().items():
+                wrong = gaps(seen, nodes.ordered, nodes.first)
+                if wrong:
+                    observation.problems.append(f"{receiver}: {wrong}")
+                during.append(len(seen) - before[receiver])
+            expected = soak / SEND_INTERVAL
+            if min(during) < expected * 0.5:
                 observation.problems.append(
-                    f"only {answered} messages received in {soak:g} s (about {expected:.0f} requests sent)"
+                    f"only {min(during)} messages received in {soak:g} s (about {expected:.0f} sent)"
                 )
+            stats = (faulty.record(on_faulty["id"]) or on_faulty).get("datagram")
+            resent = f", {stats.get('retransmissions', 0)} retransmitted" if stats else ""
+            counts.append(f"{min(during)}{resent}")
             run.observations.append(observation)
         run.notes.append(
-            f"messages received by the client per {soak:g} s soak: {', '.join(map(str, answers))} "
-            f"(a request sent every 0.1 s); {failures} requests failed"
+            f"messages received per {soak:g} s soak at {percent:g} % loss (one sent every "
+            f"{SEND_INTERVAL:g} s), fewest over the receivers: "
+            + "; ".join(counts)
+            + "; each once, none missing"
         )
         return run
 
     return scenario
 
 
-def _blackhole(direction: str) -> Inject:
+def blackhole(direction: str) -> Inject:
     return lambda nodes, faulty: nodes.faulty_host.blackhole(direction)
 
 
-def _heal(nodes: Cluster, faulty: LabNode) -> None:
+def heal(nodes: Cluster, faulty: LabNode) -> None:
     nodes.faulty_host.heal()
 
 
-def _reject_reset(nodes: Cluster, faulty: LabNode) -> None:
+def reject_reset(nodes: Cluster, faulty: LabNode) -> None:
     nodes.faulty_host.reject_tcp_reset(SERVICE_PORT)
 
 
-def _freeze(nodes: Cluster, faulty: LabNode) -> None:
+def freeze(nodes: Cluster, faulty: LabNode) -> None:
     faulty.process.sigstop()
 
 
-def _thaw(nodes: Cluster, faulty: LabNode) -> None:
+def thaw(nodes: Cluster, faulty: LabNode) -> None:
     faulty.process.sigcont()
 
 
-def _link_down(nodes: Cluster, faulty: LabNode) -> None:
+def link_down(nodes: Cluster, faulty: LabNode) -> None:
     nodes.faulty_host.link_down()
 
 
-def _link_up(nodes: Cluster, faulty: LabNode) -> None:
+def link_up(nodes: Cluster, faulty: LabNode) -> None:
     nodes.faulty_host.link_up()
 
 
 # --- the matrix ------------------------------------------------------------------------
 
-_KEEPALIVE_WINDOW = Window(INTERVAL * PROBES - LOWER_EPSILON, BOUND + UPPER_EPSILON)
-_KEEPALIVE_BOUND = (
+KEEPALIVE_WINDOW = Window(INTERVAL * PROBES - LOWER_EPSILON, BOUND + UPPER_EPSILON)
+KEEPALIVE_BOUND = (
     f"{INTERVAL * PROBES - LOWER_EPSILON:.1f} to {BOUND + UPPER_EPSILON:.1f} (the keepalive window)"
 )
 #: What most rows measure.
@@ -1013,10 +1171,10 @@ FAULTS: list[Fault] = [
         "timeout",
         "local",
         None,
-        _KEEPALIVE_WINDOW,
+        KEEPALIVE_WINDOW,
         FROM_FAULT,
-        _KEEPALIVE_BOUND,
-        heal_after(_blackhole("both"), _heal),
+        KEEPALIVE_BOUND,
+        heal_after(blackhole("both"), heal),
         wire="Nothing comes back, not even an error: only the probes going unanswered tell.",
     ),
     Fault(
@@ -1028,10 +1186,10 @@ FAULTS: list[Fault] = [
         "timeout",
         "local",
         None,
-        _KEEPALIVE_WINDOW,
+        KEEPALIVE_WINDOW,
         FROM_FAULT,
-        _KEEPALIVE_BOUND,
-        heal_after(_blackhole("out"), _heal),
+        KEEPALIVE_BOUND,
+        heal_after(blackhole("out"), heal),
         wire="The server hears nothing and times out; its RST reaches the peer, which records reset.",
     ),
     Fault(
@@ -1043,10 +1201,10 @@ FAULTS: list[Fault] = [
         "reset",
         "remote",
         "ECONNRESET",
-        _KEEPALIVE_WINDOW,
+        KEEPALIVE_WINDOW,
         FROM_FAULT,
-        _KEEPALIVE_BOUND,
-        heal_after(_blackhole("in"), _heal),
+        KEEPALIVE_BOUND,
+        heal_after(blackhole("in"), heal),
         wire="The peer hears nothing and times out; the RST it then sends reaches the server.",
     ),
     Fault(
@@ -1061,7 +1219,7 @@ FAULTS: list[Fault] = [
         Window(0.0, IDLE + IMMEDIATE),
         FROM_FAULT,
         f"≤ {IDLE + IMMEDIATE:g} (idle + {IMMEDIATE:g}: the next probe draws the RST)",
-        heal_after(_reject_reset, _heal),
+        heal_after(reject_reset, heal),
         wire="The next segment the server sends (a probe, an answer) is answered by an RST.",
     ),
     Fault(
@@ -1073,10 +1231,10 @@ FAULTS: list[Fault] = [
         "timeout",
         "local",
         None,
-        _KEEPALIVE_WINDOW,
+        KEEPALIVE_WINDOW,
         FROM_FAULT,
-        _KEEPALIVE_BOUND,
-        heal_after(_freeze, _thaw),
+        KEEPALIVE_BOUND,
+        heal_after(freeze, thaw),
         wire="The frozen peer's kernel still ACKs data and answers kernel keepalive probes: only "
         "the application's PINGs go unanswered.",
     ),
@@ -1089,10 +1247,10 @@ FAULTS: list[Fault] = [
         "timeout",
         "local",
         None,
-        _KEEPALIVE_WINDOW,
+        KEEPALIVE_WINDOW,
         FROM_FAULT,
-        _KEEPALIVE_BOUND,
-        heal_after(_link_down, _link_up),
+        KEEPALIVE_BOUND,
+        heal_after(link_down, link_up),
         wire="Frames to the peer go nowhere; like a blackhole, silence is the only signal.",
     ),
     Fault(
@@ -1107,7 +1265,7 @@ FAULTS: list[Fault] = [
         None,
         "server listening → client reconnected",
         "≤ the pending backoff delay + 0.5; each gap 1 to 4 times the last, jittered",
-        refused_then_restart,
+        refused_then_restart(),
         wire="A SYN to a port with no listener is answered by an RST: connect() fails with ECONNREFUSED.",
     ),
     Fault(
@@ -1121,42 +1279,49 @@ FAULTS: list[Fault] = [
         None,
         None,
         "— (soak)",
-        "0 false timeouts",
+        "0 false timeouts; every request answered once, in order",
         loss_soak(10.0),
         wire="TCP retransmits what is lost; keepalive must not mistake the delays for a dead peer.",
     ),
 ]
 
 
-def _row(
+def row(
     key: str,
     title: str,
     topology: str,
-    reason: str,
-    initiator: str,
+    reason: str | None,
+    initiator: str | None,
     errno: str | None,
-    window: Window,
+    window: Window | None,
     bound: str,
     scenario: Scenario,
     hosts: int,
     wire: str,
+    transport: str = "tcp",
+    observer: str | None = None,
+    measures: str = FROM_FAULT,
+    dialled: tuple[str, str, str | None, Window] | None = None,
 ) -> Fault:
-    observer = "server" if topology == "many-to-one" else "peer-1"
+    """A row of a topology other than client-server (observer: the server, or peer-1)."""
+    if observer is None:
+        observer = "server" if topology == "many-to-one" else "peer-1"
     return Fault(
         key,
         title,
         topology,
-        "tcp",
+        transport,
         observer,
         reason,
         initiator,
         errno,
         window,
-        FROM_FAULT,
+        measures,
         bound,
         scenario,
         hosts=hosts,
         wire=wire,
+        dialled=dialled,
     )
 
 
@@ -1165,7 +1330,7 @@ _SERVED = " The other two clients keep being served."
 _VIEW = " peer-1 marks peer-2 {state} while its link to peer-3 stays up; peer-2 rejoins after {heal}."
 
 FAULTS += [
-    _row(
+    row(
         "m2o-sigkill-idle",
         "client SIGKILL, idle",
         _M2O,
@@ -1174,24 +1339,24 @@ FAULTS += [
         None,
         Window(0.0, IMMEDIATE),
         f"≤ {IMMEDIATE:g}",
-        restart_after(_kill, ManyToOneGroup),
+        restart_after(kill, ManyToOneGroup),
         4,
         "As client-server: the dead client's kernel sends FIN." + _SERVED,
     ),
-    _row(
+    row(
         "m2o-blackhole-both",
         "client blackholed both ways, idle",
         _M2O,
         "timeout",
         "local",
         None,
-        _KEEPALIVE_WINDOW,
-        _KEEPALIVE_BOUND,
-        heal_after(_blackhole("both"), _heal, cluster=ManyToOneGroup),
+        KEEPALIVE_WINDOW,
+        KEEPALIVE_BOUND,
+        heal_after(blackhole("both"), heal, cluster=ManyToOneGroup),
         4,
         "Only the server's unanswered probes tell." + _SERVED,
     ),
-    _row(
+    row(
         "m2o-reject-reset",
         "REJECT --reject-with tcp-reset at the client",
         _M2O,
@@ -1200,24 +1365,24 @@ FAULTS += [
         "ECONNRESET",
         Window(0.0, IDLE + IMMEDIATE),
         f"≤ {IDLE + IMMEDIATE:g}",
-        heal_after(_reject_reset, _heal, cluster=ManyToOneGroup),
+        heal_after(reject_reset, heal, cluster=ManyToOneGroup),
         4,
         "The next segment the server sends that client draws an RST." + _SERVED,
     ),
-    _row(
+    row(
         "m2o-sigstop",
         "client frozen (SIGSTOP, then SIGCONT)",
         _M2O,
         "timeout",
         "local",
         None,
-        _KEEPALIVE_WINDOW,
-        _KEEPALIVE_BOUND,
-        heal_after(_freeze, _thaw, cluster=ManyToOneGroup),
+        KEEPALIVE_WINDOW,
+        KEEPALIVE_BOUND,
+        heal_after(freeze, thaw, cluster=ManyToOneGroup),
         4,
         "Only the application PINGs go unanswered." + _SERVED,
     ),
-    _row(
+    row(
         "p2p-sigterm",
         "peer stops (SIGTERM: BYE, then FIN)",
         "p2p",
@@ -1226,11 +1391,11 @@ FAULTS += [
         None,
         Window(0.0, IMMEDIATE),
         f"≤ {IMMEDIATE:g}",
-        restart_after(_stop, lambda lab: P2PMesh(lab, "left")),
+        restart_after(stop, lambda lab: P2PMesh(lab, "left")),
         3,
         "The stopping node says BYE to every peer." + _VIEW.format(state="left", heal="a restart"),
     ),
-    _row(
+    row(
         "p2p-sigkill-idle",
         "peer SIGKILL, idle",
         "p2p",
@@ -1239,24 +1404,24 @@ FAULTS += [
         None,
         Window(0.0, IMMEDIATE),
         f"≤ {IMMEDIATE:g}",
-        restart_after(_kill, P2PMesh),
+        restart_after(kill, P2PMesh),
         3,
         "FIN without a BYE: a crash, not a leave." + _VIEW.format(state="dead", heal="a restart"),
     ),
-    _row(
+    row(
         "p2p-blackhole-both",
         "peer blackholed both ways (partition), idle",
         "p2p",
         "timeout",
         "local",
         None,
-        _KEEPALIVE_WINDOW,
-        _KEEPALIVE_BOUND,
-        heal_after(_blackhole("both"), _heal, cluster=P2PMesh),
+        KEEPALIVE_WINDOW,
+        KEEPALIVE_BOUND,
+        heal_after(blackhole("both"), heal, cluster=P2PMesh),
         3,
         "Silence on every link of peer-2." + _VIEW.format(state="dead", heal="healing"),
     ),
-    _row(
+    row(
         "p2p-reject-reset",
         "REJECT --reject-with tcp-reset at the peer",
         "p2p",
@@ -1265,32 +1430,159 @@ FAULTS += [
         "ECONNRESET",
         Window(0.0, IDLE + IMMEDIATE),
         f"≤ {IDLE + IMMEDIATE:g}",
-        heal_after(_reject_reset, _heal, cluster=P2PMesh),
+        heal_after(reject_reset, heal, cluster=P2PMesh),
         3,
         "The next probe or answer draws an RST." + _VIEW.format(state="dead", heal="healing"),
     ),
-    _row(
+    row(
         "p2p-sigstop",
         "peer frozen (SIGSTOP, then SIGCONT)",
         "p2p",
         "timeout",
         "local",
         None,
-        _KEEPALIVE_WINDOW,
-        _KEEPALIVE_BOUND,
-        heal_after(_freeze, _thaw, cluster=P2PMesh),
+        KEEPALIVE_WINDOW,
+        KEEPALIVE_BOUND,
+        heal_after(freeze, thaw, cluster=P2PMesh),
         3,
         "Suspect after one unanswered probe, dead after three." + _VIEW.format(state="dead", heal="SIGCONT"),
+    ),
+    row(
+        "m2o-blackhole-out",
+        "client's outbound blackholed",
+        _M2O,
+        "timeout",
+        "local",
+        None,
+        KEEPALIVE_WINDOW,
+        KEEPALIVE_BOUND,
+        heal_after(blackhole("out"), heal, cluster=ManyToOneGroup),
+        4,
+        "The server hears nothing from that client and times out; its RST reaches the client." + _SERVED,
+    ),
+    row(
+        "m2o-blackhole-in",
+        "client's inbound blackholed",
+        _M2O,
+        "reset",
+        "remote",
+        "ECONNRESET",
+        KEEPALIVE_WINDOW,
+        KEEPALIVE_BOUND,
+        heal_after(blackhole("in"), heal, cluster=ManyToOneGroup),
+        4,
+        "The client hears nothing and times out; the RST it sends reaches the server." + _SERVED,
+    ),
+    row(
+        "m2o-link-down",
+        "client's link down",
+        _M2O,
+        "timeout",
+        "local",
+        None,
+        KEEPALIVE_WINDOW,
+        KEEPALIVE_BOUND,
+        heal_after(link_down, link_up, cluster=ManyToOneGroup),
+        4,
+        "Frames to that client go nowhere." + _SERVED,
+    ),
+    row(
+        "m2o-refused",
+        "connect refused (no server), then server restarted on the same port",
+        _M2O,
+        "refused",
+        "remote",
+        "ECONNREFUSED",
+        None,
+        "≤ the pending backoff delay + 0.5; each gap 1 to 4 times the last, jittered",
+        refused_then_restart(ManyToOneGroup),
+        4,
+        "Every client's SYN draws an RST; each backs off on its own jitter, and all three are back "
+        "within their next delay once the server listens.",
+        observer="client-a",
+        measures="server listening → client-a reconnected",
+    ),
+    row(
+        "m2o-loss-10",
+        "10 % random loss both ways at a chatting client (a line every 0.1 s)",
+        _M2O,
+        None,
+        None,
+        None,
+        None,
+        "0 false timeouts; every line relayed once, in order",
+        loss_soak(10.0, ManyToOneGroup),
+        4,
+        "TCP retransmits what is lost: no false death, and both other clients get every line of the "
+        "lossy one once, in order.",
+        observer="both",
+        measures="— (soak)",
+    ),
+    row(
+        "p2p-blackhole-out",
+        "peer's outbound blackholed (one-way partition)",
+        "p2p",
+        "timeout",
+        "local",
+        None,
+        KEEPALIVE_WINDOW,
+        KEEPALIVE_BOUND,
+        heal_after(blackhole("out"), heal, cluster=P2PMesh),
+        3,
+        "peer-1 hears nothing from peer-2 and times out; its RST reaches peer-2."
+        + _VIEW.format(state="dead", heal="healing"),
+    ),
+    row(
+        "p2p-blackhole-in",
+        "peer's inbound blackholed (one-way partition)",
+        "p2p",
+        "reset",
+        "remote",
+        "ECONNRESET",
+        KEEPALIVE_WINDOW,
+        KEEPALIVE_BOUND,
+        heal_after(blackhole("in"), heal, cluster=P2PMesh),
+        3,
+        "peer-2 hears nothing and times out; the RST it sends reaches peer-1."
+        + _VIEW.format(state="dead", heal="healing"),
+    ),
+    row(
+        "p2p-link-down",
+        "peer's link down",
+        "p2p",
+        "timeout",
+        "local",
+        None,
+        KEEPALIVE_WINDOW,
+        KEEPALIVE_BOUND,
+        heal_after(link_down, link_up, cluster=P2PMesh),
+        3,
+        "Silence on every link of peer-2." + _VIEW.format(state="dead", heal="the link comes back"),
+    ),
+    row(
+        "p2p-loss-10",
+        "10 % random loss both ways at a broadcasting peer (a line every 0.1 s)",
+        "p2p",
+        None,
+        None,
+        None,
+        None,
+        "0 false timeouts; every broadcast delivered once",
+        loss_soak(10.0, P2PMesh),
+        3,
+        "TCP retransmits what is lost: no false death, and peer-1 and peer-3 each deliver every "
+        "broadcast of peer-2 once (flooding de-duplicates the copies).",
+        observer="both",
+        measures="— (soak)",
     ),
 ]
 
 
 #: Topology/transport combinations the lab does not run yet (extension points).
 PLANNED: list[tuple[str, str, str]] = [
-    ("many-to-one", "tcp", "one-way blackholes, link down, refused connect and loss, as for client-server"),
-    ("p2p", "tcp", "one-way partitions, link down, loss, and a restart storm of many peers"),
-    ("many-to-one", "udp", "the faults of client-server over UDP, with bystander clients"),
-    ("p2p", "udp", "the faults of client-server over UDP, with membership"),
+    ("p2p", "tcp", "a restart storm: many peers killed and restarted at once"),
+    ("many-to-one", "udp", "one-way blackholes and link down, as client-server over UDP"),
+    ("p2p", "udp", "one-way partitions, link down, and loss (broadcast is unreliable over UDP)"),
 ]
 
 

@@ -3,7 +3,7 @@ The fault lab, client-server over TCP: real faults between two network namespace
 
 The server runs in lab host 1, the client in host 2, both ``twistd netmodels``
 with keepalive ``1,0.5,3`` (a dead peer is declared within 2.5 s). Each test
-injects one fault ``NETMODELS_LAB_REPEAT`` times (default 3) and requires
+injects one fault ``NETMODELS_LAB_REPEAT`` times (default 1) and requires
 every repetition to be classified as the matrix row says (close reason,
 initiator, errno, read from the observer's ``GET /status``) and detected
 inside the row's two-sided window. See ``docs/fault-lab.rst``.
@@ -18,8 +18,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from .matrix import rows_of
 from .rows import MatrixRows
-from .scenarios import faults
 
 try:
     import pytest
@@ -32,9 +32,8 @@ else:
 class ClientServerTCPFaultTests(MatrixRows, SynchronousTestCase):
     """One test per row of the matrix for client-server over TCP."""
 
-    rows = faults("client-server", "tcp")
+    rows = rows_of("client-server", "tcp")
     prefix = ""
-    repeat = 3
 
     def test_sigkill_idle(self) -> None:
         """Peer SIGKILLed with nothing unread: its kernel sends FIN; ``clean`` (remote) within 0.5 s."""

@@ -19,40 +19,49 @@ the application heartbeat alone, inside the keepalive window.
 
 from __future__ import annotations
 
-import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .netlab import Lab
 from .scenarios import (
     BOUND,
-    FROM_FAULT,
+    IDLE,
     IMMEDIATE,
-    INTERVAL,
-    LOWER_EPSILON,
-    PROBES,
-    SERVICE_PORT,
+    KEEPALIVE_BOUND,
+    KEEPALIVE_WINDOW,
     UPPER_EPSILON,
     ClientServerPair,
     Cluster,
     Fault,
     LabNode,
+    ManyToOneGroup,
     Observation,
+    P2PMesh,
     Run,
-    Scenario,
     Window,
+    blackhole,
+    freeze,
+    gaps,
+    heal,
     heal_after,
+    kill,
+    link_down,
+    link_up,
+    loss_soak,
+    refused_then_restart,
     restart_after,
-    soak_seconds,
-    spawn_node,
+    row,
+    stop,
+    thaw,
 )
 
 __all__ = [
     "UDP_FAULTS",
-    "UdpClientServer",
     "UdpServerFaulty",
     "udp_blackhole",
     "udp_heal",
+    "udp_pair",
 ]
 
 TRANSPORT = "udp"
@@ -63,58 +72,20 @@ SHORT_BLACKHOLE = 0.6
 REQUEST_INTERVAL = 0.1
 
 
-class UdpClientServer(ClientServerPair):
+def udp_pair(delivery: str | None = None, client_interval: float = 0.0) -> Callable[[Lab], ClientServerPair]:
+    """client-server over UDP, with ``--delivery delivery``: the server in host 1, the client in host 2."""
+    return lambda lab: ClientServerPair(lab, TRANSPORT, delivery, client_interval)
+
+
+class UdpServerFaulty(ClientServerPair):
     """
-    client-server over UDP: the server in host 1 (``udp:8750``), the client in
-    host 2, which is faulted; the server observes. ``delivery`` is passed as
-    ``--delivery`` to both (``None``: the application's default, unreliable
-    for echo).
-    """
-
-    def __init__(self, lab: Lab, delivery: str | None = None, client_interval: float = 0.0) -> None:
-        super().__init__(lab)
-        self.delivery = delivery
-        self.client_interval = client_interval
-
-    def _common(self) -> list[str]:
-        args = ["--transport", TRANSPORT]
-        if self.delivery is not None:
-            args += ["--delivery", self.delivery]
-        return args
-
-    def start(self, interval: float = 0.0) -> tuple[LabNode, LabNode]:
-        return self.start_server(), self.start_client("client", interval or self.client_interval)
-
-    def start_server(self) -> LabNode:
-        listen = f"udp:{SERVICE_PORT}:interface={self.server_host.address}"
-        self.server = spawn_node(
-            self.server_host, self.server_id, ["--role", "server", "--listen", listen, *self._common()]
-        )
-        return self.server
-
-    def start_client(self, node_id: str = "client", interval: float = 0.0) -> LabNode:
-        connect = f"udp:{self.server_host.address}:{SERVICE_PORT}"
-        client = spawn_node(
-            self.client_host,
-            node_id,
-            ["--role", "client", "--connect", connect, "--interval", f"{interval:g}", *self._common()],
-        )
-        self.clients.append(client)
-        return client
-
-    def restart_faulty(self) -> LabNode:
-        return self.start_client("client", self.client_interval)
-
-
-class UdpServerFaulty(UdpClientServer):
-    """
-    The same pair with the roles of observer and faulty node swapped: the
-    server (host 1) is faulted, the client -- sending a request every 0.1 s --
-    observes.
+    client-server over UDP with the roles of observer and faulty node
+    swapped: the server (host 1) is faulted, the client -- sending a request
+    every 0.1 s -- observes.
     """
 
     def __init__(self, lab: Lab) -> None:
-        super().__init__(lab, client_interval=REQUEST_INTERVAL)
+        super().__init__(lab, TRANSPORT, client_interval=REQUEST_INTERVAL)
         self.faulty_host = self.server_host
 
     def start(self, interval: float = 0.0) -> tuple[LabNode, LabNode]:
@@ -144,25 +115,7 @@ def udp_heal(nodes: Cluster, faulty: LabNode) -> None:
     nodes.faulty_host.heal()
 
 
-def _kill(nodes: Cluster, faulty: LabNode) -> None:
-    faulty.process.sigkill()
-
-
 # --- scenarios of their own --------------------------------------------------------------
-
-
-def _answered(log: str) -> list[int]:
-    """The numbers of the echo client's requests that were answered, in the order logged."""
-    return [int(n) for n in re.findall(r"answered 'hello (\d+)'", log)]
-
-
-def _contiguous(numbers: list[int]) -> str | None:
-    """``None`` if ``numbers`` runs 1, 2, 3, ... without a gap or a repeat; else what is wrong."""
-    for index, number in enumerate(numbers, start=1):
-        if number != index:
-            nearby = numbers[max(0, index - 5) : index + 3]
-            return f"answer #{index} was for request {number} (answers around it: {nearby})"
-    return None
 
 
 def short_blackhole(lab: Lab, repeat: int) -> Run:
@@ -173,12 +126,12 @@ def short_blackhole(lab: Lab, repeat: int) -> Run:
     during the blackhole must be answered once the retransmissions get
     through (no request fails, answers stay in order).
     """
-    pair = UdpClientServer(lab, delivery="reliable", client_interval=REQUEST_INTERVAL)
+    pair = ClientServerPair(lab, TRANSPORT, "reliable", REQUEST_INTERVAL)
     server, client = pair.start()
     run = Run()
     for rep in range(1, repeat + 1):
         on_server, on_client = pair.wait_pair(client)
-        mark = len(client.process.log)
+        failed_before = pair.failures()
         before = (client.record(on_client["id"]) or on_client).get("datagram", {}).get("retransmissions", 0)
         injected = time.time()
         udp_blackhole(pair, client)
@@ -198,190 +151,317 @@ def short_blackhole(lab: Lab, repeat: int) -> Run:
             observation = Observation(rep, None)
         else:
             observation = Observation.of_record(rep, closed, injected)
-        log = client.process.log[mark:]
-        failed = len(re.findall(r"request to \S+ failed", log))
+        failed = pair.failures() - failed_before
         if failed:
             observation.problems.append(f"{failed} requests failed")
         after = client.record(on_client["id"]) or on_client
         retransmissions = after.get("datagram", {}).get("retransmissions", 0) - before
         observation.notes.append(f"{retransmissions} retransmissions")
-        answered = _answered(client.process.log)
-        wrong = _contiguous(answered)
+        wrong = gaps(pair.delivered()[client.node_id], ordered=True, first=1)
         if wrong:
             observation.problems.append(wrong)
         run.observations.append(observation)
     return run
 
 
-def reliable_loss_soak(percent: float) -> Scenario:
-    """
-    ``percent`` % loss both ways at the client for a soak of several keepalive
-    bounds, requests every 0.1 s on the reliable channel: no false peer death
-    on either side, no request fails, and the answers the client logs are for
-    requests 1, 2, 3, ... -- each exactly once, in order, none missing.
-    """
-
-    def scenario(lab: Lab, repeat: int) -> Run:
-        pair = UdpClientServer(lab, delivery="reliable", client_interval=REQUEST_INTERVAL)
-        server, client = pair.start()
-        soak = soak_seconds()
-        run = Run()
-        counts: list[str] = []
-        for rep in range(1, repeat + 1):
-            on_server, on_client = pair.wait_pair(client)
-            mark = len(client.process.log)
-            pair.client_host.loss(percent)
-            started = time.monotonic()
-            closed: dict[str, Any] | None = None
-            try:
-                while closed is None and time.monotonic() - started < soak:
-                    time.sleep(0.5)
-                    for node, record in ((server, on_server), (client, on_client)):
-                        now = node.record(record["id"])
-                        if now is not None and now["state"] != "open":
-                            closed = now
-            finally:
-                pair.client_host.heal()
-            answered_before = len(_answered(client.process.log))
-            # Once healed, what was retransmitting gets through: wait for a few more answers.
-            deadline = time.monotonic() + BOUND
-            while len(_answered(client.process.log)) < answered_before + 5 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            observation = (
-                Observation(rep, None) if closed is None else Observation.of_record(rep, closed, 0.0)
-            )
-            observation.seconds = None
-            log = client.process.log[mark:]
-            failed = len(re.findall(r"request to \S+ failed", log))
-            if failed:
-                observation.problems.append(f"{failed} requests failed")
-            answered = _answered(client.process.log)
-            wrong = _contiguous(answered)
-            if wrong:
-                observation.problems.append(wrong)
-            during = len(_answered(log))
-            expected = soak / REQUEST_INTERVAL
-            if during < expected * 0.5:
-                observation.problems.append(
-                    f"only {during} answers in {soak:g} s (about {expected:.0f} sent)"
-                )
-            stats = (client.record(on_client["id"]) or on_client).get("datagram", {})
-            counts.append(f"{during} answered, {stats.get('retransmissions', 0)} retransmissions")
-            run.observations.append(observation)
-        run.notes.append(
-            f"per {soak:g} s soak at {percent:g} % loss (a request every {REQUEST_INTERVAL:g} s): "
-            + "; ".join(counts)
-        )
-        return run
-
-    return scenario
-
-
 # --- the rows ------------------------------------------------------------------------------
 
-_KEEPALIVE_WINDOW = Window(INTERVAL * PROBES - LOWER_EPSILON, BOUND + UPPER_EPSILON)
-_KEEPALIVE_BOUND = (
-    f"{INTERVAL * PROBES - LOWER_EPSILON:.1f} to {BOUND + UPPER_EPSILON:.1f} (the keepalive window)"
-)
+_HEARTBEAT = "Only the unanswered heartbeat tells: no FIN, and no ICMP reaches a listening socket."
+_SERVED = " The other two clients keep being served."
+_VIEW = " peer-1 marks peer-2 {state} while its link to peer-3 stays up; peer-2 rejoins after {heal}."
+_CS, _M2O = "client-server", "many-to-one"
+#: What a dialler's connected socket records when its peer's host answers with ICMP port unreachable.
+_DIALLED_REFUSED = ("refused", "remote", "ECONNREFUSED", Window(0.0, IDLE + IMMEDIATE))
 
 
-def _udp(
-    key: str,
-    title: str,
-    observer: str,
-    reason: str | None,
-    initiator: str | None,
-    errno: str | None,
-    window: Window | None,
-    bound: str,
-    scenario: Scenario,
-    wire: str,
-    measures: str = FROM_FAULT,
-) -> Fault:
-    return Fault(
-        key,
-        title,
-        "client-server",
-        TRANSPORT,
-        observer,
-        reason,
-        initiator,
-        errno,
-        window,
-        measures,
-        bound,
-        scenario,
-        wire=wire,
-    )
+def _m2o() -> Callable[[Lab], ManyToOneGroup]:
+    return lambda lab: ManyToOneGroup(lab, TRANSPORT)
+
+
+def _p2p(expected_state: str = "dead") -> Callable[[Lab], P2PMesh]:
+    return lambda lab: P2PMesh(lab, expected_state, TRANSPORT)
 
 
 UDP_FAULTS: list[Fault] = [
-    _udp(
+    row(
         "udp-sigkill-server",
         "server SIGKILL while the client sends",
-        "client",
+        _CS,
         "refused",
         "remote",
         "ECONNREFUSED",
         Window(0.0, IMMEDIATE),
         f"≤ {IMMEDIATE:g}",
-        restart_after(_kill, UdpServerFaulty),
+        restart_after(kill, UdpServerFaulty),
+        2,
         "The client's next datagram (a request every 0.1 s) draws an ICMP port unreachable from the "
         "server's host, which the client's connected socket reports. Restarted, the server is found "
         "again by the client's refused-backoff redials.",
+        TRANSPORT,
+        "client",
     ),
-    _udp(
+    row(
         "udp-sigkill-idle",
         "client SIGKILL, idle",
-        "server",
+        _CS,
         "timeout",
         "local",
         None,
-        _KEEPALIVE_WINDOW,
-        _KEEPALIVE_BOUND,
-        restart_after(_kill, UdpClientServer),
+        KEEPALIVE_WINDOW,
+        KEEPALIVE_BOUND,
+        restart_after(kill, udp_pair()),
+        2,
         "No FIN, and the ICMP answering the server's probes goes to its unconnected listening "
         "socket, which reports nothing: only the unanswered heartbeat tells.",
+        TRANSPORT,
+        "server",
     ),
-    _udp(
+    row(
         "udp-blackhole-both",
         "client's UDP blackholed both ways, idle",
-        "server",
+        _CS,
         "timeout",
         "local",
         None,
-        _KEEPALIVE_WINDOW,
-        _KEEPALIVE_BOUND,
-        heal_after(udp_blackhole, udp_heal, cluster=UdpClientServer),
+        KEEPALIVE_WINDOW,
+        KEEPALIVE_BOUND,
+        heal_after(udp_blackhole, udp_heal, cluster=udp_pair()),
+        2,
         "Silence both ways: each side's heartbeat times out on its own (the client too); once "
         "healed, the client's redial opens a new session.",
+        TRANSPORT,
+        "server",
     ),
-    _udp(
+    row(
+        "udp-blackhole-out",
+        "client's outbound blackholed",
+        _CS,
+        "timeout",
+        "local",
+        None,
+        KEEPALIVE_WINDOW,
+        KEEPALIVE_BOUND,
+        heal_after(blackhole("out"), heal, cluster=udp_pair()),
+        2,
+        "The server hears nothing and times out; the RESET it sends reaches the client, which still "
+        "hears the server.",
+        TRANSPORT,
+        "server",
+    ),
+    row(
+        "udp-blackhole-in",
+        "client's inbound blackholed",
+        _CS,
+        "reset",
+        "remote",
+        "ECONNRESET",
+        KEEPALIVE_WINDOW,
+        KEEPALIVE_BOUND,
+        heal_after(blackhole("in"), heal, cluster=udp_pair()),
+        2,
+        "The client hears nothing and times out; the RESET it sends (our RST) reaches the server.",
+        TRANSPORT,
+        "server",
+    ),
+    row(
+        "udp-sigstop",
+        "client frozen (SIGSTOP, then SIGCONT)",
+        _CS,
+        "timeout",
+        "local",
+        None,
+        KEEPALIVE_WINDOW,
+        KEEPALIVE_BOUND,
+        heal_after(freeze, thaw, cluster=udp_pair()),
+        2,
+        "The frozen client's socket still exists: datagrams queue in it unread and no ICMP comes "
+        "back. Thawed, it reads the server's RESET.",
+        TRANSPORT,
+        "server",
+    ),
+    row(
+        "udp-link-down",
+        "client's link down",
+        _CS,
+        "timeout",
+        "local",
+        None,
+        KEEPALIVE_WINDOW,
+        KEEPALIVE_BOUND,
+        heal_after(link_down, link_up, cluster=udp_pair()),
+        2,
+        "Datagrams to the client go nowhere; silence is the only signal.",
+        TRANSPORT,
+        "server",
+    ),
+    row(
+        "udp-refused",
+        "connect refused (no server), then server restarted on the same port",
+        _CS,
+        "refused",
+        "remote",
+        "ECONNREFUSED",
+        None,
+        "≤ the pending backoff delay + 0.5; each gap 1 to 4 times the last, jittered",
+        refused_then_restart(udp_pair()),
+        2,
+        "The client's INIT draws an ICMP port unreachable, which its connected socket reports as "
+        "ECONNREFUSED: the same backoff as TCP's refused connect.",
+        TRANSPORT,
+        "client",
+        "server listening → client reconnected",
+    ),
+    row(
         "udp-blackhole-short",
         f"client's UDP blackholed for {SHORT_BLACKHOLE:g} s, reliable requests every 0.1 s",
-        "both",
+        _CS,
         None,
         None,
         None,
         None,
         f"no close (blackhole {SHORT_BLACKHOLE:g} s < bound {BOUND:g} s)",
         short_blackhole,
+        2,
         "Shorter than the bound: the session survives on both sides and the reliable channel "
         "retransmits what the blackhole swallowed; every request is answered, in order.",
-        measures="— (the session must survive)",
+        TRANSPORT,
+        "both",
+        "— (the session must survive)",
     ),
-    _udp(
+    row(
         "udp-loss-10",
         "10 % random loss both ways, reliable requests every 0.1 s",
-        "both",
+        _CS,
         None,
         None,
         None,
         None,
         "0 false timeouts; every request answered once, in order",
-        reliable_loss_soak(10.0),
+        loss_soak(10.0, udp_pair("reliable")),
+        2,
         "The heartbeat rides the unreliable channel and must not mistake loss for death; the "
         "reliable channel retransmits what is lost.",
-        measures="— (soak)",
+        TRANSPORT,
+        "both",
+        "— (soak)",
+    ),
+    row(
+        "m2o-udp-sigkill-idle",
+        "client SIGKILL, idle",
+        _M2O,
+        "timeout",
+        "local",
+        None,
+        KEEPALIVE_WINDOW,
+        KEEPALIVE_BOUND,
+        restart_after(kill, _m2o()),
+        4,
+        _HEARTBEAT + _SERVED,
+        TRANSPORT,
+    ),
+    row(
+        "m2o-udp-blackhole-both",
+        "client blackholed both ways, idle",
+        _M2O,
+        "timeout",
+        "local",
+        None,
+        KEEPALIVE_WINDOW,
+        KEEPALIVE_BOUND,
+        heal_after(blackhole("both"), heal, cluster=_m2o()),
+        4,
+        "Silence both ways: the server's heartbeat times out." + _SERVED,
+        TRANSPORT,
+    ),
+    row(
+        "m2o-udp-sigstop",
+        "client frozen (SIGSTOP, then SIGCONT)",
+        _M2O,
+        "timeout",
+        "local",
+        None,
+        KEEPALIVE_WINDOW,
+        KEEPALIVE_BOUND,
+        heal_after(freeze, thaw, cluster=_m2o()),
+        4,
+        "Datagrams queue unread in the frozen client's socket." + _SERVED,
+        TRANSPORT,
+    ),
+    row(
+        "m2o-udp-loss-10",
+        "10 % random loss both ways at a chatting client (a line every 0.1 s)",
+        _M2O,
+        None,
+        None,
+        None,
+        None,
+        "0 false timeouts; every line relayed once, in order",
+        loss_soak(10.0, _m2o()),
+        4,
+        "chat asks for the reliable channel: no false death, and both other clients get every line "
+        "of the lossy one once, in order.",
+        TRANSPORT,
+        "both",
+        "— (soak)",
+    ),
+    row(
+        "p2p-udp-sigterm",
+        "peer stops (SIGTERM: BYE)",
+        "p2p",
+        "clean",
+        "remote",
+        None,
+        Window(0.0, IMMEDIATE),
+        f"≤ {IMMEDIATE:g}",
+        restart_after(stop, _p2p("left")),
+        3,
+        "The stopping node says BYE on every session." + _VIEW.format(state="left", heal="a restart"),
+        TRANSPORT,
+    ),
+    row(
+        "p2p-udp-sigkill-idle",
+        "peer SIGKILL, idle",
+        "p2p",
+        "timeout",
+        "local",
+        None,
+        KEEPALIVE_WINDOW,
+        f"{KEEPALIVE_BOUND}; ≤ {IDLE + IMMEDIATE:g} if peer-1 dialled",
+        restart_after(kill, _p2p()),
+        3,
+        "Who dialled decides: if peer-2 did, peer-1 listens on an unconnected socket and only its "
+        "heartbeat tells (timeout); if peer-1 did, its next probe draws an ICMP port unreachable "
+        "that its connected socket reports (refused, ECONNREFUSED)."
+        + _VIEW.format(state="dead", heal="a restart"),
+        TRANSPORT,
+        dialled=_DIALLED_REFUSED,
+    ),
+    row(
+        "p2p-udp-blackhole-both",
+        "peer blackholed both ways (partition), idle",
+        "p2p",
+        "timeout",
+        "local",
+        None,
+        KEEPALIVE_WINDOW,
+        KEEPALIVE_BOUND,
+        heal_after(blackhole("both"), heal, cluster=_p2p()),
+        3,
+        "Silence on every session of peer-2." + _VIEW.format(state="dead", heal="healing"),
+        TRANSPORT,
+    ),
+    row(
+        "p2p-udp-sigstop",
+        "peer frozen (SIGSTOP, then SIGCONT)",
+        "p2p",
+        "timeout",
+        "local",
+        None,
+        KEEPALIVE_WINDOW,
+        KEEPALIVE_BOUND,
+        heal_after(freeze, thaw, cluster=_p2p()),
+        3,
+        "Datagrams queue unread in the frozen peer's socket." + _VIEW.format(state="dead", heal="SIGCONT"),
+        TRANSPORT,
     ),
 ]
