@@ -11,8 +11,9 @@ transport grid; it prints each row's report as it goes. Exits 1 if any repetitio
 misclassified or out of its window (the table says which), 2 if the lab
 cannot run here (root, iproute2 and iptables are needed).
 
-Rows come from :data:`tests.lab.scenarios.FAULTS` and
-:data:`tests.lab.udp_scenarios.UDP_FAULTS` (fault x topology x
+Rows come from :data:`tests.lab.scenarios.FAULTS`,
+:data:`tests.lab.udp_scenarios.UDP_FAULTS` and
+:data:`tests.lab.callback_scenarios.CALLBACK_FAULTS` (fault x topology x
 transport); combinations without a scenario yet are listed from
 :data:`~tests.lab.scenarios.PLANNED`.
 """
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import twisted
 
+from .callback_scenarios import CALLBACK_FAULTS
 from .netlab import lab_available
 from .scenarios import (
     BOUND,
@@ -123,7 +125,7 @@ def render(results: Sequence[FaultResult], repeat: int, elapsed: float) -> str:
         if fault.reason is not None:
             expected += f", {fault.errno})" if fault.errno else ")"
         passed = sum(observation.ok for observation in result.observations)
-        seen = f"{_counts(result.reason_counts())}; **{passed}/{repeat} pass**"
+        seen = f"{_counts(result.reason_counts())}; **{passed}/{len(result.observations)} pass**"
         if not result.ok:
             seen += " — **FAIL**"
             if result.error is not None:
@@ -158,7 +160,7 @@ TRANSPORTS = ("tcp", "udp")
 
 #: Every row of the table, by transport, then topology.
 ALL_FAULTS = sorted(
-    [*FAULTS, *UDP_FAULTS],
+    [*FAULTS, *UDP_FAULTS, *CALLBACK_FAULTS],
     key=lambda fault: (TRANSPORTS.index(fault.transport), TOPOLOGIES.index(fault.topology)),
 )
 
@@ -186,7 +188,8 @@ def summary(results: Sequence[FaultResult], repeat: int) -> list[str]:
         seen = _counts(result.reason_counts())
         passed = sum(observation.ok for observation in result.observations)
         median = f", {statistics.median(times):.2f} s" if times else ""
-        cells[kind, column] = f"{seen}{median} ({passed}/{repeat}{'' if result.ok else ', FAIL'})"
+        total = len(result.observations)
+        cells[kind, column] = f"{seen}{median} ({passed}/{total}{'' if result.ok else ', FAIL'})"
     lines = [
         ".. list-table:: Fault x topology x transport (reason seen, median t, repetitions passed)",
         "   :header-rows: 1",

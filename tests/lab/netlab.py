@@ -358,21 +358,25 @@ class LabProcess:
 
 # --- the status reader ---------------------------------------------------------------
 
-#: Runs inside a host namespace: reads "PORT PATH" lines, answers one JSON line each.
+#: Runs inside a host namespace: reads one JSON request a line ({"port", "path"}, and for a
+#: POST "method", "body" as latin-1 text and "token"), answers one JSON line each.
 _STATUS_AGENT = r"""
 import http.client, json, sys
 for line in sys.stdin:
-    port, path = line.split()
+    ask = json.loads(line)
+    method = ask.get("method", "GET")
     try:
-        connection = http.client.HTTPConnection("127.0.0.1", int(port), timeout=2)
-        connection.request("GET", path)
+        headers = {"Authorization": "Bearer " + ask["token"]} if ask.get("token") else {}
+        body = None if ask.get("body") is None else ask["body"].encode("latin-1")
+        connection = http.client.HTTPConnection("127.0.0.1", ask["port"], timeout=2)
+        connection.request(method, ask["path"], body, headers)
         response = connection.getresponse()
-        body = response.read()
+        data = response.read()
         connection.close()
-        if response.status != 200:
+        if method == "GET" and response.status != 200:
             answer = {"error": "HTTP %d" % response.status}
         else:
-            answer = {"document": json.loads(body)}
+            answer = {"status": response.status, "document": json.loads(data)}
     except Exception as e:
         answer = {"error": "%s: %s" % (type(e).__name__, e)}
     sys.stdout.write(json.dumps(answer) + "\n")
@@ -393,9 +397,10 @@ class _StatusAgent:
         )
         self._buffer = b""
 
-    def get(self, port: int, path: str, timeout: float) -> Any:
+    def ask(self, timeout: float, **request: Any) -> dict[str, Any]:
+        """One request (see :data:`_STATUS_AGENT`); the answer's ``status`` and ``document``."""
         assert self.popen.stdin is not None and self.popen.stdout is not None
-        self.popen.stdin.write(f"{port} {path}\n".encode())
+        self.popen.stdin.write(json.dumps(request).encode() + b"\n")
         self.popen.stdin.flush()
         deadline = time.monotonic() + timeout
         fd = self.popen.stdout.fileno()
@@ -408,10 +413,11 @@ class _StatusAgent:
                 raise StatusUnavailable("the status reader exited")
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
-        answer = json.loads(line)
+        answer: dict[str, Any] = json.loads(line)
         if "error" in answer:
-            raise StatusUnavailable(f"GET 127.0.0.1:{port}{path}: {answer['error']}")
-        return answer["document"]
+            where = f"{request.get('method', 'GET')} 127.0.0.1:{request['port']}{request['path']}"
+            raise StatusUnavailable(f"{where}: {answer['error']}")
+        return answer
 
     def close(self) -> None:
         if self.popen.poll() is None:
@@ -526,10 +532,25 @@ class Host:
 
     def status(self, port: int, path: str = "/status", timeout: float = 3.0) -> Any:
         """``GET http://127.0.0.1:<port><path>`` from inside this host, as JSON."""
+        return self._ask(timeout, port=port, path=path)["document"]
+
+    def post(
+        self, port: int, path: str, body: bytes, token: str | None = None, timeout: float = 3.0
+    ) -> tuple[int, Any]:
+        """
+        ``POST http://127.0.0.1:<port><path>`` with ``body`` (and ``Authorization:
+        Bearer <token>``) from inside this host: the HTTP status and the JSON answer.
+        Not retried: a POST may have taken effect even when no answer came back.
+        """
+        request = {"port": port, "path": path, "method": "POST", "body": body.decode("latin-1")}
+        answer = self._ask(timeout, **request, token=token)
+        return int(answer["status"]), answer["document"]
+
+    def _ask(self, timeout: float, **request: Any) -> dict[str, Any]:
         if self._agent is None or self._agent.popen.poll() is not None:
             self._agent = _StatusAgent(self.netns)
         try:
-            return self._agent.get(port, path, timeout)
+            return self._agent.ask(timeout, **request)
         except StatusUnavailable as e:
             if "status reader" in str(e):
                 # It hung or died: a fresh one next time.

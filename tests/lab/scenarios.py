@@ -23,6 +23,7 @@ import itertools
 import os
 import random
 import re
+import signal
 import time
 import traceback
 from collections import Counter
@@ -59,6 +60,8 @@ UPPER_EPSILON = 0.5
 IMMEDIATE = 0.5
 
 SERVICE_PORT = 8750
+#: Nodes of the p2p restart storm (peer-1 observes; the others are killed and restarted).
+STORM_PEERS = 5
 STATUS_PORT = 7001
 #: Deadlines for the lab's own waits (not the windows under test).
 START_TIMEOUT = 20.0
@@ -128,6 +131,9 @@ class Observation:
     notes: list[str] = field(default_factory=list)
     #: Whether the observer dialled the connection (``outbound``) or accepted it (``inbound``).
     direction: str | None = None
+    #: ``(reason, initiator, errno, window)`` to match instead of the row's, where the row's
+    #: rule depends on what else the scenario saw (see :func:`restart_storm`).
+    expected: tuple[str, str, str | None, Window] | None = None
 
     @classmethod
     def of_record(cls, rep: int, record: dict[str, Any], since: float) -> Observation:
@@ -212,6 +218,8 @@ class Fault:
 
     def expected(self, observation: Observation) -> tuple[str | None, str | None, str | None, Window | None]:
         """The reason, initiator, errno and window ``observation`` must match."""
+        if observation.expected is not None:
+            return observation.expected
         if self.dialled is not None and observation.direction == "outbound":
             return self.dialled
         return self.reason, self.initiator, self.errno, self.window
@@ -368,6 +376,13 @@ class LabNode:
 
 def spawn_node(host: Host, node_id: str, args: Iterable[str], topology: str = "client-server") -> LabNode:
     """Start a node of ``topology`` and wait until its status endpoint answers."""
+    node = launch_node(host, node_id, args, topology)
+    wait_serving(node)
+    return node
+
+
+def launch_node(host: Host, node_id: str, args: Iterable[str], topology: str = "client-server") -> LabNode:
+    """Start a node of ``topology`` (see :func:`wait_serving`)."""
     process = host.spawn_twistd(
         [
             "netmodels",
@@ -383,15 +398,19 @@ def spawn_node(host: Host, node_id: str, args: Iterable[str], topology: str = "c
         ],
         node_id,
     )
-    node = LabNode(host, node_id, process)
+    return LabNode(host, node_id, process)
+
+
+def wait_serving(node: LabNode) -> None:
+    """Wait until ``node`` answers on its status endpoint."""
+    process = node.process
 
     def up() -> bool:
         if not process.running:
-            raise LabError(f"{node_id} exited ({process.popen.returncode}):\n{process.log_tail()}")
+            raise LabError(f"{node.node_id} exited ({process.popen.returncode}):\n{process.log_tail()}")
         return bool(node.status())
 
-    wait_until(up, START_TIMEOUT, f"{node_id} to serve its status", 0.02)
-    return node
+    wait_until(up, START_TIMEOUT, f"{node.node_id} to serve its status", 0.02)
 
 
 class Cluster:
@@ -995,6 +1014,104 @@ def _refused_then_restart(pair: ServedCluster, repeat: int) -> Run:
     return run
 
 
+def restart_storm(peers: int) -> Scenario:
+    """
+    p2p over TCP with ``peers`` idle nodes in hosts 1 to ``peers``, meshed
+    from ``peer-1``. SIGKILL every node but ``peer-1`` at once: ``peer-1``
+    must record each of its links closed by the peer within
+    :data:`IMMEDIATE` -- ``clean`` (the dead kernel's FIN) unless ``peer-1``
+    wrote to that link after the kill (its gossip about the first deaths),
+    which may also draw an RST (``reset``) from a socket closed with it
+    unread -- and mark each of them dead. Restart them all at once: the whole
+    mesh must come back -- exactly one open connection per pair, every member
+    alive in every view -- however the simultaneous dials race; the
+    duplicates they resolve are counted. One observation per link.
+    """
+
+    def scenario(lab: Lab, repeat: int) -> Run:
+        mesh = P2PMesh(lab)
+        ids = [f"peer-{index}" for index in range(1, peers + 1)]
+
+        def launch(index: int) -> LabNode:
+            host = lab.hosts[index]
+            # Idle (no broadcasts), so that nothing is unread when the peers die.
+            args = [*mesh.listen(host), "--role", "peer", "--interval", "0", "--max-peers", str(peers)]
+            if index:
+                args += mesh.connect(lab.hosts[0])
+            return launch_node(host, ids[index], args, "p2p")
+
+        def start(indexes: range) -> list[LabNode]:
+            started = [launch(index) for index in indexes]
+            for node in started:
+                wait_serving(node)
+            return started
+
+        def meshed() -> float | None:
+            # The time the last link of a whole mesh opened; None until every pair has one.
+            latest = 0.0
+            for node in nodes:
+                views = {m["id"]: m for m in node.status().get("peers", [])}
+                for other in ids:
+                    if other == node.node_id:
+                        continue
+                    links = [c for c in node.connections() if c["state"] == "open" and c["peer_id"] == other]
+                    member = views.get(other)
+                    if len(links) != 1 or not member or member["state"] != "alive":
+                        return None
+                    latest = max(latest, links[0]["opened_at"])
+            return latest
+
+        def describe() -> str:
+            return "\n".join(node.describe() for node in nodes)
+
+        nodes = start(range(peers))
+        run = Run()
+        window = Window(0.0, IMMEDIATE)
+        for rep in range(1, repeat + 1):
+            wait_until(meshed, RECONNECT_TIMEOUT, f"{peers} peers to be fully meshed", 0.05, describe)
+            observer = nodes[0]
+            links = [c for c in observer.connections() if c["state"] == "open"]
+            killed = time.time()
+            # Every signal first, then the reaping, so that the peers die together.
+            for node in nodes[1:]:
+                node.process.signal(signal.SIGKILL)
+            for node in nodes[1:]:
+                node.process.wait(5.0)
+            views: dict[str, Any] = {}
+            for before in links:
+                record = observer.wait_closed(before["id"])
+                observation = Observation.of_record(rep, record, killed)
+                wrote = record["bytes_out"] > before["bytes_out"]
+                if wrote and record["reason"] == "reset":
+                    observation.expected = ("reset", "remote", "ECONNRESET", window)
+                    observation.notes.append("reset after peer-1 wrote")
+                else:
+                    observation.expected = ("clean", "remote", None, window)
+                views = views or {m["id"]: m for m in observer.status().get("peers", [])}
+                state = views.get(record["peer_id"], {}).get("state")
+                if state != "dead":
+                    observation.problems.append(f"peer-1 marks {record['peer_id']} {state}, not dead")
+                run.observations.append(observation)
+            restarted = time.time()
+            nodes[1:] = start(range(1, peers))
+            latest = wait_until(meshed, RECONNECT_TIMEOUT, "the mesh to come back", 0.05, describe)
+            duplicates = sum(
+                1
+                for node in nodes
+                for c in node.connections()
+                if "duplicate connection" in (c["detail"] or "") and (c["closed_at"] or 0) >= restarted
+            )
+            for observation in run.observations[-len(links) :]:
+                observation.reconnect = latest - restarted
+            run.notes.append(
+                f"repetition {rep}: whole mesh back {latest - restarted:.2f} s after the restart, "
+                f"{duplicates} duplicate connections closed"
+            )
+        return run
+
+    return scenario
+
+
 #: How often the faulty node sends a numbered message during a soak.
 SEND_INTERVAL = 0.1
 
@@ -1560,6 +1677,23 @@ FAULTS += [
         "Silence on every link of peer-2." + _VIEW.format(state="dead", heal="the link comes back"),
     ),
     row(
+        "p2p-restart-storm",
+        f"{STORM_PEERS - 1} of {STORM_PEERS} peers SIGKILLed at once, then restarted at once",
+        "p2p",
+        "clean",
+        "remote",
+        None,
+        Window(0.0, IMMEDIATE),
+        f"≤ {IMMEDIATE:g} for every link; reset (ECONNRESET) only where peer-1 wrote after the kill",
+        restart_storm(STORM_PEERS),
+        STORM_PEERS,
+        "Every killed peer's kernel sends its FINs, or an RST where peer-1's gossip about the first "
+        "deaths reached a dying socket; restarted together, the peers dial one another at once and "
+        "must settle on one connection per pair (the one the smaller id dialled), with every member "
+        "alive in every view. One observation per link of peer-1.",
+        measures="fault injected → peer-1's record of each link closed; reconnect: restart → whole mesh",
+    ),
+    row(
         "p2p-loss-10",
         "10 % random loss both ways at a broadcasting peer (a line every 0.1 s)",
         "p2p",
@@ -1580,7 +1714,6 @@ FAULTS += [
 
 #: Topology/transport combinations the lab does not run yet (extension points).
 PLANNED: list[tuple[str, str, str]] = [
-    ("p2p", "tcp", "a restart storm: many peers killed and restarted at once"),
     ("many-to-one", "udp", "one-way blackholes and link down, as client-server over UDP"),
     ("p2p", "udp", "one-way partitions, link down, and loss (broadcast is unreliable over UDP)"),
 ]

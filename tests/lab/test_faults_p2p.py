@@ -74,6 +74,10 @@ class P2PTCPFaultTests(MatrixRows, SynchronousTestCase):
         """10 % loss at a broadcasting peer: no false death; every broadcast delivered once."""
         self.check("p2p-loss-10")
 
+    def test_restart_storm(self) -> None:
+        """4 of 5 peers killed at once: each ``clean`` at peer-1; restarted at once, the mesh is back."""
+        self.check("p2p-restart-storm")
+
 
 class P2PUDPFaultTests(MatrixRows, SynchronousTestCase):
     """One test per row of the matrix for p2p over UDP."""
