@@ -4,15 +4,18 @@ The fault lab's rows for sessions over UDP (``--transport udp``).
 Each row is a :class:`~tests.lab.scenarios.Fault` with ``transport="udp"``,
 run by the same machinery as the TCP rows (:func:`~tests.lab.scenarios.run_fault`,
 :func:`~tests.lab.scenarios.heal_after`, :func:`~tests.lab.scenarios.restart_after`)
-on the clusters defined here: a ``twistd netmodels --transport udp`` server in
-lab host 1 and a client in host 2, with the lab's keepalive (``1,0.5,3``: a
-silent peer is declared dead within 2.5 s).
+on the clusters of :mod:`tests.lab.scenarios` with ``transport="udp"``:
+client-server (the server in lab host 1, the client in host 2; and
+:class:`UdpServerFaulty`, where the server is faulted), many-to-one and
+p2p, all with the lab's keepalive (``1,0.5,3``: a silent peer is declared
+dead within 2.5 s).
 
 What UDP changes (see ``docs/fault-lab.rst``): no kernel tells a peer that a
 process died or a path went silent, except the ICMP port unreachable a dead
-*server*'s host sends back, which the client's connected socket reports
-(``refused``). Everything else -- a dead client, a blackhole -- is found by
-the application heartbeat alone, inside the keepalive window.
+process's host sends back, which only a *connected* socket -- the side that
+dialled -- reports (``refused``). Everything else -- a dead client, a
+blackhole, a frozen process -- is found by the application heartbeat alone,
+inside the keepalive window.
 
 :data:`UDP_FAULTS` is the list to add to the matrix.
 """
