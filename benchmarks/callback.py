@@ -61,9 +61,9 @@ TOKEN = "bench-token"
 
 def child(mode: str, warmup: float, seconds: float) -> None:
     common.quiet_logging()
-    from netmodels.application import Application
-    from netmodels.callback import Callback, CallbackServer, callback_of
-    from netmodels.node import Node, NodeConfig
+    from netmodels.runtime.application import Application
+    from netmodels.runtime.node import Node, NodeConfig
+    from netmodels.topologies.callback.topology import Callback, CallbackServer, callback_of
     from twisted.internet import reactor
 
     folder = tempfile.mkdtemp(prefix="netmodels-bench-callback-")

@@ -139,8 +139,8 @@ def build_loadgen(force: bool = False) -> Path:
 
 def netmodels_hello_hex(role: str = "client", node_id: str = "loadgen") -> str:
     """A valid client HELLO frame for the client-server topology, as hex."""
-    from netmodels.keepalive import DEFAULT
-    from netmodels.wire import Hello, encode_hello
+    from netmodels.core.frames import Hello, encode_hello
+    from netmodels.core.keepalive import DEFAULT
 
     return encode_hello(Hello(node_id=node_id, topology="client-server", role=role, keepalive=DEFAULT)).hex()
 

@@ -45,8 +45,8 @@ BURST_ROW = 16
 
 def netmodels_hello_hex(node_id: str = "loadgen") -> str:
     """A many-to-one client HELLO, as hex for the generator's ``-x``."""
-    from netmodels.keepalive import DEFAULT
-    from netmodels.wire import Hello, encode_hello
+    from netmodels.core.frames import Hello, encode_hello
+    from netmodels.core.keepalive import DEFAULT
 
     hello = Hello(node_id=node_id, topology="many-to-one", role="client", keepalive=DEFAULT)
     return encode_hello(hello).hex()
@@ -58,8 +58,8 @@ def netmodels_hello_hex(node_id: str = "loadgen") -> str:
 
 def build_server(reactor: Any, application: Any) -> Any:
     """A started many-to-one server node on 127.0.0.1 (default settings), port chosen by the kernel."""
-    from netmodels.many_to_one import ManyToOne
-    from netmodels.node import Node, NodeConfig
+    from netmodels.runtime.node import Node, NodeConfig
+    from netmodels.topologies.many_to_one.hub import ManyToOne
 
     listen = f"tcp:0:interface={common.HOST}:backlog={BACKLOG}"
     config = NodeConfig(topology="many-to-one", role="server", listen=(listen,), node_id="bench-server")
@@ -75,7 +75,7 @@ def serve_fanin(impl: str, warmup: float, seconds: float, profile: str | None, c
         ingest.serve("raw", warmup, seconds, profile, conns)
         return
     common.quiet_logging()
-    from netmodels.application import Application
+    from netmodels.runtime.application import Application
     from twisted.internet import reactor
 
     counter = [0]
@@ -165,8 +165,8 @@ def serve_fanout(
         port = reactor.listenTCP(0, Factory.forProtocol(Client), interface=common.HOST, backlog=BACKLOG)
         number = port.getHost().port
     else:
-        from netmodels.application import Application
-        from netmodels.many_to_one import hub_of
+        from netmodels.runtime.application import Application
+        from netmodels.topologies.many_to_one.hub import hub_of
 
         payload = b"x" * (BODY - 1)
 
@@ -188,7 +188,7 @@ def serve_fanout(
             return all(session.writable for session in sessions)
 
         # Resumed sessions restart the pump: wrap resumeProducing once per class.
-        from netmodels.session import Session
+        from netmodels.runtime.session import Session
 
         original_resume = Session.resumeProducing
 

@@ -65,7 +65,7 @@ def serve(impl: str, conns: int, settle: float, seconds: float, trace: str | Non
         port = reactor.listenTCP(0, Factory.forProtocol(Idle), interface=common.HOST, backlog=BACKLOG)
         number = port.getHost().port
     else:
-        from netmodels.application import Application
+        from netmodels.runtime.application import Application
 
         import ingest
 

@@ -52,10 +52,10 @@ def build_netmodels_server(
     peer may use for its own side.
     """
     import attrs
-    from netmodels.keepalive import KeepaliveSettings
-    from netmodels.node import Node, NodeConfig
-    from netmodels.session import Session, SessionFactory
-    from netmodels.topology import ClientServer
+    from netmodels.core.keepalive import KeepaliveSettings
+    from netmodels.runtime.node import Node, NodeConfig
+    from netmodels.runtime.session import Session, SessionFactory
+    from netmodels.topologies.client_server import ClientServer
 
     listen = f"tcp:0:interface={common.HOST}"
     if backlog is not None:
@@ -131,7 +131,7 @@ def serve(impl: str, warmup: float, seconds: float, profile: str | None, conns: 
         port = reactor.listenTCP(0, Factory.forProtocol(Sink), interface=common.HOST, backlog=BACKLOG)
         number = port.getHost().port
     else:
-        from netmodels.application import Application
+        from netmodels.runtime.application import Application
 
         class Counting(Application):
             def peer_ready(self, peer: Any) -> None:

@@ -61,9 +61,9 @@ def child(count: int, max_peers: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     common.quiet_logging()
 
-    from netmodels.node import NodeConfig
-    from netmodels.p2p import first_endpoint
-    from netmodels.tap import build_node
+    from netmodels.daemon.tap import build_node
+    from netmodels.runtime.node import NodeConfig
+    from netmodels.topologies.p2p.mesh import first_endpoint
     from twisted.internet import reactor
     from twisted.internet.task import LoopingCall
 

@@ -45,11 +45,7 @@ def best(fn: Callable[[], Any], n: int, repeat: int = 5) -> float:
 
 
 def build() -> dict[str, Callable[[], Any]]:
-    from netmodels.application import Application, EchoApplication
-    from netmodels.keepalive import DEFAULT
-    from netmodels.node import Node, NodeConfig
-    from netmodels.topology import ClientServer
-    from netmodels.wire import (
+    from netmodels.core.frames import (
         FrameDecoder,
         Hello,
         decode_correlated,
@@ -57,6 +53,10 @@ def build() -> dict[str, Callable[[], Any]]:
         encode_frame,
         encode_hello,
     )
+    from netmodels.core.keepalive import DEFAULT
+    from netmodels.runtime.application import Application
+    from netmodels.runtime.node import Node, NodeConfig
+    from netmodels.topologies.client_server import ClientServer, EchoApplication
     from twisted.internet import reactor
     from twisted.internet.address import IPv4Address
     from twisted.internet.defer import Deferred

@@ -59,9 +59,8 @@ def serve(impl: str, warmup: float, seconds: float, profile: str | None) -> None
         port = reactor.listenTCP(0, Factory.forProtocol(Echo), interface=common.HOST)
         number = port.getHost().port
     else:
-        from netmodels.application import EchoApplication
-        from netmodels.node import Node, NodeConfig
-        from netmodels.topology import ClientServer
+        from netmodels.runtime.node import Node, NodeConfig
+        from netmodels.topologies.client_server import ClientServer, EchoApplication
 
         class CountingEcho(EchoApplication):
             def peer_ready(self, peer: Any) -> None:
@@ -122,9 +121,9 @@ def client(impl: str, port: int, warmup: float, seconds: float) -> None:
 
         reactor.connectTCP(common.HOST, port, ClientFactory.forProtocol(Pinger))
     else:
-        from netmodels.application import Application
-        from netmodels.node import Node, NodeConfig
-        from netmodels.topology import ClientServer
+        from netmodels.runtime.application import Application
+        from netmodels.runtime.node import Node, NodeConfig
+        from netmodels.topologies.client_server import ClientServer
 
         class ClosedLoop(Application):
             peer: Any = None

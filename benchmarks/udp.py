@@ -97,8 +97,8 @@ def kernel_drops(port: int) -> int:
 
 def udp_server_node(reactor: Any, application: Any, interface: str, reliable: bool | None = None) -> Any:
     """A started netmodels server node on ``udp:0``; returns (node, port number)."""
-    from netmodels.node import Node, NodeConfig
-    from netmodels.topology import ClientServer
+    from netmodels.runtime.node import Node, NodeConfig
+    from netmodels.topologies.client_server import ClientServer
 
     config = NodeConfig(
         role="server",
@@ -116,8 +116,8 @@ def udp_server_node(reactor: Any, application: Any, interface: str, reliable: bo
 def udp_client_node(
     reactor: Any, application: Any, host: str, port: int, reliable: bool | None = None
 ) -> Any:
-    from netmodels.node import Node, NodeConfig
-    from netmodels.topology import ClientServer
+    from netmodels.runtime.node import Node, NodeConfig
+    from netmodels.topologies.client_server import ClientServer
 
     config = NodeConfig(
         role="client",
@@ -172,7 +172,7 @@ def receive(impl: str, warmup: float, seconds: float, profile: str | None) -> No
         listening = reactor.listenUDP(0, Sink(), interface=common.HOST)
         port[0] = listening.getHost().port
     else:
-        from netmodels.application import Application
+        from netmodels.runtime.application import Application
 
         class Counting(Application):
             def peer_ready(self, peer: Any) -> None:
@@ -344,7 +344,7 @@ def echo(impl: str, warmup: float, seconds: float, profile: str | None) -> None:
 
         number = reactor.listenUDP(0, Echo(), interface=common.HOST).getHost().port
     else:
-        from netmodels.application import Application
+        from netmodels.runtime.application import Application
 
         class CountingEcho(Application):
             def peer_ready(self, peer: Any) -> None:
@@ -402,7 +402,7 @@ def rr_client(impl: str, port: int, inflight: int, warmup: float, seconds: float
 
         reactor.listenUDP(0, Pinger(), interface=common.HOST)
     else:
-        from netmodels.application import Application
+        from netmodels.runtime.application import Application
 
         payload = b"p" * RR_PAYLOAD
 
@@ -599,7 +599,7 @@ def bulk_receive(impl: str, interface: str, total: int, size: int, deadline: flo
 
         number = reactor.listenTCP(0, Factory.forProtocol(Sink), interface=interface).getHost().port
     else:
-        from netmodels.application import Application
+        from netmodels.runtime.application import Application
 
         class Checking(Application):
             def message_received(self, peer: Any, payload: bytes) -> None:
@@ -673,7 +673,7 @@ def bulk_send(impl: str, host: str, port: int, total: int, size: int) -> None:
 
         reactor.connectTCP(host, port, ClientFactory.forProtocol(Source))
     else:
-        from netmodels.application import Application
+        from netmodels.runtime.application import Application
 
         class Source(Application):  # type: ignore[no-redef]
             peer: Any = None

@@ -1,5 +1,5 @@
 """
-Fuzz target: :class:`netmodels.wire.FrameDecoder` on any bytes, in any chunking.
+Fuzz target: :class:`netmodels.core.frames.FrameDecoder` on any bytes, in any chunking.
 
 Input layout (all of it chosen by the fuzzer)::
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sys
 
-from netmodels.wire import DEFAULT_MAX_FRAME, FrameDecoder, MessageType, ProtocolError, encode_frame
+from netmodels.core.frames import DEFAULT_MAX_FRAME, FrameDecoder, MessageType, ProtocolError, encode_frame
 
 #: Frame limits the fuzzer picks from: tiny (most frames too large) up to the default.
 LIMITS = (1, 2, 5, 16, 64, 1024, DEFAULT_MAX_FRAME)

@@ -1,7 +1,7 @@
 """
 Fuzz target: a node's session fed by a hostile peer, from the first byte.
 
-A real :class:`netmodels.node.Node` (client-server server or client,
+A real :class:`netmodels.runtime.node.Node` (client-server server or client,
 many-to-one server, p2p peer), started on a ``MemoryReactorClock``, gets one
 connection on an in-memory transport; the fuzzer's bytes arrive as what the
 peer sends, in chunks, with the clock moved on between chunks so the
@@ -40,12 +40,13 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
-from netmodels.keepalive import KeepaliveSettings
-from netmodels.manager import ConnectionRecord, Direction, ManagedConnection
-from netmodels.node import Node, NodeConfig
-from netmodels.reasons import CloseReason, Initiator
-from netmodels.registry import applications, topologies
-from netmodels.wire import Hello, encode_hello
+from netmodels.core.connection import ConnectionRecord, Direction
+from netmodels.core.frames import Hello, encode_hello
+from netmodels.core.keepalive import KeepaliveSettings
+from netmodels.core.reasons import CloseReason, Initiator
+from netmodels.runtime.manager import ManagedConnection
+from netmodels.runtime.node import Node, NodeConfig
+from netmodels.runtime.registry import applications, topologies
 
 #: The node under test: (topology, our role, the role of the peer it expects).
 NODES = (

@@ -13,15 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from netmodels.wire import (
-    Broadcast,
-    MessageType,
-    encode_broadcast,
-    encode_bye,
-    encode_correlated,
-    encode_frame,
-    encode_ping,
-)
+from netmodels.core.frames import MessageType, encode_bye, encode_correlated, encode_frame, encode_ping
+from netmodels.topologies.p2p.messages import Broadcast, encode_broadcast
 
 from .fuzz_handshake import KEEPALIVE, NODES, peer_hello
 

@@ -34,7 +34,7 @@ fault              the other side                                recorded reason
 :class:`DatagramNetwork` is the same for UDP: a fake ``listenUDP`` whose
 datagrams are dropped, duplicated, reordered or blackholed on request, with
 ICMP port unreachable for connected sockets; put it in a node's
-``datagram_reactor`` (or pass it to :mod:`netmodels.udp`'s endpoints)::
+``datagram_reactor`` (or pass it to :mod:`netmodels.transports.udp`'s endpoints)::
 
     network = DatagramNetwork(clock, latency=0.001, seed=1)
     network.loss = 0.2              # every datagram: 20 % dropped

@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 netmodels = ServiceMaker(
     "netmodels",
-    "netmodels.tap",
+    "netmodels.daemon.tap",
     "Run a netmodels node: client-server, many-to-one, p2p or callback topologies.",
     "netmodels",
 )

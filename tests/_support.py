@@ -32,14 +32,15 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from netmodels.application import Application
-from netmodels.keepalive import KeepaliveSettings
-from netmodels.manager import ConnectionManager, ConnectionRecord, ConnectionState, ManagedConnection
-from netmodels.node import Node, NodeConfig
-from netmodels.registry import applications, topologies
-from netmodels.session import Session
-from netmodels.tap import build_node
-from netmodels.wire import FrameDecoder, Hello, MessageType, encode_frame, encode_hello
+from netmodels.core.connection import ConnectionRecord, ConnectionState
+from netmodels.core.frames import FrameDecoder, Hello, MessageType, encode_frame, encode_hello
+from netmodels.core.keepalive import KeepaliveSettings
+from netmodels.daemon.tap import build_node
+from netmodels.runtime.application import Application
+from netmodels.runtime.manager import ConnectionManager, ManagedConnection
+from netmodels.runtime.node import Node, NodeConfig
+from netmodels.runtime.registry import applications, topologies
+from netmodels.runtime.session import Session
 
 #: Per-test timeout in seconds (trial's ``timeout`` attribute).
 TIMEOUT = 20

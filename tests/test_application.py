@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from netmodels.application import Application
+from netmodels.runtime.application import Application
 from tests.test_testing import make_node
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from netmodels.manager import ConnectionState
-from netmodels.reasons import CloseReason, Initiator
-from netmodels.reconnect import ReconnectingClient
-from netmodels.session import MessageTooLarge, Session
+from netmodels.core.connection import ConnectionState
+from netmodels.core.reasons import CloseReason, Initiator
+from netmodels.runtime.reconnect import ReconnectingClient
+from netmodels.runtime.session import MessageTooLarge, Session
 from netmodels.testing import WINDOW, MemoryNetwork
 from tests.test_testing import RecordingApplication, make_node
 

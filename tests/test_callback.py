@@ -21,7 +21,17 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
-from netmodels.callback import (
+from netmodels.core.connection import ConnectionState, Direction
+from netmodels.core.frames import FrameDecoder, MalformedMessage, MessageType
+from netmodels.core.reasons import CloseReason, Initiator
+from netmodels.daemon.status import StatusPage
+from netmodels.daemon.tap import Options
+from netmodels.runtime.node import Node, NodeConfig, endpoint_label
+from netmodels.runtime.reconnect import ClientState, ReconnectingClient
+from netmodels.runtime.session import MessageTooLarge
+from netmodels.testing import MemoryLink, MemoryNetwork
+from netmodels.topologies.callback.outbox import DeliveredLog, Outbox, OutboxFull, UnknownClient
+from netmodels.topologies.callback.topology import (
     CALLBACK,
     FALLBACK,
     Callback,
@@ -37,16 +47,6 @@ from netmodels.callback import (
     encode_deliver,
     encode_register,
 )
-from netmodels.manager import ConnectionState, Direction
-from netmodels.node import Node, NodeConfig, endpoint_label
-from netmodels.outbox import DeliveredLog, Outbox, OutboxFull, UnknownClient
-from netmodels.reasons import CloseReason, Initiator
-from netmodels.reconnect import ClientState, ReconnectingClient
-from netmodels.session import MessageTooLarge
-from netmodels.status import StatusPage
-from netmodels.tap import Options
-from netmodels.testing import MemoryLink, MemoryNetwork
-from netmodels.wire import FrameDecoder, MalformedMessage, MessageType
 from tests.test_testing import KEEPALIVE, advance_by
 
 ADDRESS = "server:1"

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from netmodels import datagram
-from netmodels.datagram import (
+from netmodels.core import datagram
+from netmodels.core.datagram import (
     FIN,
     INIT_SIZE,
     CookieJar,
@@ -24,8 +24,13 @@ from netmodels.datagram import (
     unwrap,
     whole_frames,
 )
-from netmodels.udp import DatagramClientEndpoint, DatagramOptions, DatagramServerEndpoint, parse_endpoint
-from netmodels.wire import MessageType, encode_frame
+from netmodels.core.frames import MessageType, encode_frame
+from netmodels.transports.udp import (
+    DatagramClientEndpoint,
+    DatagramOptions,
+    DatagramServerEndpoint,
+    parse_endpoint,
+)
 
 
 class FormatTests(SynchronousTestCase):

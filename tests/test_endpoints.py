@@ -16,12 +16,11 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
-from netmodels.application import EchoApplication
-from netmodels.keepalive import KeepaliveSettings
-from netmodels.manager import ConnectionState
-from netmodels.node import Node, NodeConfig
-from netmodels.reasons import CloseReason
-from netmodels.topology import ClientServer
+from netmodels.core.connection import ConnectionState
+from netmodels.core.keepalive import KeepaliveSettings
+from netmodels.core.reasons import CloseReason
+from netmodels.runtime.node import Node, NodeConfig
+from netmodels.topologies.client_server import ClientServer, EchoApplication
 
 KEEPALIVE = KeepaliveSettings(5, 5, 3)
 

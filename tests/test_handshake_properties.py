@@ -17,8 +17,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from fuzz import fuzz_handshake
-from netmodels.reasons import CloseReason, Initiator
-from netmodels.wire import MessageType
+from netmodels.core.frames import MessageType
+from netmodels.core.reasons import CloseReason, Initiator
 from tests.test_wire_properties import PROPERTY_SETTINGS, chunkings
 
 nodes = st.integers(min_value=0, max_value=len(fuzz_handshake.NODES) - 1)

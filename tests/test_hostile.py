@@ -27,10 +27,10 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import TestCase
 
-from netmodels.manager import ConnectionRecord, ConnectionState
-from netmodels.reasons import CloseReason, Initiator
-from netmodels.session import Session
-from netmodels.wire import MessageType, encode_frame
+from netmodels.core.connection import ConnectionRecord, ConnectionState
+from netmodels.core.frames import MessageType, encode_frame
+from netmodels.core.reasons import CloseReason, Initiator
+from netmodels.runtime.session import Session
 
 from ._support import (
     LOOPBACK,

@@ -18,16 +18,16 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
-from netmodels.callback import (
+from netmodels.core.connection import ConnectionState, Direction
+from netmodels.core.reasons import CloseReason, Initiator
+from netmodels.runtime.node import NodeConfig
+from netmodels.topologies.callback.topology import (
     CALLBACK,
     FALLBACK,
     CallbackServer,
     InboxApplication,
     callback_of,
 )
-from netmodels.manager import ConnectionState, Direction
-from netmodels.node import NodeConfig
-from netmodels.reasons import CloseReason, Initiator
 
 from ._support import (
     LISTEN_ANY_PORT,

@@ -18,11 +18,11 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from netmodels.manager import ConnectionState, Direction
-from netmodels.reasons import CloseReason, Initiator
-from netmodels.reconnect import ClientState
-from netmodels.tcp import _ErrnoRecordingSocket, capture_errno, find_tcp_connection
-from netmodels.wire import encode_ping
+from netmodels.core.connection import ConnectionState, Direction
+from netmodels.core.frames import encode_ping
+from netmodels.core.reasons import CloseReason, Initiator
+from netmodels.runtime.reconnect import ClientState
+from netmodels.transports.tcp import _ErrnoRecordingSocket, capture_errno, find_tcp_connection
 
 from ._support import (
     TIMEOUT,
@@ -276,7 +276,7 @@ class RefusedTests(TestCase):
 
 class ErrnoCaptureTests(TestCase):
     """
-    ``netmodels.tcp.capture_errno`` depends on ``tcp.Connection`` reading and
+    ``netmodels.transports.tcp.capture_errno`` depends on ``tcp.Connection`` reading and
     writing through its ``socket`` attribute; this guards that against the
     installed Twisted.
     """

@@ -18,9 +18,9 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from netmodels.keepalive import KeepaliveSettings
-from netmodels.manager import Direction
-from netmodels.reasons import CloseReason, Initiator
+from netmodels.core.connection import Direction
+from netmodels.core.keepalive import KeepaliveSettings
+from netmodels.core.reasons import CloseReason, Initiator
 
 from ._support import (
     TIMEOUT,

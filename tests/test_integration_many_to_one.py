@@ -22,11 +22,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from netmodels.manager import ManagedConnection
-from netmodels.many_to_one import ChatApplication, RawLineSession, hub_of
-from netmodels.reasons import CloseReason, Initiator
-from netmodels.tcp import find_tcp_connection
-from netmodels.wire import FrameDecoder, Hello, MessageType, encode_frame, encode_hello
+from netmodels.core.frames import FrameDecoder, Hello, MessageType, encode_frame, encode_hello
+from netmodels.core.reasons import CloseReason, Initiator
+from netmodels.runtime.manager import ManagedConnection
+from netmodels.topologies.many_to_one.hub import ChatApplication, RawLineSession, hub_of
+from netmodels.transports.tcp import find_tcp_connection
 
 from ._support import (
     LOOPBACK,

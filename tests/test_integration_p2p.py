@@ -28,7 +28,7 @@ from typing import Any
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial.unittest import TestCase
 
-from netmodels.node import NodeConfig
+from netmodels.runtime.node import NodeConfig
 
 from ._support import (
     LISTEN_ANY_PORT,

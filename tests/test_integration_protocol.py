@@ -13,12 +13,12 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
-from netmodels.manager import ConnectionState, Direction
-from netmodels.reasons import CloseReason, Initiator
-from netmodels.reconnect import ClientState
-from netmodels.session import encode_bye
-from netmodels.topology import ClientServer
-from netmodels.wire import DEFAULT_MAX_FRAME, PROTOCOL_VERSION
+from netmodels.core.connection import ConnectionState, Direction
+from netmodels.core.frames import DEFAULT_MAX_FRAME, PROTOCOL_VERSION
+from netmodels.core.reasons import CloseReason, Initiator
+from netmodels.runtime.reconnect import ClientState
+from netmodels.runtime.session import encode_bye
+from netmodels.topologies.client_server import ClientServer
 
 from ._support import (
     LISTEN_ANY_PORT,

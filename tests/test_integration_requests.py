@@ -12,10 +12,10 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
-from netmodels.application import Application
-from netmodels.interfaces import IPeer
-from netmodels.manager import ConnectionState
-from netmodels.session import PeerClosed, RemoteError, RequestTimeout
+from netmodels.core.connection import ConnectionState
+from netmodels.runtime.application import Application
+from netmodels.runtime.interfaces import IPeer
+from netmodels.runtime.session import PeerClosed, RemoteError, RequestTimeout
 
 from ._support import TIMEOUT, ready_pair, start_client, start_server
 

@@ -30,8 +30,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from netmodels.node import NodeConfig
-from netmodels.reasons import CloseReason, Initiator
+from netmodels.core.reasons import CloseReason, Initiator
+from netmodels.runtime.node import NodeConfig
 
 from ._support import (
     LISTEN_ANY_PORT,

@@ -1,5 +1,5 @@
 """
-Tests for :mod:`netmodels.keepalive`: the settings, the sans-IO tracker and
+Tests for :mod:`netmodels.core.keepalive`: the settings, the sans-IO tracker and
 the Twisted mixin (driven by a fake clock).
 """
 
@@ -14,15 +14,15 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from netmodels.keepalive import (
+from netmodels.core.keepalive import (
     LINUX_DEFAULTS,
     KeepaliveAction,
-    KeepaliveMixin,
     KeepaliveSettings,
     KeepaliveTracker,
-    TimerWheel,
     describe_duration,
 )
+from netmodels.runtime.keepalive import KeepaliveMixin
+from netmodels.runtime.timers import TimerWheel
 
 #: The settings most tests use: probe after 10 s of silence, every 5 s, 3 times.
 IDLE = 10.0

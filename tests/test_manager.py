@@ -1,5 +1,5 @@
 """
-Tests for :mod:`netmodels.manager`: every close is recorded with the right
+Tests for :mod:`netmodels.runtime.manager`: every close is recorded with the right
 reason, initiator and errno; closing on purpose follows the close policy;
 limits turn connections away; counters, history, record order and observers.
 
@@ -23,19 +23,17 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from netmodels.manager import (
+from netmodels.core.connection import (
     DEFAULT_CLOSE_POLICY,
     CloseMode,
-    ConnectFailed,
     ConnectionLimits,
-    ConnectionManager,
     ConnectionRecord,
     ConnectionState,
     Direction,
-    ManagedConnection,
 )
-from netmodels.reasons import CloseReason, Initiator
-from netmodels.session import encode_bye
+from netmodels.core.reasons import CloseReason, Initiator
+from netmodels.runtime.manager import ConnectFailed, ConnectionManager, ManagedConnection
+from netmodels.runtime.session import encode_bye
 from netmodels.testing import MemoryNetwork
 from tests.test_testing import (
     ADDRESS,

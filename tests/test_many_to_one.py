@@ -17,10 +17,18 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from netmodels import manager, many_to_one
-from netmodels.application import Application
-from netmodels.manager import ConnectionState
-from netmodels.many_to_one import (
+from netmodels.core.connection import ConnectionState
+from netmodels.core.frames import FrameDecoder, MessageType
+from netmodels.core.reasons import CloseReason, Initiator
+from netmodels.daemon.tap import Options, build_node
+from netmodels.runtime import manager
+from netmodels.runtime.application import Application
+from netmodels.runtime.node import Node, NodeConfig
+from netmodels.runtime.reconnect import ClientState, ReconnectingClient
+from netmodels.runtime.session import MessageTooLarge, PeerClosed, Session, SessionFactory, encode_bye
+from netmodels.testing import WINDOW, MemoryNetwork
+from netmodels.topologies.many_to_one import hub as many_to_one
+from netmodels.topologies.many_to_one.hub import (
     ChatApplication,
     Hub,
     ManyToOne,
@@ -31,13 +39,6 @@ from netmodels.many_to_one import (
     check_groups,
     hub_of,
 )
-from netmodels.node import Node, NodeConfig
-from netmodels.reasons import CloseReason, Initiator
-from netmodels.reconnect import ClientState, ReconnectingClient
-from netmodels.session import MessageTooLarge, PeerClosed, Session, SessionFactory, encode_bye
-from netmodels.tap import Options, build_node
-from netmodels.testing import WINDOW, MemoryNetwork
-from netmodels.wire import FrameDecoder, MessageType
 from tests.test_testing import KEEPALIVE, RecordingApplication, WireTap, advance_by
 
 ADDRESS = "server:1"

@@ -1,5 +1,5 @@
 """
-Tests for :mod:`netmodels.node`: which peers a node offers its application,
+Tests for :mod:`netmodels.runtime.node`: which peers a node offers its application,
 the ``GET /status`` document, stopping, and :func:`endpoint_label`.
 """
 
@@ -10,10 +10,10 @@ import json
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from netmodels.manager import ConnectionState
-from netmodels.node import endpoint_label
-from netmodels.reasons import CloseReason
-from netmodels.wire import encode_hello
+from netmodels.core.connection import ConnectionState
+from netmodels.core.frames import encode_hello
+from netmodels.core.reasons import CloseReason
+from netmodels.runtime.node import endpoint_label
 from tests.test_testing import (
     CLIENT_HOST,
     CLIENT_ID,

@@ -1,5 +1,5 @@
 """
-Tests for :mod:`netmodels.p2p`, the peer-to-peer topology, on the in-memory
+Tests for :mod:`netmodels.topologies.p2p.mesh`, the peer-to-peer topology, on the in-memory
 network: mesh formation, one connection per pair, membership (alive, suspect,
 dead, left) and its gossip, broadcast with de-duplication, direct sends, the
 status document, and the ``--nodes`` / ``--listen`` options.
@@ -36,11 +36,17 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from netmodels import p2p
-from netmodels.keepalive import KeepaliveSettings
-from netmodels.manager import ConnectionRecord, Direction
-from netmodels.node import Node, NodeConfig
-from netmodels.p2p import (
+from netmodels.core.backoff import DEFAULT_RECONNECT_POLICY
+from netmodels.core.connection import ConnectionRecord, Direction
+from netmodels.core.frames import MessageType, encode_frame
+from netmodels.core.keepalive import KeepaliveSettings
+from netmodels.core.reasons import CloseReason, Initiator
+from netmodels.daemon.tap import Options, makeService
+from netmodels.runtime.node import Node, NodeConfig
+from netmodels.runtime.session import Session, decode_bye, encode_bye
+from netmodels.testing import MemoryLink, MemoryNetwork
+from netmodels.topologies.p2p import mesh as p2p
+from netmodels.topologies.p2p.mesh import (
     DIAL_GRACE,
     TICK,
     BroadcastApplication,
@@ -51,12 +57,7 @@ from netmodels.p2p import (
     RemoteNode,
     first_endpoint,
 )
-from netmodels.reasons import CloseReason, Initiator
-from netmodels.reconnect import DEFAULT_RECONNECT_POLICY
-from netmodels.session import Session, decode_bye, encode_bye
-from netmodels.tap import Options, makeService
-from netmodels.testing import MemoryLink, MemoryNetwork
-from netmodels.wire import Broadcast, MessageType, encode_broadcast, encode_frame
+from netmodels.topologies.p2p.messages import Broadcast, encode_broadcast
 from tests.test_testing import CLOSE_DEADLINE, RawPeer, WireTap, advance_to, raw_hello
 
 # --- Constants --------------------------------------------------------------

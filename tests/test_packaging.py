@@ -136,7 +136,7 @@ class WheelTests(SynchronousTestCase):
         the dev venv), the dropin is imported from that venv's site-packages and
         ``twistd --help`` lists ``netmodels``.
 
-        Listing needs only the dropin (it imports ServiceMaker); ``netmodels.tap`` is
+        Listing needs only the dropin (it imports ServiceMaker); ``netmodels.daemon.tap`` is
         imported only when the subcommand is used.
         """
         wheel = _Built.wheelFor(self)

@@ -1,5 +1,5 @@
 """
-Tests for :mod:`netmodels.reasons`: the close-reason vocabulary and the
+Tests for :mod:`netmodels.core.reasons`: the close-reason vocabulary and the
 classifiers of lost connections and failed connects.
 """
 
@@ -10,14 +10,8 @@ import errno
 from twisted.internet import error
 from twisted.trial.unittest import SynchronousTestCase
 
-from netmodels.reasons import (
-    CloseReason,
-    Closure,
-    Initiator,
-    classify_connect_failure,
-    classify_connection_lost,
-    errno_name,
-)
+from netmodels.core.reasons import CloseReason, Closure, Initiator, errno_name
+from netmodels.runtime.classify import classify_connect_failure, classify_connection_lost
 
 #: An errno number no platform uses.
 UNKNOWN_ERRNO = 99999

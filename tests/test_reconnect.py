@@ -1,5 +1,5 @@
 """
-Tests for :mod:`netmodels.reconnect`: the pure :class:`ReconnectPolicy`, and
+Tests for :mod:`netmodels.runtime.reconnect`: the pure :class:`ReconnectPolicy`, and
 :class:`ReconnectingClient` driving a client node on a
 :class:`~netmodels.testing.MemoryNetwork`.
 """
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from netmodels.manager import ConnectionRecord, Direction
-from netmodels.reasons import CloseReason
-from netmodels.reconnect import Backoff, ClientState, ReconnectPolicy
-from netmodels.session import encode_bye
-from netmodels.wire import PROTOCOL_VERSION
+from netmodels.core.backoff import Backoff, ReconnectPolicy
+from netmodels.core.connection import ConnectionRecord, Direction
+from netmodels.core.frames import PROTOCOL_VERSION
+from netmodels.core.reasons import CloseReason
+from netmodels.runtime.reconnect import ClientState
+from netmodels.runtime.session import encode_bye
 from tests.test_testing import (
     ADDRESS,
     EPSILON,

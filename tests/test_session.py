@@ -1,5 +1,5 @@
 """
-Tests for :mod:`netmodels.session`: the handshake and its failures, framing
+Tests for :mod:`netmodels.runtime.session`: the handshake and its failures, framing
 errors, DATA and request/response, closing with BYE, and application
 keepalive, between nodes (or a hand-driven raw peer) on a
 :class:`~netmodels.testing.MemoryNetwork`.
@@ -14,12 +14,8 @@ from typing import Any
 from twisted.internet import defer, error
 from twisted.trial.unittest import SynchronousTestCase
 
-from netmodels.keepalive import KeepaliveSettings
-from netmodels.manager import ConnectionRecord, ConnectionState
-from netmodels.reasons import CloseReason, Initiator
-from netmodels.session import MessageTooLarge, PeerClosed, RemoteError, RequestTimeout
-from netmodels.topology import ClientServer
-from netmodels.wire import (
+from netmodels.core.connection import ConnectionRecord, ConnectionState
+from netmodels.core.frames import (
     PROTOCOL_VERSION,
     MessageType,
     decode_bye,
@@ -27,6 +23,10 @@ from netmodels.wire import (
     encode_frame,
     encode_hello,
 )
+from netmodels.core.keepalive import KeepaliveSettings
+from netmodels.core.reasons import CloseReason, Initiator
+from netmodels.runtime.session import MessageTooLarge, PeerClosed, RemoteError, RequestTimeout
+from netmodels.topologies.client_server import ClientServer
 from tests.test_testing import (
     CLIENT_ID,
     EPSILON,

@@ -9,9 +9,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
-from netmodels.manager import ConnectionState
-from netmodels.reasons import CloseReason, Initiator
-from netmodels.status import StatusPage
+from netmodels.core.connection import ConnectionState
+from netmodels.core.reasons import CloseReason, Initiator
+from netmodels.daemon.status import StatusPage
 from tests.test_testing import CLIENT_ID, SERVER_ID, Pair
 
 

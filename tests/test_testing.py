@@ -23,16 +23,17 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from netmodels.application import Application
-from netmodels.interfaces import IPeer, ITopology
-from netmodels.keepalive import KeepaliveSettings
-from netmodels.manager import ConnectionManager, ConnectionRecord
-from netmodels.node import Node, NodeConfig
-from netmodels.reconnect import ReconnectingClient
-from netmodels.session import Session, SessionFactory, encode_bye
+from netmodels.core.connection import ConnectionRecord
+from netmodels.core.frames import FrameDecoder, Hello, MessageType, encode_hello
+from netmodels.core.keepalive import KeepaliveSettings
+from netmodels.runtime.application import Application
+from netmodels.runtime.interfaces import IPeer, ITopology
+from netmodels.runtime.manager import ConnectionManager
+from netmodels.runtime.node import Node, NodeConfig
+from netmodels.runtime.reconnect import ReconnectingClient
+from netmodels.runtime.session import Session, SessionFactory, encode_bye
 from netmodels.testing import MemoryLink, MemoryNetwork, MemoryTransport
-from netmodels.topology import ClientServer
-from netmodels.wire import FrameDecoder, Hello, MessageType, encode_hello
+from netmodels.topologies.client_server import ClientServer
 
 # --- Shared constants -------------------------------------------------------
 

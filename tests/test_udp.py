@@ -11,13 +11,13 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from netmodels import datagram
-from netmodels.datagram import parse
-from netmodels.node import Node
-from netmodels.session import MessageTooLarge, Session
+from netmodels.core import datagram
+from netmodels.core.datagram import parse
+from netmodels.core.frames import MessageType, encode_frame
+from netmodels.runtime.node import Node
+from netmodels.runtime.session import MessageTooLarge, Session
 from netmodels.testing import DatagramNetwork
-from netmodels.topology import ClientServer
-from netmodels.wire import MessageType, encode_frame
+from netmodels.topologies.client_server import ClientServer
 from tests.test_testing import (
     CLIENT_ID,
     EPSILON,

@@ -20,8 +20,8 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
-from netmodels import datagram
-from netmodels.wire import MessageType, encode_frame
+from netmodels.core import datagram
+from netmodels.core.frames import MessageType, encode_frame
 
 from ._support import make_config, start_node
 

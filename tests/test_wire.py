@@ -1,5 +1,5 @@
 """
-Tests for :mod:`netmodels.wire`: framing, the frame decoder and the codecs.
+Tests for :mod:`netmodels.core.frames`: framing, the frame decoder and the codecs.
 """
 
 from __future__ import annotations
@@ -13,12 +13,10 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from netmodels.keepalive import KeepaliveSettings
-from netmodels.wire import (
+from netmodels.core.frames import (
     DEFAULT_MAX_FRAME,
     MAX_HELLO,
     PROTOCOL_VERSION,
-    Broadcast,
     EmptyFrame,
     FrameDecoder,
     FrameTooLarge,
@@ -27,18 +25,18 @@ from netmodels.wire import (
     MessageType,
     ProtocolError,
     UnknownMessageType,
-    decode_broadcast,
     decode_bye,
     decode_correlated,
     decode_hello,
     decode_ping,
-    encode_broadcast,
     encode_bye,
     encode_correlated,
     encode_frame,
     encode_hello,
     encode_ping,
 )
+from netmodels.core.keepalive import KeepaliveSettings
+from netmodels.topologies.p2p.messages import Broadcast, decode_broadcast, encode_broadcast
 
 #: Seeds for the pseudo-random chunkings: fixed, so every run feeds the same.
 RANDOM_SEEDS = range(20)

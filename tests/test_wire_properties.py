@@ -1,5 +1,5 @@
 """
-Property tests for :mod:`netmodels.wire`: the decoder and HELLO parser on
+Property tests for :mod:`netmodels.core.frames`: the decoder and HELLO parser on
 arbitrary input.
 
 Hypothesis runs derandomized and without its example database, so every run
@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from netmodels.wire import (
+from netmodels.core.frames import (
     FrameDecoder,
     Hello,
     MalformedMessage,

@@ -13,12 +13,12 @@ Run: python docs/examples/app_in_memory.py   (instant)
 
 from twisted.internet.task import Clock
 
-from netmodels.application import Application
-from netmodels.keepalive import KeepaliveSettings
-from netmodels.manager import ConnectionManager
-from netmodels.session import RemoteError, SessionFactory, SessionSettings
+from netmodels.core.frames import DEFAULT_MAX_FRAME, Hello
+from netmodels.core.keepalive import KeepaliveSettings
+from netmodels.runtime.application import Application
+from netmodels.runtime.manager import ConnectionManager
+from netmodels.runtime.session import RemoteError, SessionFactory, SessionSettings
 from netmodels.testing import MemoryNetwork
-from netmodels.wire import DEFAULT_MAX_FRAME, Hello
 
 KEEPALIVE = KeepaliveSettings(15, 10, 3)  # bound: 45 s
 

@@ -22,7 +22,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
 
-from netmodels.manager import ConnectFailed, ConnectionManager
+from netmodels.runtime.manager import ConnectFailed, ConnectionManager
 
 START = time.monotonic()
 USERS = {"alice": "secret"}

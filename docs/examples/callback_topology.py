@@ -19,8 +19,8 @@ import time
 
 from twisted.internet import defer, reactor, task
 
-from netmodels.callback import Callback, InboxApplication, callback_of
-from netmodels.node import Node, NodeConfig
+from netmodels.runtime.node import Node, NodeConfig
+from netmodels.topologies.callback.topology import Callback, InboxApplication, callback_of
 
 START = time.monotonic()
 TOKEN = "correct horse"

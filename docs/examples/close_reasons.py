@@ -20,8 +20,8 @@ import sys
 import time
 import urllib.request
 
-from netmodels.keepalive import KeepaliveSettings
-from netmodels.wire import FrameDecoder, Hello, MessageType, encode_bye, encode_hello
+from netmodels.core.frames import FrameDecoder, Hello, MessageType, encode_bye, encode_hello
+from netmodels.core.keepalive import KeepaliveSettings
 
 
 def free_port():

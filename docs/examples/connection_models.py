@@ -13,9 +13,10 @@ import socket
 
 from twisted.internet import reactor
 
-from netmodels.application import Application
-from netmodels.node import Node, NodeConfig
-from netmodels.topology import ClientServer, Topology
+from netmodels.runtime.application import Application
+from netmodels.runtime.node import Node, NodeConfig
+from netmodels.runtime.topology import Topology
+from netmodels.topologies.client_server import ClientServer
 
 
 def free_port():

@@ -20,9 +20,9 @@ import time
 
 from twisted.internet import reactor
 
-from netmodels.application import Application
-from netmodels.node import Node, NodeConfig
-from netmodels.topology import ClientServer
+from netmodels.runtime.application import Application
+from netmodels.runtime.node import Node, NodeConfig
+from netmodels.topologies.client_server import ClientServer
 
 
 def pair():

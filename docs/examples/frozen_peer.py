@@ -29,10 +29,10 @@ import time
 from twisted.internet import reactor
 from twisted.internet.task import LoopingCall
 
-from netmodels.application import Application
-from netmodels.keepalive import KeepaliveSettings
-from netmodels.node import Node, NodeConfig
-from netmodels.topology import ClientServer
+from netmodels.core.keepalive import KeepaliveSettings
+from netmodels.runtime.application import Application
+from netmodels.runtime.node import Node, NodeConfig
+from netmodels.topologies.client_server import ClientServer
 
 WATCH = 3.0  # seconds to watch after the freeze
 

@@ -12,7 +12,7 @@ Run: python docs/examples/keepalive_arithmetic.py   (instant: the clock is fake)
 
 from twisted.internet.task import Clock
 
-from netmodels.keepalive import KeepaliveAction, KeepaliveSettings, KeepaliveTracker, describe_duration
+from netmodels.core.keepalive import KeepaliveAction, KeepaliveSettings, KeepaliveTracker, describe_duration
 
 print("the bound for each preset:")
 for name in ("linux", "default", "fast"):

@@ -19,8 +19,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
 
-from netmodels.keepalive import KeepaliveMixin, KeepaliveSettings
-from netmodels.manager import ConnectionManager
+from netmodels.core.keepalive import KeepaliveSettings
+from netmodels.runtime.keepalive import KeepaliveMixin
+from netmodels.runtime.manager import ConnectionManager
 
 START = time.monotonic()
 SETTINGS = KeepaliveSettings.parse("0.2,0.1,3")

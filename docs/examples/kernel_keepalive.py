@@ -17,8 +17,8 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 
-from netmodels.keepalive import KeepaliveSettings
-from netmodels.tcp import apply_kernel_keepalive
+from netmodels.core.keepalive import KeepaliveSettings
+from netmodels.transports.tcp import apply_kernel_keepalive
 
 print("system-wide defaults (apply to sockets that turn SO_KEEPALIVE on and set nothing else):")
 for name in ("tcp_keepalive_time", "tcp_keepalive_intvl", "tcp_keepalive_probes"):

@@ -18,7 +18,7 @@ import struct
 import sys
 import time
 
-from netmodels.wire import MessageType, encode_frame
+from netmodels.core.frames import MessageType, encode_frame
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4

@@ -16,7 +16,7 @@ import errno
 import socket
 import time
 
-from netmodels.wire import FrameDecoder, MessageType, encode_frame
+from netmodels.core.frames import FrameDecoder, MessageType, encode_frame
 
 print("TCP: three send() calls of one message each")
 with socket.create_server(("127.0.0.1", 0)) as listener:

@@ -13,9 +13,9 @@ Run: python docs/examples/udp_sessions.py   (about 1 s)
 
 from twisted.internet import defer, task
 
-from netmodels.node import NodeConfig
-from netmodels.session import MessageTooLarge
-from netmodels.tap import build_node
+from netmodels.daemon.tap import build_node
+from netmodels.runtime.node import NodeConfig
+from netmodels.runtime.session import MessageTooLarge
 
 
 def config(role, node_id, **settings):

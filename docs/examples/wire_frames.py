@@ -11,19 +11,18 @@ Run: python docs/examples/wire_frames.py   (instant)
 
 import json
 
-from netmodels.keepalive import KeepaliveSettings
-from netmodels.wire import (
-    Broadcast,
+from netmodels.core.frames import (
     FrameDecoder,
     Hello,
     MessageType,
-    encode_broadcast,
     encode_bye,
     encode_correlated,
     encode_frame,
     encode_hello,
     encode_ping,
 )
+from netmodels.core.keepalive import KeepaliveSettings
+from netmodels.topologies.p2p.messages import Broadcast, encode_broadcast
 
 
 def dump(title, frame):

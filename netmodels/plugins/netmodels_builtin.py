@@ -1,10 +1,10 @@
 """The built-in topologies and applications, found like any third party's."""
 
-from netmodels.application import EchoApplication, application_plugin
-from netmodels.callback import Callback, InboxApplication
-from netmodels.many_to_one import ChatApplication, ManyToOne
-from netmodels.p2p import BroadcastApplication, PeerToPeer
-from netmodels.topology import ClientServer
+from netmodels.runtime.application import application_plugin
+from netmodels.topologies.callback.topology import Callback, InboxApplication
+from netmodels.topologies.client_server import ClientServer, EchoApplication
+from netmodels.topologies.many_to_one.hub import ChatApplication, ManyToOne
+from netmodels.topologies.p2p.mesh import BroadcastApplication, PeerToPeer
 
 client_server = ClientServer()
 p2p = PeerToPeer()

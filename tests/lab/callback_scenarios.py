@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from netmodels.callback import RETRY
+from netmodels.topologies.callback.topology import RETRY
 
 from .netlab import Lab, LabError, wait_until
 from .scenarios import (
@@ -270,7 +270,7 @@ def callback_refused(transport: str) -> Scenario:
     callback endpoint: the dial's record must say ``refused`` at once, and
     the message must arrive by fallback on the control connection. Healed, a
     delivery right away still goes by fallback (the server does not dial
-    again for :data:`~netmodels.callback.RETRY` seconds after a failure); one
+    again for :data:`~netmodels.topologies.callback.topology.RETRY` seconds after a failure); one
     once that time is up goes by callback again, on a new dial.
     """
 

@@ -21,8 +21,8 @@ import itertools
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from netmodels.application import Application, application_plugin
-from netmodels.session import RemoteError
+from netmodels.runtime.application import Application, application_plugin
+from netmodels.runtime.session import RemoteError
 
 WORDS = [b"hello", b"slow down", b"netmodels", b""]
 

@@ -10,7 +10,7 @@ peers named with ``--connect``. With two nodes::
 
 from __future__ import annotations
 
-from netmodels.topology import Topology
+from netmodels.runtime.topology import Topology
 
 
 class StaticPeers(Topology):

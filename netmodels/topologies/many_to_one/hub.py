@@ -14,7 +14,7 @@ The many-to-one topology: one server, many clients.
 - **Raw mode**: ``--raw-listen ENDPOINT`` accepts plain line-based tools
   (``nc``, ``socat``, ``telnet``) as clients. Each connection speaks
   newline-delimited text (:class:`RawLineSession`); the application sees it
-  as an :class:`~netmodels.interfaces.IPeer` like any other client. Raw
+  as an :class:`~netmodels.runtime.interfaces.IPeer` like any other client. Raw
   clients cannot answer PING, so only the kernel's keepalive (and
   ``TCP_USER_TIMEOUT``) watches them.
 
@@ -40,20 +40,22 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netmodels.application import Application
-from netmodels.interfaces import IPeer
-from netmodels.manager import (
-    ConnectionRecord,
-    ConnectionState,
-    Direction,
-    ManagedConnection,
+from netmodels.core.connection import ConnectionRecord, ConnectionState, Direction
+from netmodels.core.frames import Hello, MessageType, encode_frame
+from netmodels.core.reasons import CloseReason
+from netmodels.runtime.application import Application
+from netmodels.runtime.interfaces import IPeer
+from netmodels.runtime.manager import ManagedConnection
+from netmodels.runtime.node import Node, NodeConfig
+from netmodels.runtime.session import (
+    MessageTooLarge,
+    PeerClosed,
+    Session,
+    SessionSettings,
+    SlowConsumerPolicy,
 )
-from netmodels.node import Node, NodeConfig
-from netmodels.reasons import CloseReason
-from netmodels.session import MessageTooLarge, PeerClosed, Session, SessionSettings, SlowConsumerPolicy
-from netmodels.tcp import apply_kernel_keepalive, find_tcp_connection, set_no_delay
-from netmodels.topology import Topology
-from netmodels.wire import Hello, MessageType, encode_frame
+from netmodels.runtime.topology import Topology
+from netmodels.transports.tcp import apply_kernel_keepalive, find_tcp_connection, set_no_delay
 
 __all__ = [
     "MAX_GROUPS",
@@ -120,7 +122,7 @@ class RawLineSession(SlowConsumerPolicy, Protocol):
     closed. There is no handshake and no application keepalive: the
     connection is open as soon as it is accepted, and the kernel's keepalive
     and ``TCP_USER_TIMEOUT`` (the node's settings) watch it. Backpressure is
-    the slow-consumer policy of :class:`~netmodels.session.Session`.
+    the slow-consumer policy of :class:`~netmodels.runtime.session.Session`.
     """
 
     transport: ManagedConnection  # type: ignore[assignment]

@@ -14,9 +14,9 @@ from typing import Any
 
 import attrs
 
-from netmodels.application import EchoApplication
-from netmodels.node import Node, NodeConfig
-from netmodels.registry import topologies
+from netmodels.runtime.node import Node, NodeConfig
+from netmodels.runtime.registry import topologies
+from netmodels.topologies.client_server import EchoApplication
 
 __all__ = ["demo_clients"]
 

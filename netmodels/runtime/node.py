@@ -1,7 +1,7 @@
 """
 A running netmodels node: the runtime every topology builds on.
 
-A :class:`Node` owns one :class:`~netmodels.manager.ConnectionManager`, the
+A :class:`Node` owns one :class:`~netmodels.runtime.manager.ConnectionManager`, the
 application, the settings every session shares, and the listeners and
 reconnecting dialers its topology adds. It knows which peers are ready and
 renders the ``GET /status`` document.
@@ -23,22 +23,18 @@ from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from netmodels.datagram import DEFAULT_MAX_DATAGRAM
-from netmodels.interfaces import IApplication, IPeer, ITopology
-from netmodels.keepalive import DEFAULT as DEFAULT_KEEPALIVE
-from netmodels.keepalive import KeepaliveSettings, TimerWheel
-from netmodels.manager import (
-    ConnectionLimits,
-    ConnectionManager,
-    ConnectionRecord,
-    ManagedConnection,
-    format_address,
-)
-from netmodels.reasons import CloseReason
-from netmodels.reconnect import ReconnectingClient
-from netmodels.session import Session, SessionFactory, SessionSettings, encode_bye
-from netmodels.udp import DatagramListeningPort, DatagramOptions, is_datagram, parse_endpoint
-from netmodels.wire import DEFAULT_MAX_FRAME, Hello, MessageType, encode_frame
+from netmodels.core.connection import ConnectionLimits, ConnectionRecord
+from netmodels.core.datagram import DEFAULT_MAX_DATAGRAM
+from netmodels.core.frames import DEFAULT_MAX_FRAME, Hello, MessageType, encode_frame
+from netmodels.core.keepalive import DEFAULT as DEFAULT_KEEPALIVE
+from netmodels.core.keepalive import KeepaliveSettings
+from netmodels.core.reasons import CloseReason
+from netmodels.runtime.interfaces import IApplication, IPeer, ITopology
+from netmodels.runtime.manager import ConnectionManager, ManagedConnection, format_address
+from netmodels.runtime.reconnect import ReconnectingClient
+from netmodels.runtime.session import Session, SessionFactory, SessionSettings, encode_bye
+from netmodels.runtime.timers import TimerWheel
+from netmodels.transports.udp import DatagramListeningPort, DatagramOptions, is_datagram, parse_endpoint
 
 __all__ = ["ListenFailed", "Node", "NodeConfig", "default_node_id", "endpoint_label"]
 
@@ -289,7 +285,7 @@ class Node(MultiService):
     def endpoint(self, description: str, server: bool) -> Any:
         """
         The endpoint for ``description``: ``udp:`` forms are datagram
-        sessions (:mod:`netmodels.udp`), the rest Twisted's endpoint strings.
+        sessions (:mod:`netmodels.transports.udp`), the rest Twisted's endpoint strings.
         """
         if is_datagram(description):
             options = self.datagram_options
@@ -315,7 +311,7 @@ class Node(MultiService):
         however many receive it. Returns how many it was sent to. A peer that
         is not reading is handled by the slow-consumer policy, never by
         slowing the others. The writes are corked
-        (:meth:`~netmodels.manager.ManagedConnection.cork`): the broadcasts
+        (:meth:`~netmodels.runtime.manager.ManagedConnection.cork`): the broadcasts
         of one reactor turn leave each peer's connection in one write at the
         end of the turn, in order with everything else sent to it.
         """

@@ -41,23 +41,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netmodels.application import Application
-from netmodels.interfaces import IPeer
-from netmodels.manager import ConnectFailed, ConnectionRecord, Direction, ManagedConnection
-from netmodels.node import Node, NodeConfig
-from netmodels.reasons import CloseReason
-from netmodels.reconnect import DEFAULT_RECONNECT_POLICY, ReconnectPolicy
-from netmodels.session import Session
-from netmodels.topology import Topology
-from netmodels.wire import (
-    Broadcast,
-    MalformedMessage,
-    MessageType,
-    ProtocolError,
-    decode_broadcast,
-    encode_broadcast,
-    encode_frame,
-)
+from netmodels.core.backoff import DEFAULT_RECONNECT_POLICY, ReconnectPolicy
+from netmodels.core.connection import ConnectionRecord, Direction
+from netmodels.core.frames import MalformedMessage, MessageType, ProtocolError, encode_frame
+from netmodels.core.reasons import CloseReason
+from netmodels.runtime.application import Application
+from netmodels.runtime.interfaces import IPeer
+from netmodels.runtime.manager import ConnectFailed, ManagedConnection
+from netmodels.runtime.node import Node, NodeConfig
+from netmodels.runtime.session import Session
+from netmodels.runtime.topology import Topology
+from netmodels.topologies.p2p.messages import Broadcast, decode_broadcast, encode_broadcast
 
 __all__ = [
     "BroadcastApplication",

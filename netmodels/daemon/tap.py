@@ -17,13 +17,13 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.python import usage
 
-from netmodels.datagram import DEFAULT_MAX_DATAGRAM, MAX_DATAGRAM, MIN_DATAGRAM
-from netmodels.keepalive import KeepaliveSettings
-from netmodels.node import Node, NodeConfig, default_node_id
-from netmodels.registry import applications, topologies
-from netmodels.status import status_site
-from netmodels.udp import is_datagram, parse_endpoint
-from netmodels.wire import DEFAULT_MAX_FRAME
+from netmodels.core.datagram import DEFAULT_MAX_DATAGRAM, MAX_DATAGRAM, MIN_DATAGRAM
+from netmodels.core.frames import DEFAULT_MAX_FRAME
+from netmodels.core.keepalive import KeepaliveSettings
+from netmodels.daemon.status import status_site
+from netmodels.runtime.node import Node, NodeConfig, default_node_id
+from netmodels.runtime.registry import applications, topologies
+from netmodels.transports.udp import is_datagram, parse_endpoint
 
 __all__ = ["Options", "makeService"]
 
@@ -347,7 +347,7 @@ def build_node(config: NodeConfig, reactor: Any) -> Node:
 
 def _more_p2p_nodes(first: Node, count: int, reactor: Any) -> list[Node]:
     """``count`` more p2p nodes on ephemeral loopback ports, bootstrapping from ``first``."""
-    from netmodels.p2p import first_endpoint
+    from netmodels.topologies.p2p.mesh import first_endpoint
 
     nodes = []
     for index in range(1, count + 1):
@@ -372,7 +372,7 @@ def makeService(options: Options) -> IService:
     top = MultiService()
     nodes = [build_node(config, reactor)]
     if options["demo"]:
-        from netmodels.demo import demo_clients
+        from netmodels.daemon.demo import demo_clients
 
         nodes.extend(demo_clients(config, reactor))
     if options["nodes"] > 1:

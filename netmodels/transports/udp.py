@@ -1,10 +1,10 @@
 """
-Sessions over UDP, as endpoints: what :mod:`netmodels.datagram` computes,
+Sessions over UDP, as endpoints: what :mod:`netmodels.core.datagram` computes,
 wired to Twisted's ``DatagramProtocol``.
 
 Twisted has no datagram endpoints (twisted#4471); these give UDP the shape of
 a stream endpoint, so a topology, the connection manager and a
-:class:`~netmodels.session.Session` run on it unchanged:
+:class:`~netmodels.runtime.session.Session` run on it unchanged:
 
 * :class:`DatagramServerEndpoint` (``udp:PORT[:interface=ADDR]``) listens on
   one socket and demultiplexes sessions by id, after a stateless-cookie
@@ -17,7 +17,7 @@ a stream endpoint, so a topology, the connection manager and a
   application data) over the reliable channel, and the rest one datagram
   each; ``loseConnection`` is a reliable FIN, ``abortConnection`` a RESET.
 
-Use :func:`parse_endpoint` (or :class:`netmodels.node.Node`, which calls it for
+Use :func:`parse_endpoint` (or :class:`netmodels.runtime.node.Node`, which calls it for
 ``udp:`` descriptions).
 """
 
@@ -40,8 +40,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netmodels import datagram
-from netmodels.datagram import (
+from netmodels.core import datagram
+from netmodels.core.datagram import (
     DATA_HEADER,
     DEFAULT_MAX_DATAGRAM,
     MAX_DATAGRAM,
@@ -55,7 +55,7 @@ from netmodels.datagram import (
     ReliableSender,
     SequenceWindow,
 )
-from netmodels.wire import DEFAULT_MAX_FRAME, MessageType
+from netmodels.core.frames import DEFAULT_MAX_FRAME, MessageType
 
 __all__ = [
     "DatagramClientEndpoint",
@@ -531,7 +531,7 @@ class DatagramTransport:
         )
         end = getattr(self.protocol, "end", None)
         if end is not None:
-            from netmodels.reasons import CloseReason
+            from netmodels.core.reasons import CloseReason
 
             end(CloseReason.TIMEOUT, detail)
         if self.connected:

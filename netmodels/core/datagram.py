@@ -2,7 +2,7 @@
 The datagram layer under netmodels sessions on UDP, without I/O.
 
 UDP has no connection, no FIN, no RST, no retransmission and no keepalive;
-this module supplies them as pure state machines that :mod:`netmodels.udp`
+this module supplies them as pure state machines that :mod:`netmodels.transports.udp`
 drives from a Twisted ``DatagramProtocol``:
 
 * the datagram format (:func:`parse`, and one ``encode_*`` per kind), whose

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.plugin import getPlugins
 
 import netmodels.plugins
-from netmodels.interfaces import IApplicationFactory, ITopology
+from netmodels.runtime.interfaces import IApplicationFactory, ITopology
 
 __all__ = ["applications", "topologies"]
 

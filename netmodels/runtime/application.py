@@ -18,24 +18,21 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer, provider
 
-from netmodels.interfaces import IApplication, IApplicationFactory, IPeer
+from netmodels.runtime.interfaces import IApplication, IApplicationFactory, IPeer
 
 if TYPE_CHECKING:
-    from netmodels.manager import ConnectionRecord
-    from netmodels.node import Node, NodeConfig
+    from netmodels.core.connection import ConnectionRecord
+    from netmodels.runtime.node import Node, NodeConfig
 
-__all__ = ["Application", "EchoApplication", "application_plugin"]
-
-_log = Logger(namespace="netmodels.app.echo")
+__all__ = ["Application", "application_plugin"]
 
 
 @implementer(IApplication)
 class Application:
-    """No-op defaults for every :class:`~netmodels.interfaces.IApplication` callback."""
+    """No-op defaults for every :class:`~netmodels.runtime.interfaces.IApplication` callback."""
 
     node: Node | None = None
     _repeating: list[LoopingCall] | None = None
@@ -102,55 +99,3 @@ def application_plugin(name: str, description: str, make: Any) -> Any:
     """
     plugin = _ApplicationPlugin(name, description, make)
     return provider(IPlugin, IApplicationFactory)(plugin)
-
-
-class EchoApplication(Application):
-    """
-    Answers every request with its own bytes, and echoes one-way messages.
-    On the client role it sends a request every ``interval`` seconds and logs
-    the round trip, so a client-server pair does something out of the box.
-    """
-
-    def __init__(self, config: NodeConfig) -> None:
-        self.role = config.role
-        self.interval = config.interval
-        self.sent = 0
-        self.answered = 0
-
-    def start(self, node: Node) -> None:
-        super().start(node)
-        if self.role == "client":
-            self.repeat(self.interval, self._tick)
-
-    def message_received(self, peer: IPeer, payload: bytes) -> None:
-        if self.role != "client":
-            peer.send(payload)
-
-    def request_received(self, peer: IPeer, payload: bytes) -> bytes:
-        return payload
-
-    def _tick(self) -> None:
-        assert self.node is not None
-        clock = self.node.clock
-        for peer in self.node.peers():
-            self.sent += 1
-            started = clock.seconds()
-            payload = f"hello {self.sent}".encode()
-            peer.request(payload).addCallbacks(
-                lambda reply, p=peer, t=started: self._answered(p, reply, clock.seconds() - t),
-                lambda failure, p=peer: _log.warn(
-                    "request to {peer} failed: {error}",
-                    peer=p.node_id,
-                    error=failure.getErrorMessage(),
-                ),
-            )
-
-    def _answered(self, peer: IPeer, reply: bytes, elapsed: float) -> None:
-        self.answered += 1
-        _log.info(
-            "[{node}] {peer} answered {reply!r} in {ms:.2f} ms",
-            node=self.node.config.node_id if self.node is not None else "?",
-            peer=peer.node_id,
-            reply=reply.decode("utf-8", "replace"),
-            ms=elapsed * 1000,
-        )

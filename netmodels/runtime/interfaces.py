@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
-    from netmodels.manager import ConnectionRecord
-    from netmodels.node import Node, NodeConfig
+    from netmodels.core.connection import ConnectionRecord
+    from netmodels.runtime.node import Node, NodeConfig
 
 __all__ = ["IApplication", "IApplicationFactory", "IPeer", "ITopology"]
 
@@ -53,7 +53,7 @@ class IPeer(Interface):
 class IApplication(Interface):
     """
     The user's code. One instance per node; every callback says which peer.
-    Subclass :class:`netmodels.application.Application` for no-op defaults.
+    Subclass :class:`netmodels.runtime.application.Application` for no-op defaults.
     """
 
     def start(node: Node) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from twisted.internet import tcp
 
-from netmodels.keepalive import KeepaliveSettings
+from netmodels.core.keepalive import KeepaliveSettings
 
 __all__ = [
     "ErrnoObserver",

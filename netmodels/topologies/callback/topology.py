@@ -8,7 +8,7 @@ it waits.
 
 The **server** accepts messages for a client with :meth:`CallbackServer.
 deliver` (or ``POST /deliver/<client>`` on the status endpoint) and keeps each
-one in its :class:`~netmodels.outbox.Outbox` until the client acknowledges
+one in its :class:`~netmodels.topologies.callback.outbox.Outbox` until the client acknowledges
 it. While the client is *alive* (its control connection open, registered,
 and its keepalive not suspect) the server dials the callback endpoint and
 delivers there; when the dial fails it records why (``refused``,
@@ -18,7 +18,7 @@ they go out, in order, as soon as it registers again.
 
 Every message is sent until it is acknowledged (at least once on the wire);
 the client remembers the highest id delivered from each server store
-(:class:`~netmodels.outbox.DeliveredLog`) and drops what it has already
+(:class:`~netmodels.topologies.callback.outbox.DeliveredLog`) and drops what it has already
 seen, so the application sees each message once, in order.
 
 Wire messages (see ``docs/protocol.md``): ``REGISTER`` (client to server,
@@ -47,15 +47,16 @@ from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from netmodels.application import Application
-from netmodels.interfaces import IPeer
-from netmodels.manager import ConnectFailed, ConnectionRecord, Direction, ManagedConnection
-from netmodels.node import Node, NodeConfig, endpoint_label
-from netmodels.outbox import DeliveredLog, Outbox, OutboxFull, UnknownClient
-from netmodels.reasons import CloseReason
-from netmodels.session import MessageTooLarge, Session, SessionFactory, SessionSettings
-from netmodels.topology import Topology
-from netmodels.wire import Hello, MalformedMessage, MessageType, ProtocolError, encode_frame
+from netmodels.core.connection import ConnectionRecord, Direction
+from netmodels.core.frames import Hello, MalformedMessage, MessageType, ProtocolError, encode_frame
+from netmodels.core.reasons import CloseReason
+from netmodels.runtime.application import Application
+from netmodels.runtime.interfaces import IPeer
+from netmodels.runtime.manager import ConnectFailed, ManagedConnection
+from netmodels.runtime.node import Node, NodeConfig, endpoint_label
+from netmodels.runtime.session import MessageTooLarge, Session, SessionFactory, SessionSettings
+from netmodels.runtime.topology import Topology
+from netmodels.topologies.callback.outbox import DeliveredLog, Outbox, OutboxFull, UnknownClient
 
 __all__ = [
     "Callback",
@@ -299,8 +300,8 @@ class CallbackServer:
         """
         Accept ``payload`` for ``client_id``. Fires with the message id once it
         is in the outbox (committed: on disk with a file outbox); fails with
-        :class:`~netmodels.outbox.UnknownClient` (never registered),
-        :class:`~netmodels.outbox.OutboxFull` or ``MessageTooLarge``.
+        :class:`~netmodels.topologies.callback.outbox.UnknownClient` (never registered),
+        :class:`~netmodels.topologies.callback.outbox.OutboxFull` or ``MessageTooLarge``.
         The message then goes out as soon as the client is alive.
         """
         if len(payload) > self._max_payload:

@@ -6,7 +6,7 @@ outbound and failed connect attempts), each with a :class:`ConnectionRecord`.
 It observes connections by wrapping their factory (:meth:`~ConnectionManager.
 wrap_factory`), so the protocols it watches need not subclass anything; it
 captures the errno Twisted drops, applies connection limits, and records
-exactly one :class:`~netmodels.reasons.CloseReason` for every close.
+exactly one :class:`~netmodels.core.reasons.CloseReason` for every close.
 
 Closing on purpose is a stated policy (:data:`DEFAULT_CLOSE_POLICY`): every
 local reason maps to a :class:`CloseMode` -- FIN, FIN then RST after a
@@ -16,13 +16,11 @@ deadline, or RST at once.
 from __future__ import annotations
 
 import collections
-import enum
 import errno
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from attrs import define, field, frozen
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -30,85 +28,31 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
-from netmodels.keepalive import KeepaliveSettings
-from netmodels.reasons import (
-    CloseReason,
-    Closure,
-    Initiator,
-    classify_connect_failure,
-    classify_connection_lost,
+from netmodels.core.connection import (
+    _CLOSING,
+    DEFAULT_CLOSE_POLICY,
+    CloseMode,
+    ConnectionLimits,
+    ConnectionRecord,
+    ConnectionState,
+    Direction,
 )
-from netmodels.tcp import capture_errno, direct_send
+from netmodels.core.reasons import CloseReason, Closure, Initiator
+from netmodels.runtime.classify import classify_connect_failure, classify_connection_lost
+from netmodels.transports.tcp import capture_errno, direct_send
 
-__all__ = [
-    "DEFAULT_CLOSE_POLICY",
-    "CloseMode",
-    "ConnectFailed",
-    "ConnectionLimits",
-    "ConnectionManager",
-    "ConnectionRecord",
-    "ConnectionState",
-    "Direction",
-    "ManagedConnection",
-    "format_address",
-]
+__all__ = ["CORK_LIMIT", "ConnectFailed", "ConnectionManager", "ManagedConnection", "format_address"]
+
 
 _log = Logger(namespace="netmodels.manager")
-
-
-class ConnectionState(enum.StrEnum):
-    """Where a connection is in its life; ``failed`` is a connect that never was."""
-
-    CONNECTING = "connecting"
-    HANDSHAKING = "handshaking"
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
-    #: A connect attempt that never became a connection.
-    FAILED = "failed"
 
 
 #: Bytes ``ManagedConnection.cork`` holds at most before writing them out:
 #: Twisted's own buffer size, past which it pauses a producer.
 CORK_LIMIT = 65536
 
+
 _TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ENOBUFS})
-
-# Module constants: enum member lookups cost on the per-message path.
-_CLOSING = ConnectionState.CLOSING
-_CLOSED = ConnectionState.CLOSED
-_FAILED = ConnectionState.FAILED
-
-
-class Direction(enum.StrEnum):
-    """Who dialled: the peer (``inbound``) or us (``outbound``)."""
-
-    INBOUND = "inbound"
-    OUTBOUND = "outbound"
-
-
-class CloseMode(enum.Enum):
-    """How we end a connection on purpose."""
-
-    #: Orderly close: flush, then FIN.
-    FIN = "fin"
-    #: FIN, then RST if the write buffer has not drained by the deadline.
-    FIN_THEN_ABORT = "fin-then-abort"
-    #: Abortive close: RST at once (``SO_LINGER {1, 0}``); unsent data is dropped.
-    RST = "rst"
-
-
-#: Which close a local decision uses. A dead peer gets RST, since a FIN would
-#: only queue behind data it will never acknowledge. A protocol error or a
-#: rejection gets FIN (after a BYE saying why) so a well-meaning peer learns
-#: what it did wrong, with RST if it does not read.
-DEFAULT_CLOSE_POLICY: Mapping[CloseReason, CloseMode] = {
-    CloseReason.CLEAN: CloseMode.FIN_THEN_ABORT,
-    CloseReason.ABORTED: CloseMode.RST,
-    CloseReason.TIMEOUT: CloseMode.RST,
-    CloseReason.PROTOCOL_ERROR: CloseMode.FIN_THEN_ABORT,
-    CloseReason.REJECTED: CloseMode.FIN_THEN_ABORT,
-}
 
 
 class ConnectFailed(Exception):
@@ -118,14 +62,6 @@ class ConnectFailed(Exception):
         super().__init__(f"connect to {record.peer} failed: {record.reason} ({record.detail or cause})")
         self.record = record
         self.cause = cause
-
-
-@frozen
-class ConnectionLimits:
-    """Limits on inbound connections; over them a connection is ``rejected``."""
-
-    max_connections: int | None = None
-    max_per_address: int | None = None
 
 
 def format_address(address: IAddress | None) -> str:
@@ -146,69 +82,6 @@ def _transport_name(address: IAddress | None) -> str:
     if kind == "TCP":
         return "tcp"
     return "unix" if getattr(address, "name", None) is not None else "tcp"
-
-
-@define(slots=True, eq=False)
-class ConnectionRecord:
-    """What the manager knows of one connection or connect attempt."""
-
-    id: int
-    direction: Direction
-    peer: str
-    transport: str = "tcp"
-    state: ConnectionState = ConnectionState.CONNECTING
-    peer_id: str | None = None
-    opened_at: float | None = None
-    closed_at: float | None = None
-    reason: CloseReason | None = None
-    initiator: Initiator | None = None
-    errno: str | None = None
-    detail: str = ""
-    bytes_in: int = 0
-    bytes_out: int = 0
-    messages_in: int = 0
-    messages_out: int = 0
-    #: The peer's advertised keepalive settings, once known.
-    peer_keepalive: KeepaliveSettings | None = None
-    #: Retrying cannot help (see :attr:`netmodels.reasons.Closure.fatal`).
-    fatal: bool = False
-    #: Round-trip time of the last answered keepalive probe, in seconds.
-    rtt: float | None = None
-    #: Topology-specific fields, merged into the status document (a callable
-    #: is called when the document is made).
-    extra: dict[str, Any] = field(factory=dict)
-
-    @property
-    def closed(self) -> bool:
-        state = self.state
-        return state is _CLOSED or state is _FAILED
-
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON shape served by ``GET /status``."""
-        document: dict[str, Any] = {
-            "id": self.id,
-            "peer": self.peer,
-            "peer_id": self.peer_id,
-            "direction": str(self.direction),
-            "transport": self.transport,
-            "state": str(self.state),
-            "opened_at": self.opened_at,
-            "closed_at": self.closed_at,
-            "reason": None if self.reason is None else str(self.reason),
-            "initiator": None if self.initiator is None else str(self.initiator),
-            "errno": self.errno,
-            "detail": self.detail,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "messages_in": self.messages_in,
-            "messages_out": self.messages_out,
-            "peer_keepalive": None if self.peer_keepalive is None else self.peer_keepalive.as_dict(),
-            "rtt": self.rtt,
-            "fatal": self.fatal,
-        }
-        for key, value in self.extra.items():
-            document[key] = value() if callable(value) else value
-        return document
 
 
 class ManagedConnection(ProtocolWrapper):
@@ -379,7 +252,7 @@ class ManagedConnection(ProtocolWrapper):
             ProtocolWrapper.connectionLost(self, reason)
 
     def record_errno(self, number: int) -> None:
-        """The errno of a failed read or write (see :func:`netmodels.tcp.capture_errno`)."""
+        """The errno of a failed read or write (see :func:`netmodels.transports.tcp.capture_errno`)."""
         # The first hard error is the cause (ECONNRESET); later ones follow
         # from it (EPIPE on the next write) and transient ones mean nothing.
         if self._os_errno is None and number not in _TRANSIENT_ERRNOS:

@@ -21,12 +21,12 @@ from typing import Any, Final
 
 from attrs import field, frozen
 
-from netmodels.keepalive import KeepaliveSettings
+from netmodels.core.keepalive import KeepaliveSettings
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
+    "MAX_HELLO",
     "PROTOCOL_VERSION",
-    "Broadcast",
     "EmptyFrame",
     "FrameDecoder",
     "FrameTooLarge",
@@ -35,12 +35,10 @@ __all__ = [
     "MessageType",
     "ProtocolError",
     "UnknownMessageType",
-    "decode_broadcast",
     "decode_bye",
     "decode_correlated",
     "decode_hello",
     "decode_ping",
-    "encode_broadcast",
     "encode_bye",
     "encode_correlated",
     "encode_frame",
@@ -48,12 +46,15 @@ __all__ = [
     "encode_ping",
 ]
 
+
 #: The protocol version netmodels speaks. A peer with another major version is
 #: refused at HELLO with reason ``protocol-error``.
 PROTOCOL_VERSION: Final = 1
 
+
 #: Default hard limit on a frame (type byte plus body): 1 MiB.
 DEFAULT_MAX_FRAME: Final = 1024 * 1024
+
 
 #: HELLO bodies are small JSON objects; anything larger is hostile.
 MAX_HELLO: Final = 16 * 1024
@@ -84,9 +85,16 @@ class MessageType(enum.IntEnum):
 
 _KNOWN_TYPES: Final = frozenset(int(t) for t in MessageType)
 
+
 _HEADER: Final = struct.Struct("!IB")
+
+
 _LENGTH: Final = struct.Struct("!I")
+
+
 _U32: Final = struct.Struct("!I")
+
+
 _CORRELATED: Final = struct.Struct("!IBI")
 
 
@@ -253,53 +261,6 @@ def decode_bye(body: bytes) -> tuple[str, str, bool]:
         return "clean", body[:512].decode("utf-8", "replace"), False
 
 
-_BROADCAST_HEADER: Final = struct.Struct("!BBQI")
-
-
-@frozen
-class Broadcast:
-    """
-    A flooded message. ``(origin, incarnation, sequence)`` identifies it, so
-    each node delivers it once; ``destination`` is empty for everyone, or one
-    node id for a message relayed to that node only.
-    """
-
-    origin: str
-    incarnation: int
-    sequence: int
-    payload: bytes
-    destination: str = ""
-
-    @property
-    def message_id(self) -> tuple[str, int, int]:
-        return (self.origin, self.incarnation, self.sequence)
-
-
-def encode_broadcast(message: Broadcast) -> bytes:
-    """A BROADCAST frame: ``!BBQI`` (origin length, destination length,
-    incarnation, sequence), then origin, destination and payload."""
-    origin = message.origin.encode()
-    destination = message.destination.encode()
-    header = _BROADCAST_HEADER.pack(len(origin), len(destination), message.incarnation, message.sequence)
-    return encode_frame(MessageType.BROADCAST, header + origin + destination + message.payload)
-
-
-def decode_broadcast(body: bytes) -> Broadcast:
-    size = _BROADCAST_HEADER.size
-    if len(body) < size:
-        raise MalformedMessage("BROADCAST body shorter than its header")
-    origin_length, destination_length, incarnation, sequence = _BROADCAST_HEADER.unpack_from(body)
-    end = size + origin_length + destination_length
-    if origin_length == 0 or len(body) < end:
-        raise MalformedMessage("BROADCAST origin or destination runs past the body")
-    try:
-        origin = body[size : size + origin_length].decode()
-        destination = body[size + origin_length : end].decode()
-    except UnicodeDecodeError:
-        raise MalformedMessage("BROADCAST origin or destination is not UTF-8") from None
-    return Broadcast(origin, incarnation, sequence, body[end:], destination)
-
-
 def _text(name: str, max_length: int = 128) -> Any:
     def check(instance: object, attribute: object, value: object) -> None:
         if not isinstance(value, str) or not 0 < len(value) <= max_length:
@@ -353,6 +314,7 @@ def encode_hello(hello: Hello) -> bytes:
 
 # Shared by HELLOs without topology fields: a session keeps its peer's HELLO.
 _NO_EXTRA: Final[Mapping[str, Any]] = MappingProxyType({})
+
 
 _HELLO_FIELDS: Final = frozenset(
     {"version", "node_id", "topology", "role", "app", "listen", "keepalive", "max_frame"}

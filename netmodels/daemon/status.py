@@ -20,7 +20,7 @@ from typing import Any
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from netmodels.interfaces import IPeer
+from netmodels.runtime.interfaces import IPeer
 
 __all__ = ["StatusPage", "status_site"]
 
@@ -86,7 +86,7 @@ class _DeliverCommand(Resource):
         self._nodes = nodes
 
     def render_POST(self, request: Request) -> bytes | int:
-        from netmodels.callback import CallbackServer, callback_of
+        from netmodels.topologies.callback.topology import CallbackServer, callback_of
 
         servers = [callback_of(node) for node in self._nodes]
         server = next((s for s in servers if isinstance(s, CallbackServer)), None)
@@ -113,7 +113,7 @@ class _DeliverCommand(Resource):
             request.finish()
 
         def refused(failure: Any) -> None:
-            from netmodels.outbox import OutboxFull, UnknownClient
+            from netmodels.topologies.callback.outbox import OutboxFull, UnknownClient
 
             code = 404 if failure.check(UnknownClient) else 503 if failure.check(OutboxFull) else 413
             request.write(_json(request, {"client": client_id, "error": str(failure.value)}, code))

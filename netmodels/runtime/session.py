@@ -3,11 +3,11 @@ The netmodels protocol on a stream: one :class:`Session` per connection.
 
 A session sends its HELLO at once, expects the peer's HELLO before the
 handshake deadline, then carries DATA, REQUEST/RESPONSE/ERROR, keepalive
-PING/PONG and BYE. Framing is :class:`netmodels.wire.FrameDecoder`; keepalive
-is :class:`netmodels.keepalive.KeepaliveMixin`; closing goes through the
+PING/PONG and BYE. Framing is :class:`netmodels.core.frames.FrameDecoder`; keepalive
+is :class:`netmodels.runtime.keepalive.KeepaliveMixin`; closing goes through the
 connection manager so every close is recorded with its reason.
 
-It is also the :class:`~netmodels.interfaces.IPeer` the application sees.
+It is also the :class:`~netmodels.runtime.interfaces.IPeer` the application sees.
 """
 
 from __future__ import annotations
@@ -24,13 +24,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netmodels import wire
-from netmodels.interfaces import IApplication, IPeer
-from netmodels.keepalive import KeepaliveMixin, KeepaliveSettings, TimerWheel
-from netmodels.manager import CloseMode, ConnectionRecord, ConnectionState, Direction, ManagedConnection
-from netmodels.reasons import CloseReason
-from netmodels.tcp import apply_kernel_keepalive, set_no_delay
-from netmodels.wire import (
+from netmodels.core import frames as wire
+from netmodels.core.connection import CloseMode, ConnectionRecord, ConnectionState, Direction
+from netmodels.core.frames import (
     PROTOCOL_VERSION,
     FrameDecoder,
     Hello,
@@ -44,6 +40,13 @@ from netmodels.wire import (
     encode_hello,
     encode_ping,
 )
+from netmodels.core.keepalive import KeepaliveSettings
+from netmodels.core.reasons import CloseReason
+from netmodels.runtime.interfaces import IApplication, IPeer
+from netmodels.runtime.keepalive import KeepaliveMixin
+from netmodels.runtime.manager import ManagedConnection
+from netmodels.runtime.timers import TimerWheel
+from netmodels.transports.tcp import apply_kernel_keepalive, set_no_delay
 
 __all__ = [
     "MessageTooLarge",
@@ -291,7 +294,7 @@ class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
         return None if self.peer_hello is None else self.peer_hello.role
 
     def send(self, payload: bytes) -> None:
-        """Send one DATA message; see :meth:`netmodels.interfaces.IPeer.send`."""
+        """Send one DATA message; see :meth:`netmodels.runtime.interfaces.IPeer.send`."""
         if len(payload) > self._max_data:
             raise MessageTooLarge(
                 f"message of {len(payload)} bytes exceeds the {self._limit_name} of {self._max_data}"
@@ -303,7 +306,7 @@ class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
         self._send(encode_frame(_DATA, payload))
 
     def request(self, payload: bytes, timeout: float | None = None) -> defer.Deferred[bytes]:
-        """Send a REQUEST; see :meth:`netmodels.interfaces.IPeer.request`."""
+        """Send a REQUEST; see :meth:`netmodels.runtime.interfaces.IPeer.request`."""
         if len(payload) + 4 > self._max_data:
             raise MessageTooLarge(
                 f"request of {len(payload)} bytes exceeds the {self._limit_name} of {self._max_data - 4}"

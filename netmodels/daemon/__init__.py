@@ -1,0 +1,1 @@
+"""``twistd netmodels``: options, the status endpoint and the demo."""

@@ -1,0 +1,1 @@
+"""The callback ("port 25") topology: the server dials clients back to deliver."""

@@ -1,0 +1,1 @@
+"""The many-to-one topology: a hub relaying chat between many clients."""

@@ -1,0 +1,1 @@
+"""The peer-to-peer topology: a mesh with membership, gossip and broadcast."""

@@ -1,0 +1,61 @@
+"""
+The p2p topology's BROADCAST message: a flooded (or relayed) message and its codec.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from attrs import frozen
+
+from netmodels.core.frames import MalformedMessage, MessageType, encode_frame
+
+__all__ = ["Broadcast", "decode_broadcast", "encode_broadcast"]
+
+
+_BROADCAST_HEADER: Final = struct.Struct("!BBQI")
+
+
+@frozen
+class Broadcast:
+    """
+    A flooded message. ``(origin, incarnation, sequence)`` identifies it, so
+    each node delivers it once; ``destination`` is empty for everyone, or one
+    node id for a message relayed to that node only.
+    """
+
+    origin: str
+    incarnation: int
+    sequence: int
+    payload: bytes
+    destination: str = ""
+
+    @property
+    def message_id(self) -> tuple[str, int, int]:
+        return (self.origin, self.incarnation, self.sequence)
+
+
+def encode_broadcast(message: Broadcast) -> bytes:
+    """A BROADCAST frame: ``!BBQI`` (origin length, destination length,
+    incarnation, sequence), then origin, destination and payload."""
+    origin = message.origin.encode()
+    destination = message.destination.encode()
+    header = _BROADCAST_HEADER.pack(len(origin), len(destination), message.incarnation, message.sequence)
+    return encode_frame(MessageType.BROADCAST, header + origin + destination + message.payload)
+
+
+def decode_broadcast(body: bytes) -> Broadcast:
+    size = _BROADCAST_HEADER.size
+    if len(body) < size:
+        raise MalformedMessage("BROADCAST body shorter than its header")
+    origin_length, destination_length, incarnation, sequence = _BROADCAST_HEADER.unpack_from(body)
+    end = size + origin_length + destination_length
+    if origin_length == 0 or len(body) < end:
+        raise MalformedMessage("BROADCAST origin or destination runs past the body")
+    try:
+        origin = body[size : size + origin_length].decode()
+        destination = body[size + origin_length : end].decode()
+    except UnicodeDecodeError:
+        raise MalformedMessage("BROADCAST origin or destination is not UTF-8") from None
+    return Broadcast(origin, incarnation, sequence, body[end:], destination)

@@ -1,0 +1,1 @@
+"""Transports: TCP (errno capture, kernel keepalive) and UDP sessions."""
