@@ -63,6 +63,7 @@ def child(mode: str, warmup: float, seconds: float) -> None:
     common.quiet_logging()
     from netmodels.runtime.application import Application
     from netmodels.runtime.node import Node, NodeConfig
+    from netmodels.topologies.callback.options import CallbackSettings
     from netmodels.topologies.callback.topology import Callback, CallbackServer, callback_of
     from twisted.internet import reactor
 
@@ -74,12 +75,14 @@ def child(mode: str, warmup: float, seconds: float) -> None:
         role="server",
         listen=(listen,),
         node_id="bench-server",
-        token=TOKEN,
-        outbox=os.path.join(folder, "outbox.sqlite") if durable else None,
-        outbox_limit=100_000,
+        settings=CallbackSettings(
+            token=TOKEN,
+            outbox=os.path.join(folder, "outbox.sqlite") if durable else None,
+            outbox_limit=100_000,
+        ),
     )
     server = Node(server_config, Callback(), Application(), reactor)
-    server.topology.build(server)
+    server.build()
     server.startService()
     callback = callback_of(server)
     assert isinstance(callback, CallbackServer)
@@ -119,12 +122,14 @@ def child(mode: str, warmup: float, seconds: float) -> None:
         role="client",
         connect=(f"tcp:{common.HOST}:{port}",),
         node_id="bench-client",
-        token=TOKEN,
-        callback=None if mode == "fallback" else listen,
-        outbox=os.path.join(folder, "client.sqlite") if durable else None,
+        settings=CallbackSettings(
+            token=TOKEN,
+            callback=None if mode == "fallback" else listen,
+            outbox=os.path.join(folder, "client.sqlite") if durable else None,
+        ),
     )
     client = Node(client_config, Callback(), Timing(), reactor)
-    client.topology.build(client)
+    client.build()
 
     def registered(event: str, client_id: str) -> None:
         if event != "registered" or "began" in state:

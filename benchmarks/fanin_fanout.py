@@ -65,7 +65,7 @@ def build_server(reactor: Any, application: Any) -> Any:
     config = NodeConfig(topology="many-to-one", role="server", listen=(listen,), node_id="bench-server")
     topology = ManyToOne()
     node = Node(config, topology, application, reactor)
-    topology.build(node)
+    node.build()
     node.startService()
     return node
 

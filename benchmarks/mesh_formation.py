@@ -63,7 +63,8 @@ def child(count: int, max_peers: int) -> None:
 
     from netmodels.daemon.tap import build_node
     from netmodels.runtime.node import NodeConfig
-    from netmodels.topologies.p2p.mesh import first_endpoint
+    from netmodels.topologies.p2p.mesh import first_endpoint, mesh_of
+    from netmodels.topologies.p2p.options import P2PSettings
     from twisted.internet import reactor
     from twisted.internet.task import LoopingCall
 
@@ -76,26 +77,26 @@ def child(count: int, max_peers: int) -> None:
             interval=0,
             listen=("tcp:0:interface=127.0.0.1",),
             node_id=f"m{index:03d}",
-            max_peers=max_peers,
+            settings=P2PSettings(max_peers=max_peers),
         )
         nodes.append(build_node(config, reactor))
     first = nodes[0]
     for node in nodes[1:]:
-        node.mesh.bootstrap.append(lambda: first_endpoint(first))
+        mesh_of(node).bootstrap.append(lambda: first_endpoint(first))
     ids = [node.config.node_id for node in nodes]
     everyone = set(ids)
 
     def formed() -> bool:
         pairs = zip(ids, nodes, strict=True)
-        return all(everyone - {node_id} <= set(node.mesh.alive()) for node_id, node in pairs)
+        return all(everyone - {node_id} <= set(mesh_of(node).alive()) for node_id, node in pairs)
 
     wanted_direct = min(count - 1, max_peers)
 
     def dialled() -> bool:
         # Every node holds as many direct connections as it will dial for.
         return all(
-            node.mesh.status()["direct"] >= wanted_direct
-            and node.mesh.status()["direct"] == len(node.manager.live)
+            mesh_of(node).status()["direct"] >= wanted_direct
+            and mesh_of(node).status()["direct"] == len(node.manager.live)
             for node in nodes
         )
 
@@ -107,8 +108,8 @@ def child(count: int, max_peers: int) -> None:
             "connect_attempts": sum(node.manager.counters["connect_attempts"] for node in nodes),
             "duplicates": sum(1 for r in records if "duplicate" in r.detail) // 2,
             "bytes": sum(r.bytes_in for r in records),
-            "min_direct": min(node.mesh.status()["direct"] for node in nodes),
-            "max_direct": max(node.mesh.status()["direct"] for node in nodes),
+            "min_direct": min(mesh_of(node).status()["direct"] for node in nodes),
+            "max_direct": max(mesh_of(node).status()["direct"] for node in nodes),
         }
 
     def go() -> None:

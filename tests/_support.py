@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import attrs
 from attrs import define, field
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
@@ -41,6 +42,9 @@ from netmodels.runtime.manager import ConnectionManager, ManagedConnection
 from netmodels.runtime.node import Node, NodeConfig
 from netmodels.runtime.registry import applications, topologies
 from netmodels.runtime.session import Session
+from netmodels.topologies.callback.options import CallbackSettings
+from netmodels.topologies.many_to_one.options import ManyToOneSettings
+from netmodels.topologies.p2p.options import P2PSettings
 
 #: Per-test timeout in seconds (trial's ``timeout`` attribute).
 TIMEOUT = 20
@@ -178,7 +182,19 @@ def make_config(role: str, **overrides: Any) -> NodeConfig:
     settings.update(overrides)
     for name in ("listen", "connect"):
         settings[name] = tuple(settings.get(name, ()))
+    # The topology's own settings, given here as keywords for brevity.
+    own = {name: settings.pop(name) for name in _TOPOLOGY_SETTINGS if name in settings}
+    if own:
+        settings["settings"] = _SETTINGS_CLASSES[settings["topology"]](**own)
     return NodeConfig(**settings)
+
+
+_SETTINGS_CLASSES: dict[str, Any] = {
+    "p2p": P2PSettings,
+    "many-to-one": ManyToOneSettings,
+    "callback": CallbackSettings,
+}
+_TOPOLOGY_SETTINGS = {field.name for cls in _SETTINGS_CLASSES.values() for field in attrs.fields(cls)}
 
 
 def start_node(testcase: TestCase, config: NodeConfig, application: Application | None = None) -> RunningNode:
@@ -188,7 +204,7 @@ def start_node(testcase: TestCase, config: NodeConfig, application: Application 
     else:
         topology = topologies()[config.topology]
         node = Node(config, topology, application, reactor)
-        topology.build(node)
+        node.build()
     events = Events.watch(node.manager)
     running = RunningNode(node, events)
     # Registered before starting, so a node that fails half-way is still stopped.

@@ -30,6 +30,7 @@ from netmodels.runtime.node import Node, NodeConfig, endpoint_label
 from netmodels.runtime.reconnect import ClientState, ReconnectingClient
 from netmodels.runtime.session import MessageTooLarge
 from netmodels.testing import MemoryLink, MemoryNetwork
+from netmodels.topologies.callback.options import CallbackSettings
 from netmodels.topologies.callback.outbox import DeliveredLog, Outbox, OutboxFull, UnknownClient
 from netmodels.topologies.callback.topology import (
     CALLBACK,
@@ -75,7 +76,7 @@ class Star:
             node_id="server",
             app="inbox",
             keepalive=KEEPALIVE,
-            token=token,
+            settings=CallbackSettings(token=token),
             **config,
         )
         self.server = Node(server_config, Callback(), InboxApplication(server_config), self.clock)
@@ -86,6 +87,7 @@ class Star:
             token,
             dial=lambda description: self.network.client_endpoint(endpoint_label(description), "server"),
         )
+        self.server.topology_state = self.callback
         factory = self.server.manager.wrap_factory(self.server.session_factory())
         self.network.server_endpoint(ADDRESS).listen(factory)
         self.server.startService()
@@ -107,11 +109,12 @@ class Star:
             app="inbox",
             keepalive=KEEPALIVE,
             connect=(ADDRESS,),
-            token=token,
+            settings=CallbackSettings(token=token),
         )
         node = Node(config, Callback(), InboxApplication(config), self.clock)
         self.logs[node_id] = log = log or self.logs.get(node_id) or DeliveredLog()
         client = CallbackClient(node, log, token)
+        node.topology_state = client
         if callback_port is not None:
             address = f"{host}:{callback_port}"
             self.network.refuse(address, False)
@@ -634,13 +637,18 @@ class CommandLineTests(SynchronousTestCase):
             "--outbox", "x.sqlite", "--outbox-limit", "50",
         )  # fmt: skip
         self.assertEqual((server.role, server.app), ("server", "inbox"))
-        self.assertEqual((server.token, server.outbox, server.outbox_limit), ("from-a-file", "x.sqlite", 50))
+        settings = server.settings
+        self.assertEqual(
+            (settings.token, settings.outbox, settings.outbox_limit), ("from-a-file", "x.sqlite", 50)
+        )
         self.assertNotIn("from-a-file", repr(server))
         client = self.parse(
             "--topology", "callback", "--role", "client", "--connect", "tcp:127.0.0.1:1",
             "--callback", "tcp:0:interface=127.0.0.1", "--token", "t",
         )  # fmt: skip
-        self.assertEqual((client.callback, client.token), ("tcp:0:interface=127.0.0.1", "t"))
+        self.assertEqual(
+            (client.settings.callback, client.settings.token), ("tcp:0:interface=127.0.0.1", "t")
+        )
 
     def test_usage_errors(self) -> None:
         cases = [

@@ -29,6 +29,7 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.trial.unittest import TestCase
 
 from netmodels.runtime.node import NodeConfig
+from netmodels.topologies.p2p.mesh import mesh_of
 
 from ._support import (
     LISTEN_ANY_PORT,
@@ -351,7 +352,7 @@ class BroadcastExactlyOnceTests(TestCase):
     def test_each_broadcast_delivered_once(self) -> Any:
         first = self.start_peer(0, None)
         nodes = [first] + [self.start_peer(i, first) for i in range(1, self.COUNT)]
-        meshes = [n.node.mesh for n in nodes]  # type: ignore[attr-defined]
+        meshes = [mesh_of(n.node) for n in nodes]
 
         def full_mesh() -> bool:
             return all(

@@ -32,6 +32,7 @@ from twisted.trial.unittest import TestCase
 
 from netmodels.core.reasons import CloseReason, Initiator
 from netmodels.runtime.node import NodeConfig
+from netmodels.topologies.p2p.mesh import mesh_of
 
 from ._support import (
     LISTEN_ANY_PORT,
@@ -360,7 +361,7 @@ class P2PUDPTests(TestCase):
         """Mesh, then ``messages`` broadcasts from each node; returns (nodes, meshes, first hops)."""
         first = self.start_peer(0, None, reliable)
         nodes = [first] + [self.start_peer(i, first, reliable) for i in range(1, self.COUNT)]
-        meshes = [n.node.mesh for n in nodes]  # type: ignore[attr-defined]
+        meshes = [mesh_of(n.node) for n in nodes]
 
         def full_mesh() -> bool:
             return all(

@@ -7,7 +7,7 @@ The package's folders are its architecture: these tests hold the code to it.
 - ``netmodels.runtime`` builds on the core and the transports, and knows no
   topology by name.
 - A topology is a plugin: it builds on the core, the runtime and the
-  transports, never on another topology, and the daemon knows none by name.
+  transports, never on another topology; the daemon imports none.
 """
 
 from __future__ import annotations
@@ -91,6 +91,9 @@ class LayerTests(SynchronousTestCase):
 
     def test_topologies(self) -> None:
         self.assertEqual(violations("topologies"), [])
+
+    def test_daemon(self) -> None:
+        self.assertEqual(violations("daemon"), [])
 
     def test_checker_sees_violations(self) -> None:
         """The checker itself, on a made-up package: each kind of violation is found."""

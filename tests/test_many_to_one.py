@@ -39,6 +39,7 @@ from netmodels.topologies.many_to_one.hub import (
     check_groups,
     hub_of,
 )
+from netmodels.topologies.many_to_one.options import ManyToOneSettings
 from tests.test_testing import KEEPALIVE, RecordingApplication, WireTap, advance_by
 
 ADDRESS = "server:1"
@@ -58,6 +59,9 @@ def make_node(clock: Clock, role: str, node_id: str, app: Any = None, **config: 
         app="chat",
         keepalive=KEEPALIVE,
         interval=config.pop("interval", 0),
+        settings=ManyToOneSettings(
+            groups=tuple(config.pop("groups", ())), raw_listen=tuple(config.pop("raw_listen", ()))
+        ),
         **config,
     )
     application = app if app is not None else ChatApplication(settings)
@@ -96,7 +100,7 @@ class Star:
         self.clock = Clock()
         self.network = MemoryNetwork(self.clock)
         self.server = make_node(self.clock, "server", "server", server_app, **server_config)
-        self.hub = Hub(self.server)
+        self.hub = self.server.topology_state = Hub(self.server)
         self.hub.raw_listen = (RAW_ADDRESS,)
         server = self.server
         framed = server.manager.wrap_factory(
@@ -113,7 +117,7 @@ class Star:
 
     def add(self, node_id: str, factory: Any = None, **config: Any) -> Node:
         node = make_node(self.clock, "client", node_id, connect=(ADDRESS,), **config)
-        Hub(node)
+        node.topology_state = Hub(node)
         ReconnectingClient(
             node.manager,
             self.network.client_endpoint(ADDRESS),
@@ -703,11 +707,13 @@ class CommandLineTests(SynchronousTestCase):
         config: NodeConfig = parse(
             *SERVER, "--raw-listen", "tcp:0", "--raw-listen", "tcp:0:interface=127.0.0.2"
         )["config"]
-        self.assertEqual((config.app, config.raw_listen), ("chat", ("tcp:0", "tcp:0:interface=127.0.0.2")))
+        self.assertEqual(
+            (config.app, config.settings.raw_listen), ("chat", ("tcp:0", "tcp:0:interface=127.0.0.2"))
+        )
 
     def test_raw_only_server(self) -> None:
         config = parse("--topology", "many-to-one", "--raw-listen", "tcp:0")["config"]
-        self.assertEqual((config.role, config.listen, config.raw_listen), ("server", (), ("tcp:0",)))
+        self.assertEqual((config.role, config.listen, config.settings.raw_listen), ("server", (), ("tcp:0",)))
 
     def test_raw_listen_server_role_only(self) -> None:
         self.assertUsage((*CLIENT, "--raw-listen", "tcp:0"), "--raw-listen", "server")
@@ -720,7 +726,7 @@ class CommandLineTests(SynchronousTestCase):
 
     def test_groups(self) -> None:
         config = parse(*CLIENT, "--group", "ops", "--group", "eu-west.1")["config"]
-        self.assertEqual(config.groups, ("ops", "eu-west.1"))
+        self.assertEqual(config.settings.groups, ("ops", "eu-west.1"))
         node = build_node(config, Clock())
         self.assertEqual(node.session_settings.hello.extra, {"groups": ["ops", "eu-west.1"]})
 

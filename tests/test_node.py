@@ -213,7 +213,7 @@ class ListeningTests(SynchronousTestCase):
 
     def listening(self, description: str, start: bool = True) -> list[str]:
         node = make_node(self.reactor, "server", SERVER_ID, listen=(description,))
-        node.topology.build(node)
+        node.build()
         if start:
             node.startService()
             self.addCleanup(node.stopService)

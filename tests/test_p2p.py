@@ -56,8 +56,10 @@ from netmodels.topologies.p2p.mesh import (
     PeerToPeer,
     RemoteNode,
     first_endpoint,
+    mesh_of,
 )
 from netmodels.topologies.p2p.messages import Broadcast, encode_broadcast
+from netmodels.topologies.p2p.options import P2PSettings
 from tests.test_testing import CLOSE_DEADLINE, RawPeer, WireTap, advance_to, raw_hello
 
 # --- Constants --------------------------------------------------------------
@@ -205,7 +207,7 @@ class MemoryMesh:
             app="broadcast",
             keepalive=self.keepalive,
             interval=0,
-            max_peers=self.max_peers if max_peers is None else max_peers,
+            settings=P2PSettings(max_peers=self.max_peers if max_peers is None else max_peers),
         )
         node = Node(config, PeerToPeer(), BroadcastApplication(config), self.clock)
         for listening in (where, *extra_listen):
@@ -216,13 +218,13 @@ class MemoryMesh:
         targets = [address(name(b)) if isinstance(b, int) else b for b in bootstrap]
         mesh = Mesh(
             node,
-            config.max_peers,
+            config.settings.max_peers,
             targets,
             draw=self.draw,
             client_endpoint=lambda target, me=node_id: _RecordedEndpoint(self, target, me),
             endpoints=(where,),
         )
-        node.mesh = mesh  # type: ignore[attr-defined]
+        node.topology_state = mesh
         node.start_hooks.append(mesh.start)
         node.stop_hooks.append(mesh.stop)
         self.nodes[node_id] = node
@@ -284,7 +286,7 @@ class MemoryMesh:
     # Observing
 
     def mesh(self, node_id: str) -> Mesh:
-        mesh: Mesh = self.nodes[node_id].mesh  # type: ignore[attr-defined]
+        mesh = mesh_of(self.nodes[node_id])
         return mesh
 
     def received(self, node_id: str) -> list[tuple[str, bytes]]:
@@ -1475,23 +1477,23 @@ class OptionsTests(SynchronousTestCase):
         options = self.parse("--topology", "p2p", "--listen", "tcp:0", "--peer", "tcp:127.0.0.1:8760")
         config = options["config"]
         self.assertEqual(
-            (config.role, config.app, config.max_peers, config.connect),
+            (config.role, config.app, config.settings.max_peers, config.connect),
             ("peer", "broadcast", 32, ("tcp:127.0.0.1:8760",)),
         )
 
     def test_nodes_builds_a_meshed_group(self) -> None:
         """--nodes 5 without --listen: five p2p nodes on loopback, all bootstrapping from the first."""
         options = self.parse("--topology", "p2p", "--nodes", "5", "--max-peers", "4", "--node-id", "g")
-        self.assertEqual(options["nodes"], 5)
+        self.assertEqual(options["config"].settings.nodes, 5)
         service = makeService(options)
         nodes = list(service)
         self.assertEqual([n.config.node_id for n in nodes], ["g", "g-1", "g-2", "g-3", "g-4"])
         for node in nodes:
             self.assertEqual(node.config.listen, ("tcp:0:interface=127.0.0.1",))
-            self.assertEqual((node.config.max_peers, node.mesh.max_peers), (4, 4))
-        self.assertEqual(nodes[0].mesh.bootstrap, [])
+            self.assertEqual((node.config.settings.max_peers, mesh_of(node).max_peers), (4, 4))
+        self.assertEqual(mesh_of(nodes[0]).bootstrap, [])
         for node in nodes[1:]:
-            (bootstrap,) = node.mesh.bootstrap
+            (bootstrap,) = mesh_of(node).bootstrap
             self.assertTrue(callable(bootstrap))
             self.assertIsNone(bootstrap())  # the first node does not listen yet
 

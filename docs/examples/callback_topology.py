@@ -20,6 +20,7 @@ import time
 from twisted.internet import defer, reactor, task
 
 from netmodels.runtime.node import Node, NodeConfig
+from netmodels.topologies.callback.options import CallbackSettings
 from netmodels.topologies.callback.topology import Callback, InboxApplication, callback_of
 
 START = time.monotonic()
@@ -38,10 +39,11 @@ class Inbox(InboxApplication):
         log(f"alice's app got {payload.decode()!r} via {path}")
 
 
-def node(role, node_id, app=None, **config):
-    config = NodeConfig(topology="callback", role=role, node_id=node_id, token=TOKEN, **config)
+def node(role, node_id, app=None, callback=None, **config):
+    settings = CallbackSettings(token=TOKEN, callback=callback)
+    config = NodeConfig(topology="callback", role=role, node_id=node_id, settings=settings, **config)
     result = Node(config, Callback(), app or InboxApplication(config), reactor)
-    result.topology.build(result)
+    result.build()
     return result
 
 
@@ -118,10 +120,14 @@ def main():
 
     log("mallory tries a wrong token")
     mallory = NodeConfig(
-        topology="callback", role="client", node_id="mallory", token="guess", connect=(address,)
+        topology="callback",
+        role="client",
+        node_id="mallory",
+        settings=CallbackSettings(token="guess"),
+        connect=(address,),
     )
     intruder = Node(mallory, Callback(), InboxApplication(mallory), reactor)
-    intruder.topology.build(intruder)
+    intruder.build()
     closed = defer.Deferred()
     hub.manager.subscribe(
         lambda event, subject: event == "closed" and not closed.called and closed.callback(subject)

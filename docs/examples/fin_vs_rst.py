@@ -102,7 +102,7 @@ server = Node(
     Application(),
     reactor,
 )
-topology.build(server)
+server.build()
 server.startService()
 port = server.listeners[0].port.getHost().port
 client_config = NodeConfig(role="client", connect=(f"tcp:127.0.0.1:{port}",), node_id="client")
@@ -122,7 +122,7 @@ class CloseThenReset(Application):
 
 
 client = Node(client_config, topology, CloseThenReset(), reactor)
-topology.build(client)
+client.build()
 
 
 def closed(event, connection):

@@ -120,7 +120,7 @@ config = NodeConfig(
 )
 topology = ClientServer()
 node = Node(config, topology, Watch(), reactor)
-topology.build(node)
+node.build()
 
 
 def finish():

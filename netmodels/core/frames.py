@@ -24,6 +24,7 @@ from attrs import field, frozen
 from netmodels.core.keepalive import KeepaliveSettings
 
 __all__ = [
+    "CORE_TYPES",
     "DEFAULT_MAX_FRAME",
     "MAX_HELLO",
     "PROTOCOL_VERSION",
@@ -33,6 +34,7 @@ __all__ = [
     "Hello",
     "MalformedMessage",
     "MessageType",
+    "MessageTypeConflict",
     "ProtocolError",
     "UnknownMessageType",
     "decode_bye",
@@ -44,6 +46,8 @@ __all__ = [
     "encode_frame",
     "encode_hello",
     "encode_ping",
+    "message_type_name",
+    "register_message_types",
 ]
 
 
@@ -83,7 +87,61 @@ class MessageType(enum.IntEnum):
     ACK = 0x0D
 
 
-_KNOWN_TYPES: Final = frozenset(int(t) for t in MessageType)
+#: Every message type a decoder accepts: netmodels' own, then what plugins
+#: register (:func:`register_message_types`). A frame of any other type is
+#: a protocol error at the framing layer.
+_KNOWN_TYPES: Final[set[int]] = {int(t) for t in MessageType}
+#: Who registered each message type, and its name, by code.
+_REGISTERED: Final[dict[int, tuple[str, str]]] = {}
+#: The codes netmodels' core keeps to itself.
+CORE_TYPES: Final = frozenset(range(0x01, 0x09))
+
+
+class MessageTypeConflict(ValueError):
+    """Two plugins claim one message type code or name."""
+
+
+def register_message_types(owner: str, types: Mapping[str, int]) -> None:
+    """
+    Register ``owner``'s message types (name -> code, 1 to 255) so decoders
+    accept them. A code of netmodels' core, or a code or name another owner
+    registered, raises :class:`MessageTypeConflict` naming both; registering
+    the same types again for the same owner is a no-op.
+    """
+    for name, code in types.items():
+        if not 0 < code < 256:
+            raise MessageTypeConflict(f"{owner}: message type {name} has code {code}, not 1 to 255")
+        if code in CORE_TYPES:
+            raise MessageTypeConflict(
+                f"{owner}: message type {name} takes code 0x{code:02x} of netmodels' {MessageType(code).name}"
+            )
+        holder = _REGISTERED.get(code)
+        if holder is not None and holder != (owner, name):
+            raise MessageTypeConflict(
+                f"{owner}: message type {name} takes code 0x{code:02x}, which {holder[0]} registered "
+                f"for {holder[1]}"
+            )
+        for other_code, (other_owner, other_name) in _REGISTERED.items():
+            if other_name == name and other_owner != owner:
+                raise MessageTypeConflict(
+                    f"{owner}: message type name {name} is taken by {other_owner} (code 0x{other_code:02x})"
+                )
+    for name, code in types.items():
+        _REGISTERED[code] = (owner, name)
+        _KNOWN_TYPES.add(code)
+
+
+def message_type_name(code: int) -> str:
+    """``2`` -> ``"DATA"``; a registered plugin's type by its name; else the code in hex."""
+    if code in CORE_TYPES:
+        return MessageType(code).name
+    registered = _REGISTERED.get(code)
+    if registered is not None:
+        return registered[1]
+    try:
+        return MessageType(code).name
+    except ValueError:
+        return f"0x{code:02x}"
 
 
 _HEADER: Final = struct.Struct("!IB")

@@ -5,20 +5,18 @@
 or with BYE and FIN, for operators (serve the status endpoint on loopback or
 behind TLS: it has no authentication of its own).
 
-``POST /deliver/<client>`` (callback topology) hands the request body to the
-server's ``deliver``; it needs ``Authorization: Bearer <token>``, the node's
-``--token``, and is off when the node has none.
+Topologies add routes of their own (``ITopologyContext.add_route``): the
+callback topology's ``POST /deliver/<client>``, for one.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import Request, Site
 
 from netmodels.runtime.interfaces import IPeer
 
@@ -76,53 +74,6 @@ class _ConnectionCommand(Resource):
         return _json(request, {"node": nodes[0].config.node_id, "id": connection_id, "done": action})
 
 
-class _DeliverCommand(Resource):
-    """``POST /deliver/<client>``: the body is the message (callback topology)."""
-
-    isLeaf = True
-
-    def __init__(self, nodes: Sequence[Any]) -> None:
-        super().__init__()
-        self._nodes = nodes
-
-    def render_POST(self, request: Request) -> bytes | int:
-        from netmodels.topologies.callback.topology import CallbackServer, callback_of
-
-        servers = [callback_of(node) for node in self._nodes]
-        server = next((s for s in servers if isinstance(s, CallbackServer)), None)
-        if server is None:
-            return _json(request, {"error": "not a callback server"}, 404)
-        if server.token is None:
-            return _json(request, {"error": "the node has no --token: POST /deliver is off"}, 403)
-        offered = request.getHeader(b"authorization") or b""
-        if isinstance(offered, str):
-            offered = offered.encode()
-        if not hmac.compare_digest(offered, f"Bearer {server.token}".encode()):
-            request.setHeader(b"www-authenticate", b"Bearer")
-            return _json(request, {"error": "missing or wrong bearer token"}, 401)
-        parts = request.postpath or []
-        if len(parts) != 1 or not parts[0]:
-            return _json(request, {"error": "use POST /deliver/<client id> with the message as body"}, 404)
-        client_id = parts[0].decode("utf-8", "replace")
-        assert request.content is not None
-        payload = request.content.read()
-
-        def accepted(message_id: int) -> None:
-            document = {"client": client_id, "id": message_id, "depth": server.outbox.depth(client_id)}
-            request.write(_json(request, document, 202))
-            request.finish()
-
-        def refused(failure: Any) -> None:
-            from netmodels.topologies.callback.outbox import OutboxFull, UnknownClient
-
-            code = 404 if failure.check(UnknownClient) else 503 if failure.check(OutboxFull) else 413
-            request.write(_json(request, {"client": client_id, "error": str(failure.value)}, code))
-            request.finish()
-
-        server.deliver(client_id, payload).addCallbacks(accepted, refused)
-        return NOT_DONE_YET
-
-
 _PAGE = b"""<!doctype html>
 <html><head><meta charset="utf-8"><title>netmodels</title>
 <style>
@@ -157,6 +108,17 @@ tick();setInterval(tick,1000);
 """
 
 
+class _NotFound(Resource):
+    isLeaf = True
+
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self._error = error
+
+    def render(self, request: Request) -> bytes:
+        return _json(request, {"error": self._error}, 404)
+
+
 class StatusPage(Resource):
     """The root: the live page, ``status`` (the first node) and ``status/all``."""
 
@@ -168,10 +130,15 @@ class StatusPage(Resource):
         status.isLeaf = False
         self.putChild(b"status", status)
         self.putChild(b"connections", _ConnectionCommand(nodes))
-        self.putChild(b"deliver", _DeliverCommand(nodes))
+        # Routes topologies add (callback's /deliver); the first node's wins a name.
+        for node in reversed(nodes):
+            for name, resource in node.routes.items():
+                self.putChild(name.encode(), resource)
 
     def getChild(self, path: bytes, request: Request) -> Resource:
-        return self if path == b"" else super().getChild(path, request)
+        if path == b"":
+            return self
+        return _NotFound(f"no route /{path.decode('utf-8', 'replace')} on this node")
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")

@@ -10,15 +10,17 @@ netmodels exactly the way the built-in ones are written.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from netmodels.core.connection import ConnectionRecord
+    from netmodels.core.reasons import CloseReason
     from netmodels.runtime.node import Node, NodeConfig
 
-__all__ = ["IApplication", "IApplicationFactory", "IPeer", "ITopology"]
+__all__ = ["IApplication", "IApplicationFactory", "IPeer", "ISession", "ITopology", "ITopologyContext"]
 
 
 class IPeer(Interface):
@@ -89,13 +91,44 @@ class IApplicationFactory(Interface):
 
 
 class ITopology(Interface):
-    """A plugin that wires a node: ``--topology NAME`` picks one by name."""
+    """
+    A plugin that wires a node: ``--topology NAME`` picks one by name.
+
+    A topology owns everything that is its own: its command-line options
+    (:attr:`options`, merged into ``twistd netmodels``' own when it is
+    chosen), its settings (:meth:`settings`), its message types
+    (:attr:`message_types`, registered when the plugin is loaded), and, in
+    :meth:`build`, its handlers, ``/status`` section and HTTP routes, added
+    through the :class:`ITopologyContext` it is given. The core knows no
+    topology by name.
+    """
 
     name = Attribute("str: the --topology value.")
     description = Attribute("str: one line for --list-topologies.")
     roles = Attribute("tuple[str, ...]: the roles it accepts; the first is the default.")
     transports = Attribute("tuple[str, ...]: the transports it runs on ('tcp', 'udp').")
     default_app = Attribute("str: the application used when --app is not given.")
+    options = Attribute(
+        "type[twisted.python.usage.Options] | None: the topology's own options "
+        "(``optParameters``, ``optFlags``, ``opt_*`` methods), merged into twistd netmodels' options "
+        "when --topology names it, and listed by --topology NAME --help."
+    )
+    message_types = Attribute(
+        "Mapping[str, int]: the topology's own message types, by name. Codes 0x00-0x1f are "
+        "netmodels'; a code or name that another plugin registered is refused at load."
+    )
+
+    def settings(options: Mapping[str, Any]) -> object:
+        """
+        The topology's settings, made from every parsed option (the core's and
+        its own, by option name); kept as ``NodeConfig.settings``. Raises
+        ``ValueError`` whose message starts with the option's name. Called
+        with the defaults of :attr:`options` when a node is built without a
+        command line.
+        """
+
+    def hello_extra(settings: object) -> Mapping[str, Any]:
+        """Fields this node adds to its HELLO (e.g. the groups it joins)."""
 
     def validate(config: NodeConfig) -> None:
         """Raise ``ValueError`` naming the option if ``config`` cannot work."""
@@ -103,5 +136,74 @@ class ITopology(Interface):
     def check_peer(our_role: str, peer_role: str) -> str | None:
         """``None`` if a peer of ``peer_role`` may talk to us, else why not."""
 
-    def build(node: Node) -> None:
-        """Add this topology's listeners and dialers to ``node`` (a ``Node``)."""
+    def build(node: Node) -> object:
+        """
+        Add this topology's listeners, dialers, handlers, status section and
+        routes to ``node`` (which provides :class:`ITopologyContext`). What it returns is kept as the node's
+        ``topology_state`` (the one place to find the topology's state).
+        """
+
+    def more_nodes(first: Node, make_node: Callable[[NodeConfig], Node]) -> list[Node]:
+        """
+        Further nodes to run in the same process beside ``first`` (p2p's
+        ``--nodes``); ``make_node`` builds one from a config. Usually none.
+        """
+
+
+class ISession(IPeer):
+    """
+    A netmodels session as a topology sees it: the peer, plus what a
+    topology's handlers need to send its own frames and to end the
+    connection on bad input.
+    """
+
+    def write_frame(frame: bytes, corked: bool = False) -> None:
+        """Send an encoded frame (``netmodels.core.frames.encode_frame``)."""
+
+    def protocol_error(detail: str, fatal: bool = False) -> None:
+        """The peer broke the protocol: say BYE with ``protocol-error`` and close."""
+
+    def end(reason: CloseReason, detail: str = "", fatal: bool = False) -> None:
+        """Say BYE with ``reason`` and close (FIN, RST if it does not drain)."""
+
+
+class ITopologyContext(Interface):
+    """What a topology's :meth:`ITopology.build` is given: the node, as topologies use it."""
+
+    config = Attribute("NodeConfig: the node's configuration.")
+    settings = Attribute("object: the topology's settings (what ITopology.settings returned).")
+    clock = Attribute("IReactorTime: the node's clock.")
+    reactor = Attribute("The node's reactor.")
+    application = Attribute("IApplication: the node's application.")
+    manager = Attribute("netmodels.runtime.manager.ConnectionManager: every connection's record.")
+
+    def listen(description: str, factory: Any = None) -> None:
+        """Accept connections on an endpoint string (sessions unless ``factory``)."""
+
+    def connect(description: str, factory: Any = None) -> object:
+        """Keep a connection to an endpoint string up, reconnecting by close reason."""
+
+    def add_handler(message_type: int, handler: Callable[[Any, bytes], None]) -> None:
+        """Frames of ``message_type`` from any ready session go to ``handler(session, body)``
+        (the session provides :class:`ISession`)."""
+
+    def on_liveness(observer: Callable[[Any, str], None]) -> None:
+        """``observer(session, "suspect" | "alive")`` as keepalive sees the peer."""
+
+    def add_status_section(name: str, render: Callable[[], Any]) -> None:
+        """A top-level key of ``GET /status``, rendered by ``render()``."""
+
+    def add_route(name: str, resource: Any) -> None:
+        """An ``IResource`` served at ``/<name>`` on the ``--status`` endpoint."""
+
+    def on_start(hook: Callable[[], None]) -> None:
+        """Run ``hook`` once the node listens."""
+
+    def on_stop(hook: Callable[[], None]) -> None:
+        """Run ``hook`` first thing when the node stops."""
+
+    def peers() -> list[Any]:
+        """Ready peers."""
+
+    def broadcast(payload: bytes, exclude: IPeer | None = None) -> int:
+        """Send ``payload`` to every ready peer but ``exclude``."""

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 __all__ = ["KeepaliveMixin"]
 
 
-
 class KeepaliveMixin:
     """
     Application keepalive for any Twisted protocol, in the shape of Twisted's

@@ -22,6 +22,7 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from netmodels.core.connection import ConnectionLimits, ConnectionRecord
 from netmodels.core.datagram import DEFAULT_MAX_DATAGRAM
@@ -29,14 +30,15 @@ from netmodels.core.frames import DEFAULT_MAX_FRAME, Hello, MessageType, encode_
 from netmodels.core.keepalive import DEFAULT as DEFAULT_KEEPALIVE
 from netmodels.core.keepalive import KeepaliveSettings
 from netmodels.core.reasons import CloseReason
-from netmodels.runtime.interfaces import IApplication, IPeer, ITopology
+from netmodels.runtime.interfaces import IApplication, IPeer, ITopology, ITopologyContext
 from netmodels.runtime.manager import ConnectionManager, ManagedConnection, format_address
 from netmodels.runtime.reconnect import ReconnectingClient
 from netmodels.runtime.session import Session, SessionFactory, SessionSettings, encode_bye
 from netmodels.runtime.timers import TimerWheel
+from netmodels.runtime.topology import default_settings
 from netmodels.transports.udp import DatagramListeningPort, DatagramOptions, is_datagram, parse_endpoint
 
-__all__ = ["ListenFailed", "Node", "NodeConfig", "default_node_id", "endpoint_label"]
+__all__ = ["ListenFailed", "ListeningService", "Node", "NodeConfig", "default_node_id", "endpoint_label"]
 
 _log = Logger(namespace="netmodels.node")
 
@@ -69,12 +71,6 @@ class NodeConfig:
     history: int = 256
     #: Seconds between the requests a client application sends on its own.
     interval: float = 1.0
-    #: p2p: the most peers a node dials (it accepts more, up to max_connections).
-    max_peers: int = 32
-    #: many-to-one: the groups a client declares (sent in its HELLO).
-    groups: tuple[str, ...] = ()
-    #: many-to-one: endpoints where the server accepts raw line clients.
-    raw_listen: tuple[str, ...] = ()
     #: Slow-consumer policy (see SessionSettings): bytes accepted while
     #: paused, and how long a pause may last, before a peer is dropped.
     max_backlog: int = 4 * 1024 * 1024
@@ -83,15 +79,9 @@ class NodeConfig:
     max_datagram: int = DEFAULT_MAX_DATAGRAM
     #: UDP: application data over the reliable channel; ``None``: as the application prefers.
     reliable: bool | None = None
-    #: callback: the shared secret a client presents in its HELLO (None: none asked).
-    token: str | None = field(default=None, repr=False)
-    #: callback client: the endpoint it listens on for the server to dial back.
-    callback: str | None = None
-    #: callback: the SQLite file of the server's outbox, or of a client's
-    #: delivered ids (None: in memory, lost on restart).
-    outbox: str | None = None
-    #: callback server: the most undelivered messages kept for one client.
-    outbox_limit: int = 10_000
+    #: The topology's own settings, as its ``settings()`` made them from its
+    #: options; ``None``: the defaults of its options.
+    settings: Any = field(default=None, repr=False)
 
     @property
     def effective_user_timeout(self) -> float | None:
@@ -119,7 +109,7 @@ def endpoint_label(description: str) -> str:
     return description
 
 
-class _Listener(Service):
+class ListeningService(Service):
     """Listen on one endpoint; a failure surfaces at start-up."""
 
     def __init__(self, endpoint: Any, description: str, factory: Factory[Any]) -> None:
@@ -154,6 +144,7 @@ class _Listener(Service):
         return f"unix:{getattr(host, 'name', '?')}"
 
 
+@implementer(ITopologyContext)
 class Node(MultiService):
     """
     One netmodels node. Topologies call :meth:`listen` and :meth:`connect`;
@@ -180,8 +171,14 @@ class Node(MultiService):
         #: Run once listening has started, and first thing when stopping.
         self.start_hooks: list[Callable[[], None]] = []
         self.stop_hooks: list[Callable[[], None]] = []
+        #: HTTP resources a topology serves on the status endpoint, by path segment.
+        self.routes: dict[str, Any] = {}
+        #: What the topology's ``build`` returned: its state on this node.
+        self.topology_state: object = None
         self.config = config
         self.topology = topology
+        #: The topology's settings (``config.settings``, or its defaults).
+        self.settings: Any = config.settings if config.settings is not None else default_settings(topology)
         self.application = application
         self.reactor = reactor
         self.clock = reactor
@@ -214,7 +211,7 @@ class Node(MultiService):
                 listen=config.listen,
                 max_frame=config.max_frame,
                 extra={
-                    **({"groups": list(config.groups)} if config.groups else {}),
+                    **topology.hello_extra(self.settings),
                     # Either side asking for the reliable channel gets it both ways.
                     **({"reliable": True} if config.transport == "udp" and reliable else {}),
                 },
@@ -237,7 +234,7 @@ class Node(MultiService):
                 else None
             ),
         )
-        self.listeners: list[_Listener] = []
+        self.listeners: list[ListeningService] = []
         self.clients: list[ReconnectingClient] = []
         self._sessions: dict[int, Session] = {}
         #: Ready peers that are not sessions (raw line clients): each has
@@ -245,7 +242,38 @@ class Node(MultiService):
         self._other_peers: dict[int, Any] = {}
         self.manager.subscribe(self._connection_event)
 
-    # What topologies use
+    # What topologies use (ITopologyContext)
+
+    def build(self) -> object:
+        """Let the topology wire this node; keeps what it returns as :attr:`topology_state`."""
+        self.topology_state = self.topology.build(self)
+        return self.topology_state
+
+    def add_handler(self, message_type: int, handler: Callable[[Any, bytes], None]) -> None:
+        """Frames of ``message_type`` from any ready session go to ``handler``."""
+        if message_type in self.handlers:
+            raise ValueError(f"message type 0x{message_type:02x} already has a handler")
+        self.handlers[message_type] = handler
+
+    def on_liveness(self, observer: Callable[[Any, str], None]) -> None:
+        """``observer(session, "suspect" | "alive")`` as keepalive sees each peer."""
+        self.liveness_observers.append(observer)
+
+    def add_status_section(self, name: str, render: Callable[[], Any]) -> None:
+        """A top-level key of ``GET /status``."""
+        self.status_sections[name] = render
+
+    def add_route(self, name: str, resource: Any) -> None:
+        """An ``IResource`` served at ``/<name>`` on the ``--status`` endpoint."""
+        self.routes[name] = resource
+
+    def on_start(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` once the node listens (before the application starts)."""
+        self.start_hooks.append(hook)
+
+    def on_stop(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` first thing when the node stops."""
+        self.stop_hooks.append(hook)
 
     def session_factory(self) -> SessionFactory:
         return SessionFactory(self.session_settings, self.clock)
@@ -265,7 +293,7 @@ class Node(MultiService):
             factory or self.session_factory(),
             rejection_payload=rejection_payload or (lambda reason, detail: encode_bye(reason, detail)),
         )
-        listener = _Listener(self.endpoint(description, server=True), description, wrapped)
+        listener = ListeningService(self.endpoint(description, server=True), description, wrapped)
         listener.setServiceParent(self)
         self.listeners.append(listener)
 

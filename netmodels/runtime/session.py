@@ -39,6 +39,7 @@ from netmodels.core.frames import (
     encode_frame,
     encode_hello,
     encode_ping,
+    message_type_name,
 )
 from netmodels.core.keepalive import KeepaliveSettings
 from netmodels.core.reasons import CloseReason
@@ -468,7 +469,7 @@ class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
             elif message_type in handlers:
                 handlers[message_type](self, body)
             else:
-                name = MessageType(message_type).name
+                name = message_type_name(message_type)
                 self._protocol_error(
                     "HELLO received twice"
                     if message_type == _HELLO
@@ -492,7 +493,7 @@ class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
             self._bye_received(body)
             return
         if message_type != _HELLO:
-            self._protocol_error(f"expected HELLO, got {MessageType(message_type).name}")
+            self._protocol_error(f"expected HELLO, got {message_type_name(message_type)}")
             return
         try:
             hello = decode_hello(body)

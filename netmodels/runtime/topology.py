@@ -1,15 +1,20 @@
 """
 Topologies: who listens, who dials, and which peers may talk to each other.
 
-:class:`Topology` is a convenient base for :class:`~netmodels.runtime.interfaces.ITopology`
-plugins.
+:class:`Topology` is a convenient base for
+:class:`~netmodels.runtime.interfaces.ITopology` plugins: subclass it, set the
+names, and override :meth:`~Topology.build`; add :attr:`~Topology.options`,
+:meth:`~Topology.settings` and :attr:`~Topology.message_types` when the
+topology has options and messages of its own.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.plugin import IPlugin
+from twisted.python import usage
 from zope.interface import implementer
 
 from netmodels.runtime.interfaces import ITopology
@@ -17,7 +22,7 @@ from netmodels.runtime.interfaces import ITopology
 if TYPE_CHECKING:
     from netmodels.runtime.node import Node, NodeConfig
 
-__all__ = ["Topology"]
+__all__ = ["Topology", "default_settings"]
 
 
 @implementer(ITopology, IPlugin)
@@ -29,6 +34,17 @@ class Topology:
     roles: ClassVar[tuple[str, ...]] = ()
     transports: ClassVar[tuple[str, ...]] = ("tcp", "udp")
     default_app: ClassVar[str] = "echo"
+    #: The topology's own command-line options (none by default).
+    options: ClassVar[type[usage.Options] | None] = None
+    #: The topology's own message types, by name (none by default).
+    message_types: ClassVar[Mapping[str, int]] = {}
+
+    def settings(self, options: Mapping[str, Any]) -> object:
+        """No options, no settings."""
+        return None
+
+    def hello_extra(self, settings: object) -> Mapping[str, Any]:
+        return {}
 
     def validate(self, config: NodeConfig) -> None:
         if config.role not in self.roles:
@@ -44,8 +60,17 @@ class Topology:
     def check_peer(self, our_role: str, peer_role: str) -> str | None:
         return None
 
-    def build(self, node: Node) -> None:
+    def build(self, node: Node) -> object:
         raise NotImplementedError
+
+    def more_nodes(self, first: Node, make_node: Callable[[NodeConfig], Node]) -> list[Node]:
+        return []
 
     def __repr__(self) -> str:
         return f"<topology {self.name!r}>"
+
+
+def default_settings(topology: ITopology) -> object:
+    """``topology``'s settings when no command line gave any: those of its options' defaults."""
+    options = topology.options() if topology.options is not None else {}
+    return topology.settings(dict(options))

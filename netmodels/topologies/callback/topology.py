@@ -36,9 +36,8 @@ import collections
 import hmac
 import json
 import struct
-import weakref
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
 import attrs
 from attrs import define, field
@@ -48,7 +47,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from netmodels.core.connection import ConnectionRecord, Direction
-from netmodels.core.frames import Hello, MalformedMessage, MessageType, ProtocolError, encode_frame
+from netmodels.core.frames import Hello, MalformedMessage, ProtocolError, encode_frame
 from netmodels.core.reasons import CloseReason
 from netmodels.runtime.application import Application
 from netmodels.runtime.interfaces import IPeer
@@ -56,7 +55,9 @@ from netmodels.runtime.manager import ConnectFailed, ManagedConnection
 from netmodels.runtime.node import Node, NodeConfig, endpoint_label
 from netmodels.runtime.session import MessageTooLarge, Session, SessionFactory, SessionSettings
 from netmodels.runtime.topology import Topology
+from netmodels.topologies.callback.options import CallbackOptions, CallbackSettings
 from netmodels.topologies.callback.outbox import DeliveredLog, Outbox, OutboxFull, UnknownClient
+from netmodels.topologies.callback.route import DeliverResource
 
 __all__ = [
     "Callback",
@@ -79,9 +80,12 @@ _log = Logger(namespace="netmodels.callback")
 _inbox_log = Logger(namespace="netmodels.app.inbox")
 
 _ID = struct.Struct("!Q")
-_REGISTER = int(MessageType.REGISTER)
-_DELIVER = int(MessageType.DELIVER)
-_ACK = int(MessageType.ACK)
+#: A client registers its callback endpoint (JSON).
+REGISTER: Final = 0x0B
+#: A message for the client: a u64 message id, then the payload.
+DELIVER: Final = 0x0C
+#: The client has every message up to this u64 id.
+ACK: Final = 0x0D
 
 #: The kinds of callback endpoint a server knows how to dial.
 KINDS = ("tcp", "tls", "udp")
@@ -103,7 +107,7 @@ FALLBACK = "fallback"
 
 def encode_register(port: int | None, kind: str = "tcp") -> bytes:
     """REGISTER: the port the client listens on for callbacks (``None``: none), and its kind."""
-    return encode_frame(_REGISTER, json.dumps({"port": port, "kind": kind}).encode())
+    return encode_frame(REGISTER, json.dumps({"port": port, "kind": kind}).encode())
 
 
 def decode_register(body: bytes) -> tuple[int | None, str]:
@@ -123,7 +127,7 @@ def decode_register(body: bytes) -> tuple[int | None, str]:
 
 
 def encode_deliver(message_id: int, payload: bytes) -> bytes:
-    return encode_frame(_DELIVER, _ID.pack(message_id) + payload)
+    return encode_frame(DELIVER, _ID.pack(message_id) + payload)
 
 
 def decode_deliver(body: bytes) -> tuple[int, bytes]:
@@ -133,7 +137,7 @@ def decode_deliver(body: bytes) -> tuple[int, bytes]:
 
 
 def encode_ack(message_id: int) -> bytes:
-    return encode_frame(_ACK, _ID.pack(message_id))
+    return encode_frame(ACK, _ID.pack(message_id))
 
 
 def decode_ack(body: bytes) -> int:
@@ -181,12 +185,10 @@ class _Quiet(Application):
     """The application of callback connections: they carry DELIVER and ACK only."""
 
 
-_OWNERS: weakref.WeakKeyDictionary[Node, CallbackServer | CallbackClient] = weakref.WeakKeyDictionary()
-
-
 def callback_of(node: Node) -> CallbackServer | CallbackClient | None:
     """The :class:`CallbackServer` or :class:`CallbackClient` of a callback node, else ``None``."""
-    return _OWNERS.get(node)
+    state = node.topology_state
+    return state if isinstance(state, CallbackServer | CallbackClient) else None
 
 
 # --- The server --------------------------------------------------------------------------
@@ -278,7 +280,6 @@ class CallbackServer:
         #: client acknowledged messages: they left the outbox) and ``"offline"``
         #: (its control connection closed: its messages wait).
         self.observers: list[Callable[[str, str], None]] = []
-        _OWNERS[node] = self
         # Control connections: clients prove the token; our HELLO names our store.
         base = _with_extra(node.session_settings, store=outbox.store_id)
         node.session_settings = attrs.evolve(base, authenticate=token_checker(token, "client"))
@@ -287,12 +288,13 @@ class CallbackServer:
             base if token is None else _with_extra(base, token=token), application=_Quiet()
         )
         self.dial_factory = SessionFactory(dial_settings, node.clock)
-        node.handlers[_REGISTER] = self._register_received
-        node.handlers[_ACK] = self._ack_received
+        node.add_handler(REGISTER, self._register_received)
+        node.add_handler(ACK, self._ack_received)
         node.manager.subscribe(self._connection_event)
-        node.liveness_observers.append(self._liveness)
-        node.status_sections["callback"] = self.status
-        node.stop_hooks.append(self.stop)
+        node.on_liveness(self._liveness)
+        node.add_status_section("callback", self.status)
+        node.add_route("deliver", DeliverResource(self))
+        node.on_stop(self.stop)
 
     # API
 
@@ -634,7 +636,6 @@ class CallbackClient:
         self._stopped = False
         self._acks: dict[Session, int] = {}
         self._ack_call: IDelayedCall | None = None
-        _OWNERS[node] = self
         base = node.session_settings
         #: For the control connection: our HELLO carries the token.
         self.control_factory = SessionFactory(
@@ -644,10 +645,10 @@ class CallbackClient:
         self.callback_factory = SessionFactory(
             attrs.evolve(base, application=_Quiet(), authenticate=token_checker(token, "server")), node.clock
         )
-        node.handlers[_DELIVER] = self._deliver_received
+        node.add_handler(DELIVER, self._deliver_received)
         node.manager.subscribe(self._connection_event)
-        node.status_sections["callback"] = self.status
-        node.stop_hooks.append(self.stop)
+        node.add_status_section("callback", self.status)
+        node.on_stop(self.stop)
 
     def listen(self, description: str) -> None:
         """Listen for callbacks on ``description``."""
@@ -738,12 +739,19 @@ class Callback(Topology):
     roles = ("server", "client")
     default_app = "inbox"
 
+    options = CallbackOptions
+    message_types = {"REGISTER": REGISTER, "DELIVER": DELIVER, "ACK": ACK}
+
+    def settings(self, options: Mapping[str, Any]) -> CallbackSettings:
+        return CallbackSettings.from_options(options)
+
     def validate(self, config: NodeConfig) -> None:
         super().validate(config)
+        settings = config.settings if isinstance(config.settings, CallbackSettings) else CallbackSettings()
         if config.role == "server":
             if not config.listen:
                 raise ValueError("--listen: the server role needs at least one endpoint to listen on")
-            if config.callback is not None:
+            if settings.callback is not None:
                 raise ValueError("--callback: clients listen for callbacks; the server dials them")
         else:
             if len(config.connect) != 1:
@@ -753,8 +761,6 @@ class Callback(Topology):
                 )
             if config.listen:
                 raise ValueError("--listen: a callback client listens on its --callback endpoint only")
-        if config.outbox_limit < 1:
-            raise ValueError("--outbox-limit: must be at least 1")
 
     def check_peer(self, our_role: str, peer_role: str) -> str | None:
         expected = "client" if our_role == "server" else "server"
@@ -762,23 +768,25 @@ class Callback(Topology):
             return f"a callback {our_role} talks to a {expected}, and the peer is a {peer_role}"
         return None
 
-    def build(self, node: Node) -> None:
+    def build(self, node: Node) -> CallbackServer | CallbackClient:
         config = node.config
+        settings: CallbackSettings = node.settings
         if config.role == "server":
-            outbox = Outbox(config.outbox, max_per_client=config.outbox_limit)
-            node.stop_hooks.append(outbox.close)
-            CallbackServer(node, outbox, config.token)
+            outbox = Outbox(settings.outbox, max_per_client=settings.outbox_limit)
+            node.on_stop(outbox.close)
+            server = CallbackServer(node, outbox, settings.token)
             for description in config.listen:
                 node.listen(description)
-            if config.token is None:
-                node.start_hooks.append(
+            if settings.token is None:
+                node.on_start(
                     lambda: _log.warn("no --token: any client may register, and POST /deliver is off")
                 )
-        else:
-            client = CallbackClient(node, DeliveredLog(config.outbox), config.token)
-            if config.callback is not None:
-                client.listen(config.callback)
-            node.connect(config.connect[0], client.control_factory)
+            return server
+        client = CallbackClient(node, DeliveredLog(settings.outbox), settings.token)
+        if settings.callback is not None:
+            client.listen(settings.callback)
+        node.connect(config.connect[0], client.control_factory)
+        return client
 
 
 # --- The inbox application -----------------------------------------------------------------

@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import collections
 import re
-import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -44,6 +43,7 @@ from netmodels.core.connection import ConnectionRecord, ConnectionState, Directi
 from netmodels.core.frames import Hello, MessageType, encode_frame
 from netmodels.core.reasons import CloseReason
 from netmodels.runtime.application import Application
+from netmodels.runtime.endpoints import check_endpoint
 from netmodels.runtime.interfaces import IPeer
 from netmodels.runtime.manager import ManagedConnection
 from netmodels.runtime.node import Node, NodeConfig
@@ -55,6 +55,7 @@ from netmodels.runtime.session import (
     SlowConsumerPolicy,
 )
 from netmodels.runtime.topology import Topology
+from netmodels.topologies.many_to_one.options import ManyToOneOptions, ManyToOneSettings
 from netmodels.transports.tcp import apply_kernel_keepalive, find_tcp_connection, set_no_delay
 
 __all__ = [
@@ -323,12 +324,10 @@ class _Client:
     kind: str
 
 
-_HUBS: weakref.WeakKeyDictionary[Node, Hub] = weakref.WeakKeyDictionary()
-
-
 def hub_of(node: Node) -> Hub | None:
     """The :class:`Hub` of a many-to-one node, or ``None`` for another topology."""
-    return _HUBS.get(node)
+    state = node.topology_state
+    return state if isinstance(state, Hub) else None
 
 
 class Hub:
@@ -341,7 +340,7 @@ class Hub:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.role = node.config.role
-        self.groups = node.config.groups
+        self.groups = node.settings.groups
         self._clients: dict[int, _Client] = {}
         self._by_group: dict[str, dict[int, Any]] = {}
         self._server: Session | None = None
@@ -349,9 +348,8 @@ class Hub:
         #: Endpoints of the raw line listeners, as given, and the listeners.
         self.raw_listen: tuple[str, ...] = ()
         self.raw_listeners: list[Any] = []
-        _HUBS[node] = self
         node.manager.subscribe(self._connection_event)
-        node.status_sections["many_to_one"] = self.status
+        node.add_status_section("many_to_one", self.status)
         if self.role == "server":
             # A client's groups are checked with the rest of its HELLO, so a
             # bad list is a fatal protocol error it is told about in a BYE.
@@ -547,12 +545,31 @@ class ManyToOne(Topology):
     roles = ("server", "client")
     default_app = "chat"
 
+    options = ManyToOneOptions
+
+    def settings(self, options: Mapping[str, Any]) -> ManyToOneSettings:
+        settings = ManyToOneSettings.from_options(options)
+        problem = check_groups(settings.groups)
+        if problem is not None:
+            raise ValueError(f"--group: {problem}")
+        for description in settings.raw_listen:
+            try:
+                check_endpoint(description, "tcp", server=True)
+            except Exception as e:
+                raise ValueError(f"--raw-listen: bad endpoint {description!r}: {e}") from None
+        return settings
+
+    def hello_extra(self, settings: object) -> Mapping[str, Any]:
+        assert isinstance(settings, ManyToOneSettings)
+        return {"groups": list(settings.groups)} if settings.groups else {}
+
     def validate(self, config: NodeConfig) -> None:
         super().validate(config)
+        settings = config.settings if isinstance(config.settings, ManyToOneSettings) else ManyToOneSettings()
         if config.role == "server":
-            if not config.listen and not config.raw_listen:
+            if not config.listen and not settings.raw_listen:
                 raise ValueError("--listen: the server role needs at least one endpoint to listen on")
-            if config.groups:
+            if settings.groups:
                 raise ValueError("--group: clients declare groups; the server has none")
         else:
             if len(config.connect) != 1:
@@ -560,13 +577,10 @@ class ManyToOne(Topology):
                     "--connect: a many-to-one client dials exactly one server, "
                     f"not {len(config.connect)} endpoints"
                 )
-            if config.raw_listen:
+            if settings.raw_listen:
                 raise ValueError("--raw-listen: only the server role accepts raw line clients")
             if config.listen:
                 raise ValueError("--listen: a many-to-one client dials its server and listens on nothing")
-        problem = check_groups(config.groups)
-        if problem is not None:
-            raise ValueError(f"--group: {problem}")
 
     def check_peer(self, our_role: str, peer_role: str) -> str | None:
         expected = "client" if our_role == "server" else "server"
@@ -574,19 +588,20 @@ class ManyToOne(Topology):
             return f"a many-to-one {our_role} talks to a {expected}, and the peer is a {peer_role}"
         return None
 
-    def build(self, node: Node) -> None:
+    def build(self, node: Node) -> Hub:
         config = node.config
         hub = Hub(node)
         for description in config.listen:
             node.listen(description)
         if config.role == "server":
-            for description in config.raw_listen:
+            for description in node.settings.raw_listen:
                 node.listen(description, RawLineFactory(node), rejection_payload=_raw_rejection)
                 hub.raw_listeners.append(node.listeners[-1])
-            hub.raw_listen = config.raw_listen
-            node.start_hooks.append(hub.log_raw_listeners)
+            hub.raw_listen = node.settings.raw_listen
+            node.on_start(hub.log_raw_listeners)
         else:
             node.connect(config.connect[0])
+        return hub
 
 
 # --- The chat application ---------------------------------------------------------------

@@ -30,9 +30,10 @@ from __future__ import annotations
 import enum
 import json
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import attrs
 from attrs import define, field
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
@@ -43,7 +44,7 @@ from zope.interface import implementer
 
 from netmodels.core.backoff import DEFAULT_RECONNECT_POLICY, ReconnectPolicy
 from netmodels.core.connection import ConnectionRecord, Direction
-from netmodels.core.frames import MalformedMessage, MessageType, ProtocolError, encode_frame
+from netmodels.core.frames import MalformedMessage, ProtocolError, encode_frame
 from netmodels.core.reasons import CloseReason
 from netmodels.runtime.application import Application
 from netmodels.runtime.interfaces import IPeer
@@ -51,7 +52,8 @@ from netmodels.runtime.manager import ConnectFailed, ManagedConnection
 from netmodels.runtime.node import Node, NodeConfig
 from netmodels.runtime.session import Session
 from netmodels.runtime.topology import Topology
-from netmodels.topologies.p2p.messages import Broadcast, decode_broadcast, encode_broadcast
+from netmodels.topologies.p2p.messages import BROADCAST, PEERS, Broadcast, decode_broadcast, encode_broadcast
+from netmodels.topologies.p2p.options import P2POptions, P2PSettings
 
 __all__ = [
     "BroadcastApplication",
@@ -61,6 +63,7 @@ __all__ = [
     "PeerToPeer",
     "RemoteNode",
     "first_endpoint",
+    "mesh_of",
 ]
 
 _log = Logger(namespace="netmodels.p2p")
@@ -248,12 +251,12 @@ class Mesh:
         self._bootstrap_dialling = False
         self._stopping = False
         self.counters = {"sent": 0, "delivered": 0, "duplicates": 0, "forwarded": 0, "relayed": 0}
-        node.handlers[MessageType.PEERS] = self._peers_received
-        node.handlers[MessageType.BROADCAST] = self._broadcast_received
-        node.liveness_observers.append(self._liveness)
+        node.add_handler(PEERS, self._peers_received)
+        node.add_handler(BROADCAST, self._broadcast_received)
+        node.on_liveness(self._liveness)
         node.manager.subscribe(self._connection_event)
-        node.status_sections["peers"] = lambda: [m.as_dict() for m in self.members.values()]
-        node.status_sections["mesh"] = self.status
+        node.add_status_section("peers", lambda: [m.as_dict() for m in self.members.values()])
+        node.add_status_section("mesh", self.status)
 
     # Life
 
@@ -573,7 +576,7 @@ class Mesh:
                     "state": "alive",
                 }
             )
-        return encode_frame(MessageType.PEERS, json.dumps({"members": entries}).encode())
+        return encode_frame(PEERS, json.dumps({"members": entries}).encode())
 
     def _peers_received(self, session: Session, body: bytes) -> None:
         try:
@@ -665,7 +668,7 @@ class Mesh:
             if message.destination:
                 return
         destination = self.members.get(message.destination) if message.destination else None
-        frame = encode_frame(MessageType.BROADCAST, body)
+        frame = encode_frame(BROADCAST, body)
         if destination is not None and destination.session is not None:
             destination.session.write_frame(frame)
             self.counters["forwarded"] += 1
@@ -757,6 +760,11 @@ class PeerToPeer(Topology):
     description = "every node listens and dials; peer exchange, membership, broadcast"
     roles = ("peer",)
     default_app = "broadcast"
+    options = P2POptions
+    message_types = {"PEERS": PEERS, "BROADCAST": BROADCAST}
+
+    def settings(self, options: Mapping[str, Any]) -> P2PSettings:
+        return P2PSettings.from_options(options)
 
     def validate(self, config: NodeConfig) -> None:
         super().validate(config)
@@ -766,13 +774,38 @@ class PeerToPeer(Topology):
     def check_peer(self, our_role: str, peer_role: str) -> str | None:
         return None if peer_role == "peer" else f"a p2p node talks to peers, and the peer is a {peer_role}"
 
-    def build(self, node: Node) -> None:
+    def build(self, node: Node) -> Mesh:
         for description in node.config.listen:
             node.listen(description)
-        mesh = Mesh(node, node.config.max_peers, node.config.connect)
-        node.mesh = mesh  # type: ignore[attr-defined]
-        node.start_hooks.append(mesh.start)
-        node.stop_hooks.append(mesh.stop)
+        mesh = Mesh(node, node.settings.max_peers, node.config.connect)
+        node.on_start(mesh.start)
+        node.on_stop(mesh.stop)
+        return mesh
+
+    def more_nodes(self, first: Node, make_node: Callable[[NodeConfig], Node]) -> list[Node]:
+        """``--nodes N``: N - 1 more nodes on ephemeral loopback ports, bootstrapping from ``first``."""
+        nodes = []
+        for index in range(1, first.settings.nodes):
+            config = attrs.evolve(
+                first.config,
+                node_id=f"{first.config.node_id}-{index}",
+                listen=(f"{first.config.transport}:0:interface=127.0.0.1",),
+                connect=(),
+                status=None,
+            )
+            node = make_node(config)
+            # The first node's port is known only once it listens: ask then.
+            mesh_of(node).bootstrap.append(lambda: first_endpoint(first))
+            nodes.append(node)
+        return nodes
+
+
+def mesh_of(node: Node) -> Mesh:
+    """The p2p engine of ``node``, a node of the p2p topology."""
+    mesh = node.topology_state
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"{node!r} is not a p2p node")
+    return mesh
 
 
 class BroadcastApplication(Application):

@@ -9,9 +9,14 @@ from typing import Final
 
 from attrs import frozen
 
-from netmodels.core.frames import MalformedMessage, MessageType, encode_frame
+from netmodels.core.frames import MalformedMessage, encode_frame
 
-__all__ = ["Broadcast", "decode_broadcast", "encode_broadcast"]
+__all__ = ["BROADCAST", "PEERS", "Broadcast", "decode_broadcast", "encode_broadcast"]
+
+#: Peer exchange: a JSON list of members and their endpoints.
+PEERS: Final = 0x09
+#: A message flooded to every node, or relayed to one.
+BROADCAST: Final = 0x0A
 
 
 _BROADCAST_HEADER: Final = struct.Struct("!BBQI")
@@ -42,7 +47,7 @@ def encode_broadcast(message: Broadcast) -> bytes:
     origin = message.origin.encode()
     destination = message.destination.encode()
     header = _BROADCAST_HEADER.pack(len(origin), len(destination), message.incarnation, message.sequence)
-    return encode_frame(MessageType.BROADCAST, header + origin + destination + message.payload)
+    return encode_frame(BROADCAST, header + origin + destination + message.payload)
 
 
 def decode_broadcast(body: bytes) -> Broadcast:

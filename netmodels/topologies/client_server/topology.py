@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
+from attrs import frozen
 from twisted.logger import Logger
+from twisted.python import usage
 
 from netmodels.runtime.application import Application
 from netmodels.runtime.interfaces import IPeer
@@ -13,7 +16,7 @@ from netmodels.runtime.topology import Topology
 if TYPE_CHECKING:
     from netmodels.runtime.node import Node, NodeConfig
 
-__all__ = ["ClientServer", "EchoApplication"]
+__all__ = ["DEMO_LISTEN", "ClientServer", "ClientServerOptions", "ClientServerSettings", "EchoApplication"]
 
 
 _log = Logger(namespace="netmodels.app.echo")
@@ -71,6 +74,26 @@ class EchoApplication(Application):
         )
 
 
+#: Where ``--demo`` listens when ``--listen`` is not given.
+DEMO_LISTEN = "tcp:8750:interface=127.0.0.1"
+
+
+@frozen
+class ClientServerSettings:
+    #: Run the demo: a server and three clients in this process.
+    demo: bool = False
+
+
+class ClientServerOptions(usage.Options):
+    optFlags = [["demo", None, "Run a local demo: a server and three clients in one process."]]
+
+    def postOptions(self) -> None:
+        if self["demo"]:
+            self["listen"] = self["listen"] or [DEMO_LISTEN]
+            self["role"] = "server"
+        super().postOptions()
+
+
 class ClientServer(Topology):
     """
     One server, clients that dial it. Clients send requests (with correlation
@@ -80,6 +103,10 @@ class ClientServer(Topology):
     name = "client-server"
     description = "servers listen, clients dial and send requests (request/response, echo)"
     roles = ("server", "client")
+    options = ClientServerOptions
+
+    def settings(self, options: Mapping[str, Any]) -> ClientServerSettings:
+        return ClientServerSettings(demo=bool(options.get("demo", False)))
 
     def validate(self, config: NodeConfig) -> None:
         super().validate(config)
@@ -100,3 +127,11 @@ class ClientServer(Topology):
         if node.config.role == "client":
             for description in node.config.connect:
                 node.connect(description)
+
+    def more_nodes(self, first: Node, make_node: Callable[[NodeConfig], Node]) -> list[Node]:
+        if not first.settings.demo:
+            return []
+        # Imported here: the demo's applications build on this module's echo.
+        from netmodels.topologies.client_server.demo import demo_clients
+
+        return demo_clients(first)

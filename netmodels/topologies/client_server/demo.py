@@ -1,5 +1,5 @@
 """
-``twistd -n netmodels --demo``: a server and three clients in one process.
+``twistd -n netmodels --demo`` (client-server): a server and three clients in one process.
 
 Two clients send an echo request every second. The third ends its connection
 every few seconds, alternately with FIN and with RST, and reconnects by the
@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Any
 
 import attrs
 
 from netmodels.runtime.node import Node, NodeConfig
-from netmodels.runtime.registry import topologies
-from netmodels.topologies.client_server import EchoApplication
+from netmodels.topologies.client_server.topology import EchoApplication
 
 __all__ = ["demo_clients"]
 
@@ -51,9 +49,10 @@ class FlakyClient(EchoApplication):
             getattr(peer, next(self._closes))()
 
 
-def demo_clients(server: NodeConfig, reactor: Any) -> list[Node]:
-    """The demo's client nodes, dialling ``server``'s first listen endpoint."""
-    topology = topologies()["client-server"]
+def demo_clients(server_node: Node) -> list[Node]:
+    """The demo's client nodes, dialling the server node's first listen endpoint."""
+    server = server_node.config
+    topology = server_node.topology
     dial = _dial_string(server.listen[0])
     nodes = []
     for name, application_class in (
@@ -62,7 +61,7 @@ def demo_clients(server: NodeConfig, reactor: Any) -> list[Node]:
         ("flaky", FlakyClient),
     ):
         config = attrs.evolve(server, role="client", listen=(), connect=(dial,), node_id=name, status=None)
-        node = Node(config, topology, application_class(config), reactor)
-        topology.build(node)
+        node = Node(config, topology, application_class(config), server_node.reactor)
+        node.build()
         nodes.append(node)
     return nodes
