@@ -13,8 +13,10 @@ The package's folders are its architecture: these tests hold the code to it.
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -97,7 +99,9 @@ class LayerTests(SynchronousTestCase):
 
     def test_checker_sees_violations(self) -> None:
         """The checker itself, on a made-up package: each kind of violation is found."""
-        package = Path(self.mktemp()) / "netmodels"
+        root = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, root)
+        package = root / "netmodels"
         sources = {
             "core/bad.py": "def f():\n    from twisted.internet import reactor\n",
             "core/upward.py": "from netmodels.runtime.node import Node\n",
