@@ -191,11 +191,15 @@ class EveryReasonTests(SynchronousTestCase):
             assert backoff is not None
             h = Harness(keep_up=False)
             h.do(h.dialer.lost, record(reason))
-            # A second close while waiting starts over from the first delay.
+            # A second loss while waiting is one more failure: the delay grows.
             h.do(h.dialer.lost, record(reason))
             self.assertEqual(
                 h.events,
-                [("state", DialerState.WAITING), ("delay", backoff.initial), ("delay", backoff.initial)],
+                [
+                    ("state", DialerState.WAITING),
+                    ("delay", backoff.initial),
+                    ("delay", backoff.initial * backoff.factor),
+                ],
                 reason,
             )
             self.assertEqual(len(h.clock.getDelayedCalls()), 1, reason)
@@ -230,12 +234,28 @@ class OnDemandTests(SynchronousTestCase):
         )
         self.assertEqual(len(h.endpoint.attempts), 1)
 
-    def test_attempt_result_is_the_connection(self) -> None:
+    def test_connection_handed_over(self) -> None:
+        """A connection made is the attempt's result, and the dialer is idle again."""
         h = Harness(keep_up=False)
         results: list[Any] = []
         h.do(h.dialer.dial).addBoth(results.append)
         connection = h.do(h.endpoint.accept)
         self.assertEqual(results, [connection])
+        self.assertEqual(h.events, [("state", DialerState.CONNECTING), ("state", DialerState.IDLE)])
+
+    def test_owner_reports_ready_and_loss(self) -> None:
+        """reset() when the owner's connection is ready; lost() when it ends: the first delay."""
+        h = Harness(keep_up=False)
+        refused = h.do(h.dialer.dial)
+        h.do(h.endpoint.refuse)
+        self.failureResultOf(refused, ConnectFailed)
+        h.advance(REFUSED_INITIAL)
+        h.do(h.dialer.dial)
+        h.do(h.endpoint.accept)
+        self.assertEqual(h.dialer.failures, 1)
+        h.do(h.dialer.reset)
+        h.do(h.dialer.lost, record(CloseReason.RESET))
+        self.assertEqual(h.events[-2:], [("state", DialerState.WAITING), ("delay", RESET_INITIAL)])
 
     def test_reset_cuts_hold_off(self) -> None:
         h = Harness(keep_up=False)
@@ -252,6 +272,14 @@ class OnDemandTests(SynchronousTestCase):
         connection = h.do(h.endpoint.accept)
         self.successResultOf(h.do(h.dialer.stop))
         self.assertFalse(connection.record.closed)
+
+    def test_stop_while_connecting_on_demand(self) -> None:
+        """The owner's attempt fails (cancelled); nothing is scheduled."""
+        h = Harness(keep_up=False)
+        attempt = h.do(h.dialer.dial)
+        self.successResultOf(h.do(h.dialer.stop))
+        self.failureResultOf(attempt, ConnectFailed)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
 
     def test_resolving_endpoint_failure_is_a_failed_attempt(self) -> None:
         """An endpoint that does not resolve fails the attempt, recorded as unreachable."""

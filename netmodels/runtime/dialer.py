@@ -22,10 +22,12 @@ Two ways to use it:
 - **keep-up** (``keep_up=True``, what :meth:`Node.connect` builds): a service
   that keeps one connection up: it dials when started and again when each
   hold-off ends, and closes the connection when stopped.
-- **on demand** (``keep_up=False``, p2p's and callback's dials): the owner calls
-  :meth:`Dialer.dial` when it wants a connection; after a failure the dialer
-  refuses to dial until its hold-off ends. The connection is the owner's: it
-  stays up when the dialer stops.
+- **on demand** (``keep_up=False``, p2p's and callback's dials): single
+  attempts. The owner calls :meth:`Dialer.dial` when it wants a connection;
+  a connection made is handed over (the dialer is idle again) and is the
+  owner's, which tells the dialer what became of it: :meth:`Dialer.reset`
+  once it is ready, :meth:`Dialer.lost` when it ended badly. After a failed
+  attempt or a loss the dialer refuses to dial until its hold-off ends.
 """
 
 from __future__ import annotations
@@ -99,7 +101,10 @@ class _Inputs(Protocol):
         "Which state the machine is in."
 
     def _connected(self, connection: ManagedConnection) -> None:
-        "The attempt connected (the handshake follows)."
+        "The attempt connected (the handshake follows); keep-up mode."
+
+    def _handed_over(self) -> None:
+        "The attempt connected, and the connection is the owner's; on-demand mode."
 
     def _ready(self, connection: ManagedConnection) -> None:
         "Some outbound connection completed its handshake."
@@ -182,7 +187,10 @@ def _start_attempt(c: _Inputs, s: _Core) -> _Connecting:
     attempt = s.manager.connect(s.endpoint, s.factory, s.peer)
 
     def connected(connection: ManagedConnection) -> ManagedConnection:
-        c._connected(connection)
+        if s.keep_up:
+            c._connected(connection)
+        else:
+            c._handed_over()
         return connection
 
     def failed(failure: Failure) -> Failure:
@@ -260,6 +268,8 @@ def _build() -> Callable[[_Core], _Inputs]:
         busy.upon(_Inputs.dial).loop().returns(False)
 
     Connecting.upon(_Inputs._connected).to(Connected).returns(None)
+    Connecting.upon(_Inputs._handed_over).to(Idle).returns(None)
+    Stopped.upon(_Inputs._handed_over).loop().returns(None)
     Connecting.upon(_Inputs._hold_off).to(Waiting).returns(None)
     Connected.upon(_Inputs._hold_off).to(Waiting).returns(None)
     Idle.upon(_Inputs._hold_off).to(Waiting).returns(None)
@@ -269,7 +279,7 @@ def _build() -> Callable[[_Core], _Inputs]:
     def hold_off_longer(
         c: _Inputs, s: _Core, waiting: _Waiting, record: ConnectionRecord, delay: float
     ) -> None:
-        # Another connection to the peer ended (see Dialer.lost): start over.
+        # A connection of the owner's ended (see Dialer.lost): hold off anew.
         waiting.call.cancel()
         waiting.call = _wait(c, s, record, delay).call
 
@@ -400,13 +410,21 @@ class Dialer(Service):
         keep_up: bool = True,
         retry_fatal_after: float | None = None,
     ) -> None:
-        self.peer = peer
         self.clock = clock
         self._core = _Core(manager, endpoint, factory, peer, clock, policy, draw, keep_up, retry_fatal_after)
         self._machine = _Machine(self._core)
         manager.subscribe(self._connection_event)
 
     # What owners use
+
+    @property
+    def peer(self) -> str:
+        """What attempts are recorded and logged as dialling (an owner may move it)."""
+        return self._core.peer
+
+    @peer.setter
+    def peer(self, peer: str) -> None:
+        self._core.peer = peer
 
     @property
     def state(self) -> DialerState:
@@ -442,12 +460,12 @@ class Dialer(Service):
 
     def lost(self, record: ConnectionRecord) -> None:
         """
-        A ready connection to the peer that this dialer did not make (it
-        dialled us) has ended: hold off as if it were ours, from the first
-        delay. Ignored while an attempt or a connection of ours is under way.
+        On demand: a connection to the peer (handed over, or one it dialled
+        to us) ended badly: count a failure and hold off by ``record``'s
+        reason, as after a failed attempt. Ignored while an attempt is under
+        way, and in keep-up mode, where the dialer sees its own connection end.
         """
         if self.state in (DialerState.IDLE, DialerState.WAITING):
-            self._core.failures = 0
             self._core.judge(self._machine, record)
 
     def stop(self) -> defer.Deferred[None]:
