@@ -1,5 +1,5 @@
 """
-Tests for :mod:`netmodels.runtime.reconnect`: the pure :class:`ReconnectPolicy`, and
+Tests for reconnecting: the pure :class:`ReconnectPolicy`, and
 :class:`Dialer` driving a client node on a
 :class:`~netmodels.testing.MemoryNetwork`.
 """
@@ -131,7 +131,7 @@ class ReconnectPolicyTests(SynchronousTestCase):
         self.assertEqual(policy.next_delay(record(CloseReason.CLEAN), 0, NO_JITTER), 7.0)
 
 
-class ReconnectingClientTests(SynchronousTestCase):
+class KeepUpDialerTests(SynchronousTestCase):
     """Dialer against a server node that may not be listening yet."""
 
     def test_refused_then_waits(self) -> None:
