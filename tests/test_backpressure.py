@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from netmodels.core.connection import ConnectionState
 from netmodels.core.reasons import CloseReason, Initiator
-from netmodels.runtime.reconnect import ReconnectingClient
+from netmodels.runtime.dialer import Dialer
 from netmodels.runtime.session import MessageTooLarge, Session
 from netmodels.testing import WINDOW, MemoryNetwork
 from tests.test_testing import RecordingApplication, make_node
@@ -34,7 +34,7 @@ class FanOutTests(SynchronousTestCase):
         self.clients = []
         for name in ("fast", "slow"):
             node = make_node(self.clock, "client", name, RecordingApplication())
-            ReconnectingClient(
+            Dialer(
                 node.manager,
                 self.network.client_endpoint(ADDRESS),
                 node.session_factory(),

@@ -26,8 +26,8 @@ from netmodels.core.frames import FrameDecoder, MalformedMessage, MessageType
 from netmodels.core.reasons import CloseReason, Initiator
 from netmodels.daemon.status import StatusPage
 from netmodels.daemon.tap import Options
+from netmodels.runtime.dialer import Dialer, DialerState
 from netmodels.runtime.node import Node, NodeConfig, endpoint_label
-from netmodels.runtime.reconnect import ClientState, ReconnectingClient
 from netmodels.runtime.session import MessageTooLarge
 from netmodels.testing import MemoryLink, MemoryNetwork
 from netmodels.topologies.callback.options import CallbackSettings
@@ -122,7 +122,7 @@ class Star:
             factory = node.manager.wrap_factory(client.callback_factory)
             self.network.server_endpoint(address).listen(factory).addCallback(listening.append)
             client.listener = SimpleNamespace(port=listening[0], address=f"tcp:{address}")
-        dialer = ReconnectingClient(
+        dialer = Dialer(
             node.manager,
             self.network.client_endpoint(ADDRESS, host),
             client.control_factory,
@@ -529,7 +529,7 @@ class TokenTests(_StarTestCase):
             (CloseReason.REJECTED, Initiator.REMOTE, True),
         )
         self.assertEqual(seen, [])
-        self.assertEqual(node.clients[0].state, ClientState.GAVE_UP)
+        self.assertEqual(node.clients[0].state, DialerState.GAVE_UP)
         self.assertEqual(self.star.callback.status()["clients"], {})
 
     def test_missing_token_is_rejected(self) -> None:

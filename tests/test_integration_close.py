@@ -21,7 +21,7 @@ from twisted.trial.unittest import TestCase
 from netmodels.core.connection import ConnectionState, Direction
 from netmodels.core.frames import encode_ping
 from netmodels.core.reasons import CloseReason, Initiator
-from netmodels.runtime.reconnect import ClientState
+from netmodels.runtime.dialer import Dialer, DialerState
 from netmodels.transports.tcp import _ErrnoRecordingSocket, capture_errno, find_tcp_connection
 
 from ._support import (
@@ -82,7 +82,7 @@ class CleanCloseTests(TestCase):
         self.assertFalse(client_closed.record.fatal)
         # A clean close is not a reason to stop: the client schedules a reconnect.
         yield first_tick()
-        self.assertEqual(client.client.state, ClientState.WAITING)
+        self.assertEqual(client.client.state, DialerState.WAITING)
 
     @defer.inlineCallbacks
     def test_bare_fin_without_bye_is_clean_remote(self) -> Any:
@@ -247,7 +247,7 @@ class RefusedTests(TestCase):
 
         yield first_tick()
         reconnecting = client.client
-        self.assertEqual(reconnecting.state, ClientState.WAITING)
+        self.assertEqual(reconnecting.state, DialerState.WAITING)
         self.assertIsNotNone(reconnecting.next_attempt_at)
         delay = reconnecting.next_attempt_at - reactor.seconds()
         self.assertTrue(0 < delay <= 0.5, f"retry in {delay:.3f} s, expected (0, 0.5]")
@@ -258,7 +258,7 @@ class RefusedTests(TestCase):
         # Restart "the server" on the same port: the scheduled retry finds it.
         server = start_server(self, listen=(f"tcp:{port}:interface=127.0.0.1",))
         yield ready_pair(server, client)
-        self.assertEqual(reconnecting.state, ClientState.CONNECTED)
+        self.assertEqual(reconnecting.state, DialerState.CONNECTED)
 
     @defer.inlineCallbacks
     def test_stopping_a_waiting_client_cancels_the_retry(self) -> Any:
@@ -266,11 +266,11 @@ class RefusedTests(TestCase):
         client = start_client(self, f"tcp:127.0.0.1:{closed_port()}")
         yield client.events.wait("failed")
         yield first_tick()
-        self.assertEqual(client.client.state, ClientState.WAITING)
+        self.assertEqual(client.client.state, DialerState.WAITING)
         yield client.node.stopService()
-        self.assertEqual(client.client.state, ClientState.STOPPED)
+        self.assertEqual(client.client.state, DialerState.STOPPED)
         self.assertEqual(
-            [call for call in reactor.getDelayedCalls() if call.func == client.client._connect], []
+            [call for call in reactor.getDelayedCalls() if call.func.__module__ == Dialer.__module__], []
         )
 
 

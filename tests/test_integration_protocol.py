@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 from netmodels.core.connection import ConnectionState, Direction
 from netmodels.core.frames import DEFAULT_MAX_FRAME, PROTOCOL_VERSION
 from netmodels.core.reasons import CloseReason, Initiator
-from netmodels.runtime.reconnect import ClientState
+from netmodels.runtime.dialer import DialerState
 from netmodels.runtime.session import encode_bye
 from netmodels.topologies.client_server import ClientServer
 
@@ -153,7 +153,7 @@ class VersionMismatchTests(TestCase):
         self.assertEqual((record.reason, record.initiator), (CloseReason.PROTOCOL_ERROR, Initiator.LOCAL))
         self.assertTrue(record.fatal)
         yield first_tick()
-        self.assertEqual(client.client.state, ClientState.GAVE_UP)
+        self.assertEqual(client.client.state, DialerState.GAVE_UP)
         self.assertIsNone(client.client.next_attempt_at)
         self.assertEqual(len(raw_server.peers), 1)
 
@@ -182,7 +182,7 @@ class FatalByeTests(TestCase):
             (CloseReason.PROTOCOL_ERROR, Initiator.REMOTE, True, "go away"),
         )
         yield first_tick()
-        self.assertEqual(client.client.state, ClientState.GAVE_UP)
+        self.assertEqual(client.client.state, DialerState.GAVE_UP)
         self.assertEqual(client.client.status()["last_reason"], "protocol-error")
 
     @defer.inlineCallbacks
@@ -206,7 +206,7 @@ class FatalByeTests(TestCase):
         self.assertEqual(dialler_closed.record.direction, Direction.OUTBOUND)
         self.assertEqual(listener_closed.record.direction, Direction.INBOUND)
         yield first_tick()
-        self.assertEqual(dialler.client.state, ClientState.GAVE_UP)
+        self.assertEqual(dialler.client.state, DialerState.GAVE_UP)
         self.assertEqual(len(dialler.events.named("opened")), 1)
 
 
@@ -246,7 +246,7 @@ class ConnectionLimitTests(TestCase):
 
         yield first_tick()
         # Rejected is not fatal: the client backs off (5 s, jitter 0.5) and would retry.
-        self.assertEqual(second.client.state, ClientState.WAITING)
+        self.assertEqual(second.client.state, DialerState.WAITING)
         self.assertGreaterEqual(second.client.next_attempt_at - started, 2.5 - 0.01)
 
         reply = yield on_first.session.request(b"first still works")

@@ -23,8 +23,8 @@ from netmodels.core.reasons import CloseReason, Initiator
 from netmodels.daemon.tap import Options, build_node
 from netmodels.runtime import manager
 from netmodels.runtime.application import Application
+from netmodels.runtime.dialer import Dialer, DialerState
 from netmodels.runtime.node import Node, NodeConfig
-from netmodels.runtime.reconnect import ClientState, ReconnectingClient
 from netmodels.runtime.session import MessageTooLarge, PeerClosed, Session, SessionFactory, encode_bye
 from netmodels.testing import WINDOW, MemoryNetwork
 from netmodels.topologies.many_to_one import hub as many_to_one
@@ -118,7 +118,7 @@ class Star:
     def add(self, node_id: str, factory: Any = None, **config: Any) -> Node:
         node = make_node(self.clock, "client", node_id, connect=(ADDRESS,), **config)
         node.topology_state = Hub(node)
-        ReconnectingClient(
+        Dialer(
             node.manager,
             self.network.client_endpoint(ADDRESS),
             factory(node) if factory is not None else node.session_factory(),
@@ -326,8 +326,8 @@ class GroupTests(_StarTestCase):
             (CloseReason.PROTOCOL_ERROR, Initiator.REMOTE, True),
         )
         self.assertIn("bad group name", record.detail)
-        [dialler] = [s for s in node if isinstance(s, ReconnectingClient)]
-        self.assertEqual(dialler.state, ClientState.GAVE_UP)
+        [dialler] = [s for s in node if isinstance(s, Dialer)]
+        self.assertEqual(dialler.state, DialerState.GAVE_UP)
 
     def test_groups_not_a_list_refused(self) -> None:
         def bad_hello(node: Node) -> SessionFactory:
@@ -676,7 +676,7 @@ class StatusTests(_StarTestCase):
         )
         self.star.link_of("alice").reset(1)
         self.assertEqual(self.star.clients["alice"].status()["many_to_one"]["server"], None)
-        [dialler] = [s for s in self.star.clients["alice"] if isinstance(s, ReconnectingClient)]
+        [dialler] = [s for s in self.star.clients["alice"] if isinstance(s, Dialer)]
         self.assertEqual(dialler.status()["state"], "waiting")
 
     def test_hub_of(self) -> None:

@@ -1,6 +1,6 @@
 """
-Tests for :mod:`netmodels.runtime.reconnect`: the pure :class:`ReconnectPolicy`, and
-:class:`ReconnectingClient` driving a client node on a
+Tests for reconnecting: the pure :class:`ReconnectPolicy`, and
+:class:`Dialer` driving a client node on a
 :class:`~netmodels.testing.MemoryNetwork`.
 """
 
@@ -12,7 +12,7 @@ from netmodels.core.backoff import Backoff, ReconnectPolicy
 from netmodels.core.connection import ConnectionRecord, Direction
 from netmodels.core.frames import PROTOCOL_VERSION
 from netmodels.core.reasons import CloseReason
-from netmodels.runtime.reconnect import ClientState
+from netmodels.runtime.dialer import DialerState
 from netmodels.runtime.session import encode_bye
 from tests.test_testing import (
     ADDRESS,
@@ -131,8 +131,8 @@ class ReconnectPolicyTests(SynchronousTestCase):
         self.assertEqual(policy.next_delay(record(CloseReason.CLEAN), 0, NO_JITTER), 7.0)
 
 
-class ReconnectingClientTests(SynchronousTestCase):
-    """ReconnectingClient against a server node that may not be listening yet."""
+class KeepUpDialerTests(SynchronousTestCase):
+    """Dialer against a server node that may not be listening yet."""
 
     def test_refused_then_waits(self) -> None:
         """A refused first attempt leaves the client waiting the refused backoff."""
@@ -140,7 +140,7 @@ class ReconnectingClientTests(SynchronousTestCase):
         pair.start()
         self.assertEqual(
             (pair.dialer.state, pair.dialer.next_attempt_at, pair.dialer.last_record.reason),
-            (ClientState.WAITING, REFUSED_INITIAL, CloseReason.REFUSED),
+            (DialerState.WAITING, REFUSED_INITIAL, CloseReason.REFUSED),
         )
 
     def test_no_attempt_before_delay(self) -> None:
@@ -157,7 +157,7 @@ class ReconnectingClientTests(SynchronousTestCase):
         pair.start()
         pair.listen()
         advance_to(pair.clock, REFUSED_INITIAL)
-        self.assertEqual(pair.dialer.state, ClientState.CONNECTED)
+        self.assertEqual(pair.dialer.state, DialerState.CONNECTED)
         self.assertEqual([peer.node_id for peer in pair.client.peers()], ["server"])
 
     def test_refusals_grow_delay(self) -> None:
@@ -222,7 +222,7 @@ class GiveUpTests(SynchronousTestCase):
 
     def assertGaveUp(self, pair: Pair) -> None:
         """Gave up, nothing scheduled, and no further attempt however long one waits."""
-        self.assertEqual(pair.dialer.state, ClientState.GAVE_UP)
+        self.assertEqual(pair.dialer.state, DialerState.GAVE_UP)
         self.assertEqual(pair.clock.getDelayedCalls(), [])
         pair.clock.advance(FOREVER)
         self.assertEqual(pair.client.manager.counters["connect_attempts"], 1)
@@ -255,7 +255,7 @@ class GiveUpTests(SynchronousTestCase):
         pair.start()
         pair.link.server.write(encode_bye(CloseReason.PROTOCOL_ERROR, "garbled"))
         pair.clock.advance(0)
-        self.assertEqual(pair.dialer.state, ClientState.WAITING)
+        self.assertEqual(pair.dialer.state, DialerState.WAITING)
 
 
 class StopTests(SynchronousTestCase):
@@ -266,7 +266,7 @@ class StopTests(SynchronousTestCase):
         pair = Pair(listen=False)
         pair.start()
         self.successResultOf(pair.client.stopService())
-        self.assertEqual(pair.dialer.state, ClientState.STOPPED)
+        self.assertEqual(pair.dialer.state, DialerState.STOPPED)
         self.assertEqual(pair.clock.getDelayedCalls(), [])
 
     def test_no_attempt_after_stop(self) -> None:
@@ -326,5 +326,5 @@ class StopTests(SynchronousTestCase):
         pair.clock.advance(FOREVER)
         self.assertEqual(
             (pair.dialer.state, pair.client.manager.counters["connect_attempts"]),
-            (ClientState.STOPPED, 1),
+            (DialerState.STOPPED, 1),
         )

@@ -27,10 +27,10 @@ from netmodels.core.connection import ConnectionRecord
 from netmodels.core.frames import FrameDecoder, Hello, MessageType, encode_hello
 from netmodels.core.keepalive import KeepaliveSettings
 from netmodels.runtime.application import Application
+from netmodels.runtime.dialer import Dialer
 from netmodels.runtime.interfaces import IPeer, ITopology
 from netmodels.runtime.manager import ConnectionManager
 from netmodels.runtime.node import Node, NodeConfig
-from netmodels.runtime.reconnect import ReconnectingClient
 from netmodels.runtime.session import Session, SessionFactory, encode_bye
 from netmodels.testing import MemoryLink, MemoryNetwork, MemoryTransport
 from netmodels.topologies.client_server import ClientServer
@@ -279,7 +279,7 @@ def with_hello(node: Node, **changes: Any) -> SessionFactory:
 class Pair:
     """
     A server node listening on :data:`ADDRESS` and a client node dialing it
-    with a :class:`ReconnectingClient` (jitter drawn as 0, so delays are the
+    with a :class:`Dialer` (jitter drawn as 0, so delays are the
     policy's bases), both on one :class:`MemoryNetwork`.
     """
 
@@ -316,7 +316,7 @@ class Pair:
         if listen:
             self.listen()
         factory = (client_factory or (lambda node: node.session_factory()))(self.client)
-        self.dialer = ReconnectingClient(
+        self.dialer = Dialer(
             self.client.manager,
             self.network.client_endpoint(ADDRESS),
             factory,

@@ -30,9 +30,9 @@ from netmodels.core.frames import DEFAULT_MAX_FRAME, Hello, MessageType, encode_
 from netmodels.core.keepalive import DEFAULT as DEFAULT_KEEPALIVE
 from netmodels.core.keepalive import KeepaliveSettings
 from netmodels.core.reasons import CloseReason
+from netmodels.runtime.dialer import Dialer
 from netmodels.runtime.interfaces import IApplication, IPeer, ITopology, ITopologyContext
 from netmodels.runtime.manager import ConnectionManager, ManagedConnection, format_address
-from netmodels.runtime.reconnect import ReconnectingClient
 from netmodels.runtime.session import Session, SessionFactory, SessionSettings, encode_bye
 from netmodels.runtime.timers import TimerWheel
 from netmodels.runtime.topology import default_settings
@@ -235,7 +235,7 @@ class Node(MultiService):
             ),
         )
         self.listeners: list[ListeningService] = []
-        self.clients: list[ReconnectingClient] = []
+        self.clients: list[Dialer] = []
         self._sessions: dict[int, Session] = {}
         #: Ready peers that are not sessions (raw line clients): each has
         #: ``encode(payload)`` and ``write_encoded(data)`` for broadcast.
@@ -297,9 +297,9 @@ class Node(MultiService):
         listener.setServiceParent(self)
         self.listeners.append(listener)
 
-    def connect(self, description: str, factory: Factory[Any] | None = None) -> ReconnectingClient:
+    def connect(self, description: str, factory: Factory[Any] | None = None) -> Dialer:
         """Keep a connection to ``description`` up, reconnecting by close reason."""
-        client = ReconnectingClient(
+        client = Dialer(
             self.manager,
             self.endpoint(description, server=False),
             factory or self.session_factory(),

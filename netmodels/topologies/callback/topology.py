@@ -46,10 +46,12 @@ from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from netmodels.core.backoff import Backoff, ReconnectPolicy
 from netmodels.core.connection import ConnectionRecord, Direction
 from netmodels.core.frames import Hello, MalformedMessage, ProtocolError, encode_frame
 from netmodels.core.reasons import CloseReason
 from netmodels.runtime.application import Application
+from netmodels.runtime.dialer import Dialer, ResolvingEndpoint
 from netmodels.runtime.interfaces import IPeer
 from netmodels.runtime.manager import ConnectFailed, ManagedConnection
 from netmodels.runtime.node import Node, NodeConfig, endpoint_label
@@ -92,9 +94,12 @@ KINDS = ("tcp", "tls", "udp")
 
 #: Messages sent to one client and not yet acknowledged, at most.
 WINDOW = 64
-#: Seconds after a failed callback dial before the server dials again
-#: (meanwhile it delivers on the control connection).
-RETRY = 5.0
+#: The hold-off after a failed callback dial (meanwhile the server delivers on
+#: the control connection): 5 s, doubling with each failure in a row up to a
+#: minute, whatever the reason, without jitter (a dial-back follows one client's
+#: traffic, not a crowd's). A fatal close (our token refused) stops dialling
+#: until the client registers again.
+CALLBACK_RETRY_POLICY = ReconnectPolicy({}, fallback=Backoff(5.0, 2.0, 60.0, jitter=0.0))
 #: Seconds a callback dial may take before it counts as ``timeout``.
 DIAL_TIMEOUT = 5.0
 
@@ -206,9 +211,10 @@ class _Client:
     callback: str | None = None
     #: The callback connection, once its handshake is done.
     link: Session | None = None
+    #: Dials the callback endpoint, holding off after a failure (made at registration).
+    dialer: Dialer | None = None
     dialing: bool = False
     dial_connection: int | None = None
-    retry_at: float = 0.0
     #: The session the messages in flight went out on.
     path_session: Session | None = None
     #: (message id, sent at) of what is in flight on it, oldest first.
@@ -247,7 +253,7 @@ class CallbackServer:
     :param window: messages in flight to one client, at most.
     :param ack_timeout: seconds an acknowledgement may take before the path
         counts as failed (default: the node's request timeout).
-    :param retry: seconds after a failed callback dial before the next one.
+    :param retry_policy: the hold-off after a failed callback dial, by close reason.
     :param dial_timeout: seconds a callback dial may take.
     """
 
@@ -259,7 +265,7 @@ class CallbackServer:
         dial: Callable[[str], IStreamClientEndpoint] | None = None,
         window: int = WINDOW,
         ack_timeout: float | None = None,
-        retry: float = RETRY,
+        retry_policy: ReconnectPolicy = CALLBACK_RETRY_POLICY,
         dial_timeout: float = DIAL_TIMEOUT,
     ) -> None:
         self.node = node
@@ -268,7 +274,7 @@ class CallbackServer:
         self.token = token
         self.window = window
         self.ack_timeout = node.config.request_timeout if ack_timeout is None else ack_timeout
-        self.retry = retry
+        self.retry_policy = retry_policy
         self.dial_timeout = dial_timeout
         self._dial_endpoint = dial or (lambda description: node.endpoint(description, server=False))
         self._clients: dict[str, _Client] = {}
@@ -334,6 +340,8 @@ class CallbackServer:
         self._stopped = True
         for client in self._clients.values():
             client.restart_path()
+            if client.dialer is not None:
+                client.dialer.stop()
 
     def status(self) -> dict[str, Any]:
         """The ``callback`` section of ``GET /status``."""
@@ -376,8 +384,7 @@ class CallbackServer:
             if client.callback is not None and client.link is None:
                 if client.dialing:
                     return
-                if self.clock.seconds() >= client.retry_at and self.outbox.depth(client.client_id):
-                    self._dial(client)
+                if self.outbox.depth(client.client_id) and self._dial(client):
                     return
             session = client.link or client.control
             client.path_session = session
@@ -396,17 +403,23 @@ class CallbackServer:
         if client.ack_call is None:
             client.ack_call = self.clock.callLater(self.ack_timeout, self._ack_due, client)
 
-    def _dial(self, client: _Client) -> None:
-        assert client.callback is not None
+    def _dial(self, client: _Client) -> bool:
+        """Dial the callback endpoint, unless the dialer is holding off; ``True`` if it dials."""
+        if client.dialer is None:
+            client.dialer = Dialer(
+                self.node.manager,
+                ResolvingEndpoint(lambda: self._callback_endpoint(client)),
+                self.dial_factory,
+                endpoint_label(client.callback or "?"),
+                self.clock,
+                self.retry_policy,
+                keep_up=False,
+            )
+        attempt = client.dialer.dial()
+        if attempt is None:
+            return False
         client.dialing = True
         self.counters["dials"] += 1
-        description = client.callback
-        try:
-            endpoint = self._dial_endpoint(description)
-        except Exception as e:
-            self._dial_failed(client, {"result": "unreachable", "errno": None, "detail": str(e)})
-            return
-        attempt = self.node.manager.connect(endpoint, self.dial_factory, endpoint_label(description))
 
         def connected(connection: ManagedConnection) -> None:
             # Delivery starts at the "ready" event, after the handshake.
@@ -423,12 +436,16 @@ class CallbackServer:
         attempt.addCallbacks(connected, failed).addErrback(
             lambda failure: _log.failure("callback dial bookkeeping failed", failure)
         )
+        return True
+
+    def _callback_endpoint(self, client: _Client) -> IStreamClientEndpoint:
+        assert client.callback is not None
+        return self._dial_endpoint(client.callback)
 
     def _dial_failed(self, client: _Client, result: dict[str, Any]) -> None:
         client.dialing = False
         client.dial_connection = None
         client.last_callback = result
-        client.retry_at = self.clock.seconds() + self.retry
         self.counters["dial_failures"] += 1
         _log.info(
             "callback to {client} at {endpoint} failed: {reason}; delivering on the control connection",
@@ -452,8 +469,8 @@ class CallbackServer:
         _log.warn("client {client}: {detail}", client=client.client_id, detail=detail)
         client.restart_path()
         if session is not None and session is client.link:
+            # Ending it (below) makes its dialer hold off (a ``timeout`` loss).
             client.last_callback = {"result": str(CloseReason.TIMEOUT), "errno": None, "detail": detail}
-            client.retry_at = now + self.retry
         if session is not None:
             # A path that swallows messages is no path: end it (RST, by policy).
             session.transport.end(CloseReason.TIMEOUT, detail)
@@ -488,7 +505,10 @@ class CallbackServer:
             self._drop_link(client)
             client.last_callback = None
         client.callback = callback
-        client.retry_at = 0.0
+        if client.dialer is not None:
+            # Registered again: dial its callback at once, whatever failed before.
+            client.dialer.peer = endpoint_label(callback or "?")
+            client.dialer.reset()
         client.control = session
         client.registered = True
         client.suspect = False
@@ -552,6 +572,8 @@ class CallbackServer:
             client.dial_connection = None
             client.link = session
             client.last_callback = {"result": "ok", "errno": None, "detail": ""}
+            if client.dialer is not None:
+                client.dialer.reset()
             if not client.alive:
                 session.close()
                 return
@@ -575,13 +597,15 @@ class CallbackServer:
                 self._notify("offline", client.client_id)
             elif connection_id == client.dial_connection:
                 # Closed before its handshake finished (our token refused, say).
+                if client.dialer is not None:
+                    client.dialer.lost(subject.record)
                 self._dial_failed(client, _result(subject.record))
             elif session is client.link:
                 client.link = None
                 record = subject.record
-                if record.reason is not CloseReason.CLEAN:
+                if record.reason is not CloseReason.CLEAN and client.dialer is not None:
                     client.last_callback = _result(record)
-                    client.retry_at = self.clock.seconds() + self.retry
+                    client.dialer.lost(record)
                 if client.path_session is session:
                     client.restart_path()
                 self._pump(client)
