@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Hashable, Iterable
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 __all__ = ["MAX_SUBSCRIPTIONS", "Inbox", "Subscriptions", "TooManySubscriptions"]
 
@@ -18,22 +18,26 @@ __all__ = ["MAX_SUBSCRIPTIONS", "Inbox", "Subscriptions", "TooManySubscriptions"
 MAX_SUBSCRIPTIONS: Final = 256
 
 
+#: What identifies a subscriber (the glue uses connection ids).
+Key = TypeVar("Key", bound=Hashable)
+
+
 class TooManySubscriptions(ValueError):
     """A subscriber asked for more than :data:`MAX_SUBSCRIPTIONS` topics."""
 
 
-class Subscriptions:
+class Subscriptions(Generic[Key]):
     """Who subscribes to what, on the broker."""
 
     def __init__(self, max_per_subscriber: int = MAX_SUBSCRIPTIONS) -> None:
         self.max_per_subscriber = max_per_subscriber
-        self._by_topic: dict[str, set[Hashable]] = {}
-        self._by_subscriber: dict[Hashable, set[str]] = {}
+        self._by_topic: dict[str, set[Key]] = {}
+        self._by_subscriber: dict[Key, set[str]] = {}
         #: Publications received, and copies of them sent to subscribers.
         self.published = 0
         self.forwarded = 0
 
-    def subscribe(self, subscriber: Hashable, topic: str) -> bool:
+    def subscribe(self, subscriber: Key, topic: str) -> bool:
         """
         Add ``subscriber`` to ``topic``; False if it was there already.
         Raises :class:`TooManySubscriptions` past the per-subscriber limit.
@@ -49,7 +53,7 @@ class Subscriptions:
         self._by_topic.setdefault(topic, set()).add(subscriber)
         return True
 
-    def forget(self, subscriber: Hashable) -> list[str]:
+    def forget(self, subscriber: Key) -> list[str]:
         """Drop ``subscriber`` from every topic (it left); the topics it had."""
         topics = self._by_subscriber.pop(subscriber, set())
         for topic in topics:
@@ -60,11 +64,11 @@ class Subscriptions:
                 del self._by_topic[topic]
         return sorted(topics)
 
-    def subscribers(self, topic: str) -> list[Hashable]:
+    def subscribers(self, topic: str) -> list[Key]:
         """Who gets a publication on ``topic`` (a copy: delivery may forget some)."""
         return list(self._by_topic.get(topic, ()))
 
-    def topics_of(self, subscriber: Hashable) -> list[str]:
+    def topics_of(self, subscriber: Key) -> list[str]:
         return sorted(self._by_subscriber.get(subscriber, ()))
 
     def status(self) -> dict[str, Any]:

@@ -45,7 +45,7 @@ class Broker:
     """Keeps who subscribes to what, and forwards publications."""
 
     def __init__(self, node: Any) -> None:
-        self.subscriptions = Subscriptions()
+        self.subscriptions: Subscriptions[int] = Subscriptions()
         #: Subscribed peers by connection id: the keys in ``subscriptions``.
         self._peers: dict[int, Any] = {}
         node.add_handler(SUBSCRIBE, self.subscribe_received)
