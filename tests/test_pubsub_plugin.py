@@ -174,7 +174,7 @@ class SettingsTests(SynchronousTestCase):
 
     def test_repeatable_options(self) -> None:
         settings = self.parse(
-            "--subscribe", "a", "--subscribe", "b", "--subscribe", "a", "--publish", "a=x=y"
+            "--subscribe", "a", "--subscribe", "b", "--subscribe", "a", "--publish", "a=b=c"
         )
         self.assertEqual(settings, PubSubSettings(("a", "b"), (("a", "b=c"),)))
 
