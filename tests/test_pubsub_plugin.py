@@ -462,8 +462,9 @@ class PubSubProcessTests(TestCase):
     @defer.inlineCallbacks
     def test_bad_input_ends_only_that_connection(self) -> Any:
         """
-        A malformed SUBSCRIBE, or one with an oversized topic, ends that peer's
-        connection with ``protocol-error``; the broker keeps serving the others.
+        A malformed SUBSCRIBE, one with an oversized topic, or a FORWARD (which
+        no broker handler takes) ends that peer's connection with
+        ``protocol-error``; the broker keeps serving the others.
         """
         broker = self.spawn("--topology", "pubsub", "--role", "broker", "--listen", LOOPBACK_ANY)
         match = yield broker.wait_for(rb"listening on tcp:127\.0\.0\.1:(\d+)")
@@ -472,9 +473,14 @@ class PubSubProcessTests(TestCase):
         good = yield connect_raw(self, port)
         good.transport.write(hello + wire.encode_subscribe("ok"))
         yield broker.wait_for(rb"subscribed to ok")
-        for body in (b"\x00\x05ab", b"\x00\x81" + b"x" * 129):
+        refused = [
+            (wire.SUBSCRIBE, b"\x00\x05ab"),  # malformed
+            (wire.SUBSCRIBE, b"\x00\x81" + b"x" * 129),  # oversized topic
+            (wire.FORWARD, wire.encode_forward("p", "t", b"")[5:]),  # a type only clients handle
+        ]
+        for code, body in refused:
             bad = yield connect_raw(self, port)
-            bad.transport.write(hello + encode_frame(wire.SUBSCRIBE, body))
+            bad.transport.write(hello + encode_frame(code, body))
             yield bad.lost
             (bye,) = bye_bodies(bytes(bad.received))
             self.assertEqual(json.loads(bye)["reason"], "protocol-error", bye)

@@ -36,9 +36,19 @@ from netmodels_pubsub.wire import (
     encode_subscribe,
 )
 
-__all__ = ["Broker", "Client", "PubSubTopology"]
+__all__ = ["Broker", "Client", "PubSubTopology", "refuse"]
 
 _log = Logger(namespace="netmodels_pubsub")
+
+
+def refuse(peer: Any, detail: str) -> None:
+    """End ``peer``'s connection with ``protocol-error``: it sent what does not parse."""
+    protocol_error = getattr(peer, "protocol_error", None)
+    if protocol_error is None:
+        # ISession declares protocol_error, but netmodels' Session (0.1) names
+        # it _protocol_error; remove this fallback once the two agree.
+        protocol_error = peer._protocol_error
+    protocol_error(detail)
 
 
 class Broker:
@@ -58,7 +68,7 @@ class Broker:
             topic = decode_subscribe(body)
             added = self.subscriptions.subscribe(peer.connection_id, topic)
         except (MalformedMessage, TooManySubscriptions) as e:
-            peer.protocol_error(str(e))
+            refuse(peer, str(e))
             return
         self._peers[peer.connection_id] = peer
         if added:
@@ -68,7 +78,7 @@ class Broker:
         try:
             publication = decode_publish(body)
         except MalformedMessage as e:
-            peer.protocol_error(str(e))
+            refuse(peer, str(e))
             return
         subscriptions = self.subscriptions
         subscriptions.published += 1
@@ -134,7 +144,7 @@ class Client:
         try:
             forward = decode_forward(body)
         except MalformedMessage as e:
-            peer.protocol_error(str(e))
+            refuse(peer, str(e))
             return
         self.inbox.add(forward.publisher, forward.topic, forward.payload)
         application = self.node.application
@@ -179,13 +189,15 @@ class PubSubTopology(Topology):
             return f"a pubsub {our_role} talks to a {wanted}, and the peer is a {peer_role}"
         return None
 
-    def build(self, node: Any) -> None:
+    def build(self, node: Any) -> Broker | Client:
+        """Wire the node for its role; what it returns, the node keeps as ``topology_state``."""
         config = node.config
         if config.role == "broker":
-            Broker(node)
+            broker = Broker(node)
             for description in config.listen:
                 node.listen(description)
-        else:
-            Client(node, node.settings)
-            for description in config.connect:
-                node.connect(description)
+            return broker
+        client = Client(node, node.settings)
+        for description in config.connect:
+            node.connect(description)
+        return client
