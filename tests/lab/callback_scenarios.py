@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from netmodels.topologies.callback.topology import RETRY
+from netmodels.topologies.callback.topology import CALLBACK_RETRY_POLICY
 
 from .netlab import Lab, LabError, wait_until
 from .scenarios import (
@@ -73,6 +73,8 @@ DELIVERY_TIMEOUT = 10.0
 #: Past the failed dial's record, how long until the server's retry timer has surely expired
 #: (it is armed in the same reactor turn as the record is closed, microseconds later).
 RETRY_MARGIN = 0.05
+#: The server's hold-off after a first failed callback dial (the policy's first delay).
+RETRY = CALLBACK_RETRY_POLICY.fallback.initial
 
 _RECEIVED = re.compile(r"\] \[(?P<node>[^\]]+)\] via (?P<path>callback|fallback): (?P<payload>.*)$", re.M)
 
@@ -270,7 +272,7 @@ def callback_refused(transport: str) -> Scenario:
     callback endpoint: the dial's record must say ``refused`` at once, and
     the message must arrive by fallback on the control connection. Healed, a
     delivery right away still goes by fallback (the server does not dial
-    again for :data:`~netmodels.topologies.callback.topology.RETRY` seconds after a failure); one
+    again for :data:`RETRY` seconds after a first failure); one
     once that time is up goes by callback again, on a new dial.
     """
 
