@@ -144,7 +144,7 @@ class OptionsTests(SynchronousTestCase):
             (["-r", "client", "--connect", "tcp:h:x"], "--connect: bad endpoint 'tcp:h:x': port 'x'"),
             (["--listen", "tcp:0", "--status", "tcp:99999"], "--status: bad endpoint 'tcp:99999'"),
             (["--transport", "udp", "--listen", "udp:70000"], "--listen: bad endpoint 'udp:70000'"),
-            (["-t", "p2p", "--listen", "tcp:0", "--peer", "garbage"], "--connect: bad endpoint 'garbage'"),
+            (["-t", "p2p", "--listen", "tcp:0", "--peer", "garbage"], "--peer: bad endpoint 'garbage'"),
         ]
         for args, message in cases:
             self.assertIn(message, usage_error(*args), args)

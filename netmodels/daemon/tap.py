@@ -8,6 +8,7 @@ takes the reactor as an argument.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -34,8 +35,11 @@ def _number(option: str, text: str, minimum: float = 0.0, allow_zero: bool = Fal
         value = float(text)
     except ValueError:
         raise usage.UsageError(f"--{option}: expected a number of seconds, not {text!r}") from None
-    if not (value > minimum or (allow_zero and value == 0)) or value != value:
-        raise usage.UsageError(f"--{option}: must be greater than {minimum:g}, not {text!r}")
+    if allow_zero and value == 0:
+        return value
+    if not value > minimum or value != value or value == float("inf"):
+        floor = "0 or more" if allow_zero else f"greater than {minimum:g}"
+        raise usage.UsageError(f"--{option}: must be {floor}, not {text!r}")
     return value
 
 
@@ -77,6 +81,13 @@ class Options(usage.Options):
             "s",
             None,
             "Endpoint for the HTTP status page, e.g. tcp:8080:interface=127.0.0.1.",
+        ],
+        [
+            "state-dir",
+            None,
+            None,
+            "Directory for the files a node writes (--outbox and the like, when relative); "
+            "default $NETMODELS_STATE_DIR, else $XDG_STATE_HOME/netmodels, else ~/.local/state/netmodels.",
         ],
         ["max-frame", None, str(DEFAULT_MAX_FRAME), "Largest frame accepted, in bytes."],
         [
@@ -188,9 +199,14 @@ class Options(usage.Options):
             raise usage.UsageError(f"--transport: expected tcp or udp, not {transport!r}")
         role = self["role"] or topology.roles[0]
         app = self["app"] or topology.default_app
-        if app not in applications():
+        factory = applications().get(app)
+        if factory is None:
             raise usage.UsageError(
                 f"--app: unknown application {app!r}; installed: {', '.join(sorted(applications()))}"
+            )
+        if factory.topologies and topology.name not in factory.topologies:
+            raise usage.UsageError(
+                f"--app: {app} runs on the {' or '.join(factory.topologies)} topology, not {topology.name}"
             )
         try:
             keepalive = KeepaliveSettings.parse(self["keepalive"])
@@ -242,6 +258,7 @@ class Options(usage.Options):
             slow_consumer_deadline=_number("slow-consumer-deadline", self["slow-consumer-deadline"]),
             max_datagram=max_datagram,
             reliable=None if delivery is None else delivery == "reliable",
+            state_dir=self["state-dir"] or default_state_dir(),
             settings=settings,
         )
         try:
@@ -249,6 +266,15 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
         self["config"] = config
+
+
+def default_state_dir() -> str:
+    """``$NETMODELS_STATE_DIR``, else ``$XDG_STATE_HOME/netmodels``, else ``~/.local/state/netmodels``."""
+    explicit = os.environ.get("NETMODELS_STATE_DIR")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "netmodels")
 
 
 def _chosen_topology(args: Sequence[str]) -> str:

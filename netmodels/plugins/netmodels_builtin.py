@@ -21,16 +21,19 @@ broadcast = application_plugin(
     "broadcast",
     "p2p: floods a line to the mesh every --interval seconds and logs what it receives",
     BroadcastApplication,
+    topologies=("p2p",),
 )
 
 chat = application_plugin(
     "chat",
     "many-to-one: the server relays each client's line to the others; clients say hello every --interval s",
     ChatApplication,
+    topologies=("many-to-one",),
 )
 
 inbox = application_plugin(
     "inbox",
     "callback: a client logs every message delivered to it (POST /deliver/<client> on the server)",
     InboxApplication,
+    topologies=("callback",),
 )

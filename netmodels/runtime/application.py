@@ -79,9 +79,10 @@ class Application:
 
 
 class _ApplicationPlugin:
-    def __init__(self, name: str, description: str, make: Any) -> None:
+    def __init__(self, name: str, description: str, make: Any, topologies: tuple[str, ...]) -> None:
         self.name = name
         self.description = description
+        self.topologies = topologies
         self._make = make
 
     def __call__(self, config: NodeConfig) -> IApplication:
@@ -92,10 +93,11 @@ class _ApplicationPlugin:
         return f"<application plugin {self.name!r}>"
 
 
-def application_plugin(name: str, description: str, make: Any) -> Any:
+def application_plugin(name: str, description: str, make: Any, topologies: tuple[str, ...] = ()) -> Any:
     """
-    Declare an application plugin: ``make(config)`` returns the application.
-    Assign the result to a module-level name in a ``netmodels/plugins/`` module.
+    Declare an application plugin: ``make(config)`` returns the application;
+    ``topologies`` names the topologies it runs on (empty: any). Assign the
+    result to a module-level name in a ``netmodels/plugins/`` module.
     """
-    plugin = _ApplicationPlugin(name, description, make)
+    plugin = _ApplicationPlugin(name, description, make, topologies)
     return provider(IPlugin, IApplicationFactory)(plugin)

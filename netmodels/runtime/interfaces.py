@@ -85,6 +85,7 @@ class IApplicationFactory(Interface):
 
     name = Attribute("str: the --app value.")
     description = Attribute("str: one line for --list-apps.")
+    topologies = Attribute("tuple[str, ...]: the topologies it runs on; empty: any.")
 
     def __call__(config: NodeConfig) -> IApplication:
         """Make the application for a node configured by ``config``."""
@@ -182,6 +183,9 @@ class ITopologyContext(Interface):
 
     def connect(description: str, factory: Any = None) -> object:
         """Keep a connection to an endpoint string up, reconnecting by close reason."""
+
+    def state_path(name: str) -> str:
+        """Where to keep the file ``name`` (inside ``--state-dir`` unless absolute)."""
 
     def add_handler(message_type: int, handler: Callable[[Any, bytes], None]) -> None:
         """Frames of ``message_type`` from any ready session go to ``handler(session, body)``

@@ -9,6 +9,7 @@ renders the ``GET /status`` document.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import socket
@@ -79,6 +80,9 @@ class NodeConfig:
     max_datagram: int = DEFAULT_MAX_DATAGRAM
     #: UDP: application data over the reliable channel; ``None``: as the application prefers.
     reliable: bool | None = None
+    #: Where the node keeps the files it writes (outboxes, ...): a relative
+    #: file name is taken inside it. ``None``: relative to the working directory.
+    state_dir: str | None = None
     #: The topology's own settings, as its ``settings()`` made them from its
     #: options; ``None``: the defaults of its options.
     settings: Any = field(default=None, repr=False)
@@ -248,6 +252,17 @@ class Node(MultiService):
         """Let the topology wire this node; keeps what it returns as :attr:`topology_state`."""
         self.topology_state = self.topology.build(self)
         return self.topology_state
+
+    def state_path(self, name: str) -> str:
+        """
+        Where to keep the file ``name``: inside ``config.state_dir`` (created,
+        readable by this user only) unless ``name`` is absolute.
+        """
+        state_dir = self.config.state_dir
+        if state_dir is None or os.path.isabs(name):
+            return name
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        return os.path.join(state_dir, name)
 
     def add_handler(self, message_type: int, handler: Callable[[Any, bytes], None]) -> None:
         """Frames of ``message_type`` from any ready session go to ``handler``."""

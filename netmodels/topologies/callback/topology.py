@@ -796,7 +796,7 @@ class Callback(Topology):
         config = node.config
         settings: CallbackSettings = node.settings
         if config.role == "server":
-            outbox = Outbox(settings.outbox, max_per_client=settings.outbox_limit)
+            outbox = Outbox(_stored(node, settings.outbox), max_per_client=settings.outbox_limit)
             node.on_stop(outbox.close)
             server = CallbackServer(node, outbox, settings.token)
             for description in config.listen:
@@ -806,11 +806,15 @@ class Callback(Topology):
                     lambda: _log.warn("no --token: any client may register, and POST /deliver is off")
                 )
             return server
-        client = CallbackClient(node, DeliveredLog(settings.outbox), settings.token)
+        client = CallbackClient(node, DeliveredLog(_stored(node, settings.outbox)), settings.token)
         if settings.callback is not None:
             client.listen(settings.callback)
         node.connect(config.connect[0], client.control_factory)
         return client
+
+
+def _stored(node: Node, outbox: str | None) -> str | None:
+    return None if outbox is None else node.state_path(outbox)
 
 
 # --- The inbox application -----------------------------------------------------------------

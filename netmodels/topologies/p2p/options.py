@@ -8,6 +8,8 @@ from typing import Any
 from attrs import frozen
 from twisted.python import usage
 
+from netmodels.runtime.endpoints import check_endpoint
+
 __all__ = ["P2POptions", "P2PSettings"]
 
 
@@ -32,13 +34,28 @@ class P2POptions(usage.Options):
         ["nodes", None, "1", "Run N nodes in this process on ephemeral loopback ports, meshed."],
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self["peer"] = []
+
     def opt_peer(self, description: str) -> None:
-        """A bootstrap peer to dial, e.g. tcp:127.0.0.1:8760 (repeatable)."""
-        self["connect"].append(description)
+        """A bootstrap peer to dial, e.g. tcp:127.0.0.1:8760 (repeatable; as --connect)."""
+        self["peer"].append(description)
 
     def postOptions(self) -> None:
+        # Checked here, so that an error names --peer; then dialled like --connect.
+        for description in self["peer"]:
+            try:
+                check_endpoint(description, self["transport"], server=False)
+            except Exception as e:
+                raise usage.UsageError(f"--peer: bad endpoint {description!r}: {e}") from None
+        self["connect"] = [*self["connect"], *self["peer"]]
         # Several nodes need ports of their own: ephemeral ones on loopback.
-        if _whole("nodes", self["nodes"]) > 1 and not self["listen"]:
+        try:
+            nodes = _whole("nodes", self["nodes"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        if nodes > 1 and not self["listen"]:
             self["listen"] = [f"{self['transport']}:0:interface=127.0.0.1"]
         super().postOptions()
 
