@@ -41,7 +41,7 @@ from netmodels.core.connection import (
 from netmodels.core.reasons import CloseReason, Closure, Initiator
 from netmodels.runtime.classify import classify_connect_failure, classify_connection_lost
 from netmodels.transports.interfaces import IConnectionObserver, IDatagramTransport, ILivenessObserver
-from netmodels.transports.tcp import capture_errno, direct_send
+from netmodels.transports.tcp import capture_errno, direct_writer
 
 __all__ = ["CORK_LIMIT", "ConnectFailed", "ConnectionManager", "ManagedConnection", "format_address"]
 
@@ -116,9 +116,8 @@ class ManagedConnection(ProtocolWrapper):
         self._abort_call: IDelayedCall | None = None
         self._close_callbacks: list[Callable[[ConnectionRecord], None]] | None = None
         self._producer: Any = None
-        # Plain TCP with Twisted's buffer empty: write straight to the socket.
-        self._direct: Any = None
-        self._socket: Any = None
+        # Plain TCP: writes go straight to the socket while Twisted's buffer is empty.
+        self._direct: Callable[[bytes], bytes] | None = None
         # Fan-out frames held until the end of the reactor turn (see cork()).
         self._corked: list[bytes] | None = None
         self._corked_size = 0
@@ -149,10 +148,7 @@ class ManagedConnection(ProtocolWrapper):
             # A datagram session's loss, duplicate and retransmission counts,
             # computed when the status is read, not on every datagram.
             record.extra["datagram"] = transport.datagram_status
-        sock = direct_send(transport)
-        if sock is not None:
-            self._direct = transport
-            self._socket = sock
+        self._direct = direct_writer(transport, self)
         manager = self.manager
         refusal = manager._admit(self)
         manager._opened(self)
@@ -189,28 +185,13 @@ class ManagedConnection(ProtocolWrapper):
             data = b"".join(corked)
         self.record.bytes_out += len(data)
         direct = self._direct
-        if (
-            direct is not None
-            and not direct._tempDataLen
-            and direct.offset == len(direct.dataBuffer)
-            and direct.connected
-            and not direct.disconnecting
-        ):
+        if direct is not None:
             # Twisted would buffer this and send it on the next reactor pass;
             # with nothing queued, sending now saves a pass and an epoll
-            # round on every request/response. Errors and leftovers go the
-            # usual way, where the errno is captured.
-            try:
-                sent = self._socket.send(data)
-            except OSError as e:
-                # The kernel reports an RST once: keep its errno, since the
-                # read that ends the connection will then only see EOF.
-                if e.errno is not None:
-                    self.record_errno(e.errno)
-                sent = 0
-            if sent == len(data):
+            # round on every request/response. Leftovers go the usual way.
+            data = direct(data)
+            if not data:
                 return
-            data = data[sent:]
         self.transport.write(data)
 
     def cork(self, data: bytes) -> None:

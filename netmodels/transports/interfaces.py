@@ -6,13 +6,14 @@ connection is made, instead of probing for methods on every call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from zope.interface import Attribute, Interface
 
 from netmodels.core.reasons import CloseReason
 
-__all__ = ["IConnectionObserver", "IDatagramTransport", "IErrnoObserver", "ILivenessObserver"]
+__all__ = ["IConnectionObserver", "IDatagramTransport", "IErrnoObserver", "IErrnoSource", "ILivenessObserver"]
 
 
 class IErrnoObserver(Interface):
@@ -20,6 +21,13 @@ class IErrnoObserver(Interface):
 
     def record_errno(number: int) -> None:
         """A ``recv``/``send`` failed with ``number`` (``EAGAIN`` included)."""
+
+
+class IErrnoSource(Interface):
+    """A transport without a socket (a fake) that reports the errno of the fault that ended it."""
+
+    def set_errno_observer(observer: Callable[[int], None]) -> None:
+        """Call ``observer(errno)`` when a fault ends the connection, as a socket's ``recv`` would fail."""
 
 
 class ILivenessObserver(Interface):

@@ -6,6 +6,7 @@ handshake, sessions demultiplexed by id, and TIME_WAIT for closed ones.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -15,6 +16,7 @@ from zope.interface import implementer
 
 from netmodels.core import datagram
 from netmodels.core.datagram import DATA_HEADER, CookieJar, Kind, MalformedDatagram, Packet
+from netmodels.transports._twisted_private import raw_sendto
 from netmodels.transports.udp.options import DatagramOptions, address_label
 from netmodels.transports.udp.transport import (
     DATA_KIND,
@@ -73,14 +75,18 @@ class Listener(DatagramProtocol, SessionSocket):
         self._max_datagram = options.max_datagram
         self.host: IAddress | None = None
         self._idle: defer.Deferred[None] | None = None
+        # A real port's socket directly: Twisted's write validates the
+        # address on every call, and ours came from recvfrom.
+        self._sendto: Callable[[bytes, tuple[str, int]], object] | None = None
+
+    def startProtocol(self) -> None:
+        self._sendto = raw_sendto(self.transport)
 
     def send(self, data: bytes, address: tuple[str, int]) -> None:
         try:
-            # A real port's socket directly: Twisted's write validates the
-            # address on every call, and ours came from recvfrom.
-            sock = getattr(self.transport, "socket", None)
-            if sock is not None:
-                sock.sendto(data, address)
+            sendto = self._sendto
+            if sendto is not None:
+                sendto(data, address)
             else:
                 self.transport.write(data, address)  # type: ignore[union-attr]
         except OSError:
