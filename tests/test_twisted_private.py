@@ -112,5 +112,9 @@ class UdpSocketTests(SynchronousTestCase):
         self.assertIsNone(private.raw_sendto(object()))
         port: Any = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
+        sock = port.socket
         del port.socket
-        self.assertIsNone(private.raw_sendto(port))
+        try:
+            self.assertIsNone(private.raw_sendto(port))
+        finally:
+            port.socket = sock
