@@ -222,6 +222,7 @@ def walk_frames(data: bytes | bytearray, max_frame: int) -> tuple[list[int], int
     prefix itself is partial).
     """
     ends: list[int] = []
+    append = ends.append
     unpack = _LENGTH.unpack_from
     size = len(data)
     position = 0
@@ -232,7 +233,7 @@ def walk_frames(data: bytes | bytearray, max_frame: int) -> tuple[list[int], int
         end = position + 4 + length
         if end > size:
             return ends, end - position
-        ends.append(end)
+        append(end)
         position = end
     return ends, 4 if position < size else 0
 
