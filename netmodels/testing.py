@@ -66,6 +66,8 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netmodels.transports.interfaces import IErrnoSource
+
 __all__ = ["DatagramNetwork", "MemoryLink", "MemoryNetwork", "MemoryTransport"]
 
 #: Marks an orderly close (FIN) in a link's queue.
@@ -76,7 +78,7 @@ _FIN = None
 WINDOW = 65536
 
 
-@implementer(ITransport)
+@implementer(ITransport, IErrnoSource)
 class MemoryTransport:
     """One end of a :class:`MemoryLink`. Speaks enough of ``ITCPTransport``."""
 

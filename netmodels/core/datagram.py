@@ -31,6 +31,8 @@ import struct
 from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
+from netmodels.core.frames import walk_frames
+
 __all__ = [
     "DATAGRAM_VERSION",
     "DEFAULT_MAX_DATAGRAM",
@@ -208,14 +210,8 @@ def unwrap(wire: int, near: int) -> int:
 
 
 def whole_frames(payload: bytes) -> bool:
-    """Whether ``payload`` is a run of complete length-prefixed frames."""
-    position = 0
-    size = len(payload)
-    while position < size:
-        if size - position < 5:
-            return False
-        position += 4 + int.from_bytes(payload[position : position + 4], "big")
-    return position == size
+    """Whether ``payload`` is a run of complete length-prefixed frames (none of them empty)."""
+    return walk_frames(payload, len(payload))[1] == 0
 
 
 # The handshake

@@ -24,6 +24,7 @@ from attrs import field, frozen
 from netmodels.core.keepalive import KeepaliveSettings
 
 __all__ = [
+    "BAD_LENGTH",
     "CORE_TYPES",
     "DEFAULT_MAX_FRAME",
     "MAX_HELLO",
@@ -48,6 +49,7 @@ __all__ = [
     "encode_ping",
     "message_type_name",
     "register_message_types",
+    "walk_frames",
 ]
 
 
@@ -229,40 +231,69 @@ class FrameDecoder:
                 return []
             data = bytes(buffer)
             self._buffer = None
+        ends, needed = walk_frames(data, self.max_frame)
         frames: list[tuple[int, bytes]] = []
         append = frames.append
-        unpack = _HEADER.unpack_from
-        limit = self.max_frame
         known = _KNOWN_TYPES
-        size = len(data)
         position = 0
-        while size - position >= 5:
-            length, message_type = unpack(data, position)
-            if length > limit or length == 0:
-                self.error = FrameTooLarge(length, limit) if length else EmptyFrame()
-                return frames
+        for end in ends:
+            message_type = data[position + 4]
             if message_type not in known:
                 self.error = UnknownMessageType(message_type)
                 return frames
-            end = position + 4 + length
-            if end > size:
-                self._needed = end - position
-                break
             append((message_type, data[position + 5 : end]))
             position = end
-        else:
-            if size - position >= 4:
-                (length,) = _LENGTH.unpack_from(data, position)
-                if length > limit or length == 0:
-                    self.error = FrameTooLarge(length, limit) if length else EmptyFrame()
-                    return frames
-                self._needed = 5
-            else:
-                # Check the length as soon as its 4th byte arrives.
-                self._needed = 4
-        if position < size:
-            self._buffer = bytearray(data[position:])
+        rest = len(data) - position
+        if not rest:
+            return frames
+        if needed == BAD_LENGTH:
+            (length,) = _LENGTH.unpack_from(data, position)
+            self.error = FrameTooLarge(length, self.max_frame) if length else EmptyFrame()
+            return frames
+        if rest >= 5:
+            # A partial frame's type is checked as soon as it arrives.
+            if data[position + 4] not in known:
+                self.error = UnknownMessageType(data[position + 4])
+                return frames
+        elif rest == 4:
+            needed = 5
+        self._needed = needed
+        self._buffer = bytearray(data[position:])
         return frames
+
+
+#: What :func:`walk_frames` returns for ``needed`` at a frame whose length
+#: is 0 or over the limit.
+BAD_LENGTH: Final = -1
+
+
+def walk_frames(data: bytes | bytearray, max_frame: int) -> tuple[list[int], int]:
+    """
+    Walk the length-prefixed frames at the start of ``data``: the one frame
+    walker, for streams (:class:`FrameDecoder`) and datagrams alike.
+
+    Returns the end offset of each whole frame, and what stopped the walk:
+    ``0`` at the end of ``data``; :data:`BAD_LENGTH` at a frame whose length
+    is 0 or over ``max_frame`` (checked once its 4 length bytes are there, so
+    a claimed size is never waited for); otherwise the bytes the partial
+    frame after the last end needs in all, its prefix included (4 while the
+    prefix itself is partial).
+    """
+    ends: list[int] = []
+    append = ends.append
+    unpack = _LENGTH.unpack_from
+    size = len(data)
+    position = 0
+    while size - position >= 4:
+        (length,) = unpack(data, position)
+        if length > max_frame or length == 0:
+            return ends, BAD_LENGTH
+        end = position + 4 + length
+        if end > size:
+            return ends, end - position
+        append(end)
+        position = end
+    return ends, 4 if position < size else 0
 
 
 def encode_frame(message_type: int, body: bytes = b"") -> bytes:

@@ -27,6 +27,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from netmodels.core.connection import (
     _CLOSING,
@@ -39,7 +40,8 @@ from netmodels.core.connection import (
 )
 from netmodels.core.reasons import CloseReason, Closure, Initiator
 from netmodels.runtime.classify import classify_connect_failure, classify_connection_lost
-from netmodels.transports.tcp import capture_errno, direct_send
+from netmodels.transports.interfaces import IConnectionObserver, IDatagramTransport, ILivenessObserver
+from netmodels.transports.tcp import capture_errno, direct_writer
 
 __all__ = ["CORK_LIMIT", "ConnectFailed", "ConnectionManager", "ManagedConnection", "format_address"]
 
@@ -84,11 +86,16 @@ def _transport_name(address: IAddress | None) -> str:
     return "unix" if getattr(address, "name", None) is not None else "tcp"
 
 
+@implementer(IConnectionObserver)
 class ManagedConnection(ProtocolWrapper):
     """
     The manager's view of one live connection: wraps the real protocol and is
     its transport. Protocols reach it as ``self.transport`` to report state
     (:meth:`mark_open`) or end the connection with a reason (:meth:`end`).
+
+    On a datagram transport (:class:`~netmodels.transports.interfaces.
+    IDatagramTransport`) it has an unreliable channel too: the protocol
+    says which writes take it (:meth:`write_unreliable`).
     """
 
     factory: _ManagedFactory
@@ -109,12 +116,20 @@ class ManagedConnection(ProtocolWrapper):
         self._abort_call: IDelayedCall | None = None
         self._close_callbacks: list[Callable[[ConnectionRecord], None]] | None = None
         self._producer: Any = None
-        # Plain TCP with Twisted's buffer empty: write straight to the socket.
-        self._direct: Any = None
-        self._socket: Any = None
+        # Plain TCP: writes go straight to the socket while Twisted's buffer is empty.
+        self._direct: Callable[[bytes], bytes] | None = None
         # Fan-out frames held until the end of the reactor turn (see cork()).
         self._corked: list[bytes] | None = None
         self._corked_size = 0
+        #: The datagram transport under us, for its unreliable channel; None on a stream.
+        self._datagram: IDatagramTransport | None = None
+        self._corked_unreliable: list[bytes] | None = None
+        #: Whether writes may take an unreliable channel (a datagram transport's).
+        self.unreliable_channel = False
+        # Told when the transport hears the peer without data (a datagram ACK).
+        self._liveness: ILivenessObserver | None = wrapped if ILivenessObserver.providedBy(wrapped) else None
+        # A connection turned away never connects the protocol it wraps.
+        self._wrapped_connected = False
 
     # Twisted side
 
@@ -127,15 +142,13 @@ class ManagedConnection(ProtocolWrapper):
         self.transport = transport
         self.connected = 1
         capture_errno(transport, self)
-        stats = getattr(transport, "datagram_status", None)
-        if stats is not None:
+        if IDatagramTransport.providedBy(transport):
+            self._datagram = transport
+            self.unreliable_channel = True
             # A datagram session's loss, duplicate and retransmission counts,
             # computed when the status is read, not on every datagram.
-            record.extra["datagram"] = stats
-        sock = direct_send(transport)
-        if sock is not None:
-            self._direct = transport
-            self._socket = sock
+            record.extra["datagram"] = transport.datagram_status
+        self._direct = direct_writer(transport, self)
         manager = self.manager
         refusal = manager._admit(self)
         manager._opened(self)
@@ -147,6 +160,7 @@ class ManagedConnection(ProtocolWrapper):
                 self.write(payload(CloseReason.REJECTED, refusal))
             self.end(CloseReason.REJECTED, refusal)
             return
+        self._wrapped_connected = True
         ProtocolWrapper.makeConnection(self, transport)
 
     def dataReceived(self, data: bytes) -> None:
@@ -171,28 +185,13 @@ class ManagedConnection(ProtocolWrapper):
             data = b"".join(corked)
         self.record.bytes_out += len(data)
         direct = self._direct
-        if (
-            direct is not None
-            and not direct._tempDataLen
-            and direct.offset == len(direct.dataBuffer)
-            and direct.connected
-            and not direct.disconnecting
-        ):
+        if direct is not None:
             # Twisted would buffer this and send it on the next reactor pass;
             # with nothing queued, sending now saves a pass and an epoll
-            # round on every request/response. Errors and leftovers go the
-            # usual way, where the errno is captured.
-            try:
-                sent = self._socket.send(data)
-            except OSError as e:
-                # The kernel reports an RST once: keep its errno, since the
-                # read that ends the connection will then only see EOF.
-                if e.errno is not None:
-                    self.record_errno(e.errno)
-                sent = 0
-            if sent == len(data):
+            # round on every request/response. Leftovers go the usual way.
+            data = direct(data)
+            if not data:
                 return
-            data = data[sent:]
         self.transport.write(data)
 
     def cork(self, data: bytes) -> None:
@@ -222,6 +221,42 @@ class ManagedConnection(ProtocolWrapper):
             self._corked = None
             if not self.record.closed:
                 self.write(b"".join(corked))
+        corked = self._corked_unreliable
+        if corked is not None:
+            self._corked_unreliable = None
+            if not self.record.closed:
+                self.write_unreliable(b"".join(corked))
+
+    def write_unreliable(self, frames: bytes, corked: bool = False) -> None:
+        """
+        Write whole ``frames`` on the transport's unreliable channel (each
+        may be lost; as few datagrams as hold them), or as :meth:`write`
+        (:meth:`cork` if ``corked``) where there is none.
+        """
+        datagram = self._datagram
+        if datagram is None:
+            if corked:
+                self.cork(frames)
+            else:
+                self.write(frames)
+            return
+        if corked:
+            # Frames corked together share datagrams: a fan-out burst costs
+            # one datagram per peer where it fits, not one per message.
+            pending = self._corked_unreliable
+            if pending is None:
+                self._corked_unreliable = [frames]
+                self.manager._cork(self)
+            else:
+                pending.append(frames)
+            return
+        self.record.bytes_out += len(frames)
+        datagram.write_unreliable(frames)
+
+    @property
+    def reliable_data(self) -> bool:
+        """Whether application data takes the reliable channel (always, on a stream)."""
+        return self._datagram is None or bool(self._datagram.reliable)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self._producer = producer
@@ -238,7 +273,7 @@ class ManagedConnection(ProtocolWrapper):
         self.transport.writeSequence(data)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        self._corked = None
+        self._corked = self._corked_unreliable = None
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
@@ -247,8 +282,7 @@ class ManagedConnection(ProtocolWrapper):
         self.manager._closed(self, closure)
         for callback in self._close_callbacks or ():
             callback(self.record)
-        if getattr(self.wrappedProtocol, "transport", None) is not None:
-            # (A rejected connection never connected its protocol.)
+        if self._wrapped_connected:
             ProtocolWrapper.connectionLost(self, reason)
 
     def record_errno(self, number: int) -> None:
@@ -260,9 +294,8 @@ class ManagedConnection(ProtocolWrapper):
 
     def resetKeepalive(self) -> None:
         """The transport heard the peer without passing data up (a datagram ACK): it is alive."""
-        reset = getattr(self.wrappedProtocol, "resetKeepalive", None)
-        if reset is not None:
-            reset()
+        if self._liveness is not None:
+            self._liveness.resetKeepalive()
 
     # Public side
 
@@ -272,10 +305,9 @@ class ManagedConnection(ProtocolWrapper):
             self.record.state = ConnectionState.HANDSHAKING
 
     def use_reliable_channel(self) -> None:
-        """Ask a datagram transport to send application data reliably (streams already do)."""
-        upgrade = getattr(self.transport, "use_reliable_channel", None)
-        if upgrade is not None:
-            upgrade()
+        """Tell a datagram transport that application data now takes its reliable channel."""
+        if self._datagram is not None:
+            self._datagram.use_reliable_channel()
 
     def mark_open(self, peer_id: str | None = None) -> None:
         """The protocol's handshake is done; the connection carries traffic."""
@@ -332,7 +364,7 @@ class ManagedConnection(ProtocolWrapper):
         if transport is None:
             return
         if mode is CloseMode.RST:
-            self._corked = None
+            self._corked = self._corked_unreliable = None
             transport.abortConnection()
             return
         self.uncork()

@@ -47,6 +47,7 @@ from netmodels.runtime.interfaces import IApplication, IPeer
 from netmodels.runtime.keepalive import KeepaliveMixin
 from netmodels.runtime.manager import ManagedConnection
 from netmodels.runtime.timers import TimerWheel
+from netmodels.transports.interfaces import ILivenessObserver
 from netmodels.transports.tcp import apply_kernel_keepalive, set_no_delay
 
 __all__ = [
@@ -76,6 +77,20 @@ _BYE = int(MessageType.BYE)
 _OPEN = ConnectionState.OPEN
 #: Frames that carry application messages (limited by ``max_data_body``).
 _DATA_TYPES = frozenset({_DATA, int(MessageType.BROADCAST)})
+#: On a datagram transport, frame types that always take the unreliable
+#: channel: a keepalive probe that is retransmitted would measure our
+#: retransmissions, not the path.
+_ALWAYS_UNRELIABLE = frozenset({_PING, _PONG})
+#: ... and with them application traffic, unless it asked for the reliable channel.
+_UNRELIABLE_DATA = _ALWAYS_UNRELIABLE | _DATA_TYPES | {_REQUEST, _RESPONSE, _ERROR}
+_NONE_UNRELIABLE: frozenset[int] = frozenset()
+
+
+def unreliable_types(transport: ManagedConnection) -> frozenset[int]:
+    """The frame types a session writes on ``transport``'s unreliable channel (none on a stream)."""
+    if not transport.unreliable_channel:
+        return _NONE_UNRELIABLE
+    return _ALWAYS_UNRELIABLE if transport.reliable_data else _UNRELIABLE_DATA
 
 
 class MessageTooLarge(ValueError):
@@ -189,6 +204,8 @@ class SlowConsumerPolicy:
     writable: bool
     _backlog: int
     _slow_call: IDelayedCall | None
+    #: Frame types written on the transport's unreliable channel (see :func:`unreliable_types`).
+    _unreliable: frozenset[int] = _NONE_UNRELIABLE
 
     def pauseProducing(self) -> None:
         if not self.writable:
@@ -212,7 +229,10 @@ class SlowConsumerPolicy:
         """Write ``data``, counted against the backlog while paused."""
         if not self.writable:
             self._grow_backlog(len(data))
-        if corked:
+        unreliable = self._unreliable
+        if unreliable and data[4] in unreliable:
+            self.transport.write_unreliable(data, corked)
+        elif corked:
             self.transport.cork(data)
         else:
             self.transport.write(data)
@@ -240,7 +260,7 @@ class SlowConsumerPolicy:
         self.transport.end(CloseReason.REJECTED, detail, CloseMode.RST)
 
 
-@implementer(IPeer, IPushProducer)
+@implementer(IPeer, IPushProducer, ILivenessObserver)
 class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
     """The netmodels wire protocol over one stream connection."""
 
@@ -279,6 +299,7 @@ class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
         self.writable = True
         self._backlog = 0
         self._slow_call: IDelayedCall | None = None
+        self._unreliable = _NONE_UNRELIABLE
 
     # IPeer
 
@@ -365,7 +386,8 @@ class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
 
     def connectionMade(self) -> None:
         transport = self.transport
-        self.record = getattr(transport, "record", None)
+        self.record = transport.record
+        self._unreliable = unreliable_types(transport)
         settings = self.settings
         set_no_delay(transport)
         transport.registerProducer(self, True)
@@ -526,6 +548,7 @@ class Session(SlowConsumerPolicy, Protocol, KeepaliveMixin):
             # reliable channel: ours goes there too, so nothing it sends (an
             # echo of a large message) is refused on our side.
             self._max_data = self._max_body
+            self._unreliable &= _ALWAYS_UNRELIABLE
             self.transport.use_reliable_channel()
         # Never send more than either side accepts.
         if hello.max_frame < self.settings.max_frame:

@@ -6,27 +6,31 @@ Twisted's ``tcp.Connection.doRead``/``writeSomeData`` turn every ``OSError``
 into a bare ``ConnectionLost`` and drop the errno, so an RST and a kernel
 keepalive expiry look identical. :func:`capture_errno` wraps the connection's
 socket object so that the failing ``recv``/``send`` records its errno first.
-It relies on ``tcp.Connection`` reading and writing through its ``socket``
-attribute, which the test suite checks against the installed Twisted.
+What that (and :func:`direct_writer`) relies on in Twisted's internals is in
+:mod:`netmodels.transports._twisted_private`, each behind a feature check.
 """
 
 from __future__ import annotations
 
 import math
 import socket
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet import tcp
 
 from netmodels.core.keepalive import KeepaliveSettings
+from netmodels.transports import _twisted_private as private
+from netmodels.transports.interfaces import IErrnoSource
 
 __all__ = [
     "ErrnoObserver",
     "apply_kernel_keepalive",
     "capture_errno",
-    "direct_send",
+    "direct_writer",
     "find_tcp_connection",
     "set_no_delay",
+    "unsent_bytes",
 ]
 
 
@@ -83,51 +87,55 @@ def capture_errno(transport: object, observer: ErrnoObserver) -> bool:
     """
     Arrange for ``observer.record_errno(errno)`` to be called when a ``recv`` or ``send``
     on ``transport``'s TCP socket fails (``EAGAIN`` included; the caller keeps
-    the last one). Returns ``False`` when there is no TCP socket to watch.
+    the last one). Returns ``False`` when there is no TCP socket to watch, or
+    this Twisted's ``tcp.Connection`` does not do its I/O where we can watch.
     """
     connection = find_tcp_connection(transport)
     if connection is None:
         # Fakes (netmodels.testing.MemoryTransport) report errnos themselves.
-        observe = getattr(transport, "set_errno_observer", None)
-        if observe is None:
+        if not IErrnoSource.providedBy(transport):
             return False
-        observe(observer.record_errno)
+        transport.set_errno_observer(observer.record_errno)
         return True
-    sock = connection.socket
+    if isinstance(private.socket_of(connection), _ErrnoRecordingSocket):
+        return True
+    return private.swap_socket(connection, lambda sock: _ErrnoRecordingSocket(sock, observer))
+
+
+def _unwrapped(sock: Any) -> socket.socket | None:
     if isinstance(sock, _ErrnoRecordingSocket):
-        return True
-    connection.socket = _ErrnoRecordingSocket(sock, observer)  # type: ignore[assignment]
-    return True
+        sock = sock._socket
+    return sock if isinstance(sock, socket.socket) else None
 
 
-#: What :func:`direct_send` relies on in ``tcp.Connection``; checked, not assumed.
-_BUFFER_ATTRIBUTES = ("_tempDataLen", "offset", "dataBuffer", "connected", "disconnecting")
-
-
-def direct_send(transport: object) -> socket.socket | None:
+def direct_writer(transport: object, observer: ErrnoObserver) -> Callable[[bytes], bytes] | None:
     """
-    The raw socket to ``send`` on, if ``transport`` *is* a plain
-    ``tcp.Connection`` (not TLS or another wrapper, whose bytes must not be
-    bypassed) with the write-buffer attributes the caller checks before
-    sending around Twisted's buffer; otherwise ``None``.
+    If ``transport`` *is* a plain ``tcp.Connection``: a function that sends
+    bytes on its socket at once while Twisted's buffer is empty, saving a
+    reactor pass, and returns what is left for ``transport.write``. ``None``
+    otherwise (see :func:`netmodels.transports._twisted_private.direct_writer`).
     """
     if not isinstance(transport, tcp.Connection):
         return None
-    if not all(hasattr(transport, name) for name in _BUFFER_ATTRIBUTES):
+    sock = _unwrapped(private.socket_of(transport))
+    if sock is None:
         return None
-    sock = transport.socket
-    if isinstance(sock, _ErrnoRecordingSocket):
-        sock = sock._socket
-    return sock
+    return private.direct_writer(transport, sock, observer)
+
+
+def unsent_bytes(transport: object) -> int | None:
+    """Bytes Twisted holds unsent for ``transport``'s TCP connection; ``None`` if unknown."""
+    connection = find_tcp_connection(transport)
+    return None if connection is None else private.unsent_bytes(connection)
 
 
 def _raw_socket(transport: object) -> socket.socket | None:
     connection = find_tcp_connection(transport)
     if connection is None:
         return None
-    sock = connection.socket
-    if isinstance(sock, _ErrnoRecordingSocket):
-        sock = sock._socket
+    sock = _unwrapped(private.socket_of(connection))
+    if sock is None:
+        return None
     # UNIX sockets ride on tcp.Connection too, without TCP options.
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return None

@@ -1,0 +1,389 @@
+"""
+One session on UDP, as an ``ITransport``: the protocol above it (the
+connection manager's wrapper, then a Session) sees a stream of whole frames,
+FIN and RST as on TCP.
+
+``write`` is the reliable channel, a byte stream; ``write_unreliable`` sends
+whole frames a datagram at a time (see :class:`~netmodels.transports.
+interfaces.IDatagramTransport`). Which frames take which channel is the
+caller's decision: this module never reads a message type.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import struct
+from typing import Any
+
+from twisted.internet import error
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITransport
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from netmodels.core import datagram
+from netmodels.core.datagram import (
+    DATA_HEADER,
+    SEGMENT_HEADER,
+    Kind,
+    Packet,
+    ReliableReceiver,
+    ReliableSender,
+    SequenceWindow,
+)
+from netmodels.core.frames import BAD_LENGTH, walk_frames
+from netmodels.core.reasons import CloseReason
+from netmodels.transports.interfaces import IConnectionObserver, IDatagramTransport
+from netmodels.transports.udp.options import DatagramOptions, udp_address
+
+__all__ = ["DATA_KIND", "SESSION_ID", "DatagramTransport", "SessionSocket", "new_session"]
+
+DATA_KIND = int(Kind.DATA)
+SESSION_ID = struct.Struct("!Q")
+_SEQUENCE = struct.Struct("!I")
+
+#: Bytes waiting for the reliable window past which the writer is paused
+#: (Twisted pauses a TCP producer at the same size).
+_HIGH_WATER = 65536
+_LOW_WATER = 16384
+
+
+class SessionSocket:
+    """What a session sends through: a listening socket, or a dialled one."""
+
+    counters: dict[str, int]
+
+    def send(self, data: bytes, address: tuple[str, int]) -> None:
+        raise NotImplementedError
+
+    def forget(self, session: DatagramTransport) -> None:
+        raise NotImplementedError
+
+
+@implementer(ITransport, IDatagramTransport)
+class DatagramTransport:
+    """
+    One session on UDP. The protocol above it is told the errno of a
+    RESET, that the peer is alive, and that the reliable channel gave up,
+    if it provides :class:`~netmodels.transports.interfaces.IConnectionObserver`.
+    """
+
+    def __init__(
+        self,
+        sock: SessionSocket,
+        session_id: int,
+        peer: tuple[str, int],
+        host: IAddress,
+        options: DatagramOptions,
+        clock: IReactorTime,
+    ) -> None:
+        self.protocol: Any = None
+        self.connected = 1
+        self.disconnecting = False
+        self.session_id = session_id
+        self.peer_address = peer
+        #: The (address, nonce) of the OPEN that made it (a listener's key for resent OPENs).
+        self.opened_by: tuple[tuple[str, int], int] | None = None
+        self.reliable = options.reliable
+        self.datagrams_in = 0
+        self.datagrams_out = 0
+        self._observer: IConnectionObserver | None = None
+        self._socket = sock
+        self._host = host
+        self._peer = udp_address(*peer)
+        self._options = options
+        self._max_payload = options.max_datagram - DATA_HEADER
+        self._clock = clock
+        self._sender = ReliableSender(options.max_datagram - SEGMENT_HEADER, options.window)
+        self._receiver = ReliableReceiver(window=4 * options.window)
+        self._window = SequenceWindow()
+        self._next_data = 0
+        self._stream = bytearray()
+        self._retransmit_call: IDelayedCall | None = None
+        self._ack_call: IDelayedCall | None = None
+        self._producer: Any = None
+        self._paused = False
+        self._fin_received = False
+
+    def attach(self, protocol: Any) -> None:
+        """Deliver to ``protocol``; report to it too if it is an ``IConnectionObserver``."""
+        self.protocol = protocol
+        self._observer = protocol if IConnectionObserver.providedBy(protocol) else None
+
+    # ITransport
+
+    def write(self, data: bytes) -> None:
+        """The reliable channel: ``data`` arrives once, in order, as on TCP."""
+        if not self.connected or self.disconnecting:
+            return
+        self._sender.queue(data)
+        self._pump()
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def write_unreliable(self, frames: bytes) -> None:
+        """Whole frames, as few datagrams as hold them; each may be lost."""
+        if not self.connected or self.disconnecting:
+            return
+        limit = self._max_payload
+        size = len(frames)
+        if size <= limit:
+            # A message, a request, a probe (or a corked burst that fits): one datagram.
+            self._send_data(frames)
+            return
+        ends, needed = walk_frames(frames, limit - 4)
+        if needed == BAD_LENGTH:
+            raise ValueError(f"a frame does not fit one datagram of {limit} bytes")
+        if needed:
+            raise ValueError("write_unreliable takes whole frames")
+        start = 0
+        last = 0
+        for end in ends:
+            if end - start > limit:
+                self._send_data(frames[start:last])
+                start = last
+            last = end
+        self._send_data(frames[start:])
+
+    def loseConnection(self) -> None:
+        """Send what is queued, then FIN; the session ends when the peer acknowledges it."""
+        if not self.connected or self.disconnecting:
+            return
+        self.disconnecting = True
+        self._sender.close()
+        self._pump()
+
+    def abortConnection(self) -> None:
+        """RESET: the peer sees ``reset``; what is unsent is dropped."""
+        if not self.connected:
+            return
+        reset = datagram.encode_reset(self.session_id)
+        # Sent twice: nothing acknowledges a RESET, and one lost datagram
+        # would leave the peer to find out by keepalive.
+        self._send(reset)
+        self._send(reset)
+        self._lost(error.ConnectionAborted())
+
+    def getPeer(self) -> IAddress:
+        return self._peer
+
+    def getHost(self) -> IAddress:
+        return self._host
+
+    def datagram_status(self) -> dict[str, Any]:
+        """Datagrams each way, retransmissions, the unreliable channel's counts (for ``GET /status``)."""
+        return {
+            "datagrams_in": self.datagrams_in,
+            "datagrams_out": self.datagrams_out,
+            "retransmissions": self._sender.retransmissions,
+            "reliable": self.reliable,
+            "unreliable": self._window.as_dict(),
+        }
+
+    def use_reliable_channel(self) -> None:
+        """Record that application data takes the reliable channel from now on (the peer asked for it)."""
+        self.reliable = True
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._producer = producer
+        self._paused = False
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+
+    # From the socket
+
+    def datagram_received(self, packet: Packet) -> None:
+        """A SEGMENT, ACK or RESET of this session (DATA comes to :meth:`data_received`)."""
+        self.datagrams_in += 1
+        kind = packet.kind
+        if kind is Kind.SEGMENT:
+            self._peer_heard()
+            self._segment_received(packet)
+        elif kind is Kind.ACK:
+            self._peer_heard()
+            self._ack_received(packet)
+        elif kind is Kind.RESET:
+            self._peer_gone(_errno.ECONNRESET, error.ConnectionLost("RESET from peer"))
+
+    def refused(self) -> None:
+        """ICMP port unreachable on our connected socket: nothing listens there now."""
+        self._peer_gone(_errno.ECONNREFUSED, error.ConnectionRefusedError("ICMP port unreachable"))
+
+    # Internals
+
+    def _peer_heard(self) -> None:
+        # Keepalive sees only what reaches dataReceived; an ACK, or a segment held back
+        # for reordering, proves the peer alive too (as any segment does for TCP's
+        # keepalive). Without it a side that only sends would depend on PINGs alone,
+        # and under loss three lost PING/PONG pairs in a row are a false death.
+        if self._observer is not None:
+            self._observer.resetKeepalive()
+
+    def data_received(self, data: bytes) -> None:
+        """A whole DATA datagram of this session (header included)."""
+        self.datagrams_in += 1
+        payload = data[DATA_HEADER:]
+        # Checked first: a malformed datagram must not move the window. One
+        # frame (the common case) is recognised without walking.
+        size = len(payload)
+        if not (size >= 5 and int.from_bytes(payload[:4], "big") + 4 == size) and not datagram.whole_frames(
+            payload
+        ):
+            self._socket.counters["malformed"] += 1
+            return
+        if self._window.accept(_SEQUENCE.unpack_from(data, 9)[0]):
+            self.protocol.dataReceived(payload)
+
+    def _segment_received(self, packet: Packet) -> None:
+        chunks = self._receiver.accept(packet.sequence, packet.flags, packet.payload)
+        self._schedule_ack()
+        if chunks:
+            stream = self._stream
+            for chunk in chunks:
+                stream += chunk
+            self._deliver_stream()
+        if self._receiver.fin and not self._fin_received and self.connected:
+            self._fin_received = True
+            # The FIN's ACK goes now (twice: after it we forget the session).
+            self._send_ack()
+            self._send_ack()
+            self._lost(error.ConnectionDone())
+
+    def _deliver_stream(self) -> None:
+        stream = self._stream
+        ends, needed = walk_frames(stream, self._options.max_frame)
+        # A bad length goes up whole: the session's decoder ends with protocol-error.
+        position = len(stream) if needed == BAD_LENGTH else ends[-1] if ends else 0
+        if position:
+            frames = bytes(stream[:position])
+            del stream[:position]
+            if self.connected:
+                self.protocol.dataReceived(frames)
+
+    def _ack_received(self, packet: Packet) -> None:
+        now = self._clock.seconds()
+        sender = self._sender
+        for sequence, flags, payload in sender.acknowledge(packet.sequence, packet.ack_bits, now):
+            self._send_segment(sequence, flags, payload)
+        if sender.finished and self.disconnecting:
+            self._lost(error.ConnectionDone())
+            return
+        self._pump()
+
+    def _pump(self) -> None:
+        sender = self._sender
+        for sequence, flags, payload in sender.take(self._clock.seconds()):
+            self._send_segment(sequence, flags, payload)
+        self._arm()
+        producer = self._producer
+        if producer is not None:
+            if not self._paused and sender.buffered > _HIGH_WATER:
+                self._paused = True
+                producer.pauseProducing()
+            elif self._paused and sender.buffered < _LOW_WATER:
+                self._paused = False
+                producer.resumeProducing()
+
+    def _arm(self) -> None:
+        due = self._sender.next_timeout()
+        call = self._retransmit_call
+        if due is None:
+            if call is not None and call.active():
+                call.cancel()
+            self._retransmit_call = None
+            return
+        delay = max(0.0, due - self._clock.seconds())
+        if call is None or not call.active():
+            self._retransmit_call = self._clock.callLater(delay, self._retransmit)
+        elif call.getTime() > due:
+            call.reset(delay)
+
+    def _retransmit(self) -> None:
+        self._retransmit_call = None
+        if not self.connected:
+            return
+        now = self._clock.seconds()
+        sender = self._sender
+        oldest = sender.oldest_unacknowledged()
+        user_timeout = self._options.user_timeout
+        if oldest is not None and user_timeout and now - oldest >= user_timeout:
+            self._give_up(now - oldest)
+            return
+        for sequence, flags, payload in sender.expired(now):
+            self._send_segment(sequence, flags, payload)
+        self._arm()
+
+    def _give_up(self, waited: float) -> None:
+        detail = (
+            f"reliable channel: {self._sender.in_flight} segments unacknowledged for {waited:.3g} s "
+            f"after {self._sender.retransmissions} retransmissions (user timeout "
+            f"{self._options.user_timeout:g} s)"
+        )
+        if self._observer is not None:
+            self._observer.end(CloseReason.TIMEOUT, detail)
+        if self.connected:
+            self.abortConnection()
+
+    def _peer_gone(self, number: int, reason: Exception) -> None:
+        if not self.connected:
+            return
+        if self._observer is not None:
+            self._observer.record_errno(number)
+        self._lost(reason)
+
+    def _schedule_ack(self) -> None:
+        # One ACK per reactor turn, however many segments arrived in it.
+        if self._ack_call is None:
+            self._ack_call = self._clock.callLater(0, self._send_ack)
+
+    def _send_ack(self) -> None:
+        call, self._ack_call = self._ack_call, None
+        if call is not None and call.active():
+            call.cancel()
+        expected, bits = self._receiver.ack_fields()
+        self._send(datagram.encode_ack(self.session_id, expected, bits))
+
+    def _send_data(self, frames: bytes) -> None:
+        header = datagram.encode_data_header(self.session_id, self._next_data)
+        self._next_data += 1
+        self._send(header + frames)
+
+    def _send_segment(self, sequence: int, flags: int, payload: bytes) -> None:
+        self._send(datagram.encode_segment(self.session_id, sequence, flags, payload))
+
+    def _send(self, data: bytes) -> None:
+        self.datagrams_out += 1
+        self._socket.send(data, self.peer_address)
+
+    def _lost(self, reason: Exception) -> None:
+        if not self.connected:
+            return
+        self.connected = 0
+        for call in (self._retransmit_call, self._ack_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._retransmit_call = self._ack_call = None
+        self._socket.forget(self)
+        protocol, self.protocol = self.protocol, None
+        if protocol is not None:
+            protocol.connectionLost(Failure(reason))
+
+
+def new_session(
+    factory: Factory[Any],
+    sock: SessionSocket,
+    session_id: int,
+    peer: tuple[str, int],
+    host: IAddress,
+    options: DatagramOptions,
+    clock: IReactorTime,
+) -> DatagramTransport | None:
+    protocol = factory.buildProtocol(udp_address(*peer))
+    if protocol is None:
+        return None
+    transport = DatagramTransport(sock, session_id, peer, host, options, clock)
+    transport.attach(protocol)
+    protocol.makeConnection(transport)
+    return transport

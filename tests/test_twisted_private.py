@@ -1,0 +1,120 @@
+"""
+What netmodels reads of Twisted's internals (``_twisted_private``): each
+feature check holds on the installed Twisted, and each use degrades to
+doing without when its check fails.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import reactor, tcp
+from twisted.internet.protocol import DatagramProtocol, Protocol
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from netmodels.transports import _twisted_private as private
+from netmodels.transports import tcp as nm_tcp
+
+
+class Errnos:
+    def __init__(self) -> None:
+        self.numbers: list[int] = []
+
+    def record_errno(self, number: int) -> None:
+        self.numbers.append(number)
+
+
+def connection_pair(case: SynchronousTestCase) -> tuple[tcp.Connection, socket.socket]:
+    ours, theirs = socket.socketpair()
+    case.addCleanup(ours.close)
+    case.addCleanup(theirs.close)
+    ours.setblocking(False)
+    connection = tcp.Connection(ours, Protocol(), reactor)
+    connection.connected = 1
+    return connection, theirs
+
+
+class FeatureCheckTests(SynchronousTestCase):
+    def test_installed_twisted_does_io_through_socket(self) -> None:
+        self.assertTrue(private.io_goes_through_socket())
+
+    def test_a_connection_that_does_not_is_detected(self) -> None:
+        class Reads:
+            def doRead(self) -> bytes:
+                return b""
+
+            def writeSomeData(self, data: bytes) -> int:
+                return 0
+
+        class Missing:
+            pass
+
+        self.assertFalse(private.io_goes_through_socket(Reads))
+        self.assertFalse(private.io_goes_through_socket(Missing))
+
+    def test_swap_socket(self) -> None:
+        connection, _ = connection_pair(self)
+        self.assertTrue(nm_tcp.capture_errno(connection, Errnos()))
+        self.assertIsInstance(connection.socket, nm_tcp._ErrnoRecordingSocket)
+
+    def test_swap_socket_degrades(self) -> None:
+        connection, _ = connection_pair(self)
+        original = connection.socket
+        self.patch(private, "_SOCKET_IO", False)
+        self.assertFalse(nm_tcp.capture_errno(connection, Errnos()))
+        self.assertIs(connection.socket, original)
+
+
+class BufferTests(SynchronousTestCase):
+    def test_unsent_bytes(self) -> None:
+        connection, _ = connection_pair(self)
+        self.assertEqual(nm_tcp.unsent_bytes(connection), 0)
+        connection.dataBuffer = b"abc"
+        self.assertEqual(nm_tcp.unsent_bytes(connection), 3)
+
+    def test_unsent_bytes_degrades(self) -> None:
+        connection, _ = connection_pair(self)
+        del connection._tempDataLen
+        self.assertIsNone(nm_tcp.unsent_bytes(connection))
+        self.assertIsNone(nm_tcp.unsent_bytes(StringTransport()))
+
+    def test_direct_writer_sends_while_the_buffer_is_empty(self) -> None:
+        connection, theirs = connection_pair(self)
+        write = nm_tcp.direct_writer(connection, Errnos())
+        assert write is not None
+        self.assertEqual(write(b"now"), b"")
+        self.assertEqual(theirs.recv(16), b"now")
+        connection.dataBuffer = b"queued"
+        self.assertEqual(write(b"later"), b"later")
+
+    def test_direct_writer_degrades(self) -> None:
+        connection, _ = connection_pair(self)
+        del connection._tempDataLen
+        self.assertIsNone(nm_tcp.direct_writer(connection, Errnos()))
+        self.assertIsNone(nm_tcp.direct_writer(StringTransport(), Errnos()))
+
+
+class UdpSocketTests(SynchronousTestCase):
+    def test_raw_sendto_of_a_real_port(self) -> None:
+        port: Any = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(receiver.close)
+        receiver.bind(("127.0.0.1", 0))
+        sendto = private.raw_sendto(port)
+        assert sendto is not None
+        sendto(b"hi", receiver.getsockname())
+        self.assertEqual(receiver.recv(16), b"hi")
+
+    def test_raw_sendto_degrades(self) -> None:
+        self.assertIsNone(private.raw_sendto(object()))
+        port: Any = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        sock = port.socket
+        del port.socket
+        try:
+            self.assertIsNone(private.raw_sendto(port))
+        finally:
+            port.socket = sock
