@@ -56,7 +56,7 @@ from netmodels.runtime.session import (
 )
 from netmodels.runtime.topology import Topology
 from netmodels.topologies.many_to_one.options import ManyToOneOptions, ManyToOneSettings
-from netmodels.transports.tcp import apply_kernel_keepalive, find_tcp_connection, set_no_delay
+from netmodels.transports.tcp import apply_kernel_keepalive, set_no_delay, unsent_bytes
 
 __all__ = [
     "MAX_GROUPS",
@@ -436,7 +436,7 @@ class Hub:
                 "writable": writable,
                 "state": "writable" if writable else "paused",
                 "backlog": int(getattr(peer, "_backlog", 0)),
-                "unsent": _unsent(peer.transport),
+                "unsent": unsent_bytes(peer.transport),
             }
         settings = self.node.session_settings
         return {
@@ -514,17 +514,6 @@ class Hub:
 
 def _evolve_check_peer(settings: SessionSettings, check: Callable[[Hello], str | None]) -> SessionSettings:
     return attrs.evolve(settings, check_peer=check)
-
-
-def _unsent(transport: Any) -> int | None:
-    """Bytes Twisted holds unsent for a TCP connection; ``None`` for other transports."""
-    connection = find_tcp_connection(transport)
-    if connection is None:
-        return None
-    try:
-        return len(connection.dataBuffer) - connection.offset + connection._tempDataLen
-    except AttributeError:  # pragma: no cover - another Twisted
-        return None
 
 
 # --- The topology ---------------------------------------------------------------------
