@@ -1,6 +1,6 @@
 # Developer and CI entry points for netmodels.
 #
-#   make run     set up if needed, then run the demo node with its status page
+#   make run     set up if needed, then run the demo node with its status page (STATUS_PORT=8080)
 #   make test    set up if needed, then run the suite under trial and under pytest
 #   make lab     run only the fault lab (tests/lab: root, iproute2, iptables), under trial
 #   make lint    ruff check, ruff format --check, mypy
@@ -28,7 +28,10 @@ PIP_FLAGS := --quiet --disable-pip-version-check --no-input
 # The files the strict editable install links into build/__editable__.*.
 PKG_FILES := $(sort $(shell find netmodels plugins -type f \( -name '*.py' -o -name '*.pyi' -o -name 'py.typed' \) -not -path '*/__pycache__/*' 2>/dev/null))
 
-STATUS_URL := http://127.0.0.1:8080/status
+# make run's ports: the status page and the demo server.
+STATUS_PORT ?= 8080
+DEMO_PORT ?= 8750
+STATUS_URL = http://127.0.0.1:$(STATUS_PORT)/status
 
 .PHONY: help setup sysdeps run test lab lint docs bench fuzz clean distclean FORCE
 
@@ -70,9 +73,12 @@ sysdeps:
 
 # --- targets ----------------------------------------------------------------
 
+# A start-up failure is one line from twistd (exit status 1); say which ports to change.
 run: setup
 	@echo "netmodels status page: $(STATUS_URL)"
-	$(VENV)/bin/twistd -n netmodels --demo --status tcp:8080:interface=127.0.0.1
+	@$(VENV)/bin/twistd -n --pidfile= netmodels --demo \
+	  --listen tcp:$(DEMO_PORT):interface=127.0.0.1 --status tcp:$(STATUS_PORT):interface=127.0.0.1 \
+	  || { rc=$$?; [ $$rc -ne 1 ] || echo "make run: is port $(STATUS_PORT) or $(DEMO_PORT) taken? Choose others: make run STATUS_PORT=8081 DEMO_PORT=8751" >&2; exit $$rc; }
 
 # Both runners always run; the target fails if either fails.
 test: setup sysdeps

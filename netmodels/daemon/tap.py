@@ -356,7 +356,8 @@ class _Daemon(MultiService):
         try:
             super().startService()
         except ListenFailed as e:
-            print(f"twistd netmodels: {e}", file=sys.stderr)
+            # The real stderr: by now twistd has redirected sys.stderr into its log.
+            print(f"twistd netmodels: {e}", file=sys.__stderr__)
             sys.exit(1)
 
 
