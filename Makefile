@@ -124,9 +124,11 @@ fuzz: setup
 	done
 
 # Removing build/ also removes the strict editable tree (build/__editable__.*), so the
-# stamp goes too and the next target reinstalls.
+# stamp goes too and the next target reinstalls. state/, twistd.pid, twistd.log, token
+# and *.sqlite are what nodes write when run from the checkout as the README shows.
 clean:
 	rm -rf build dist docs/_build fuzz/artifacts _trial_temp _trial_temp-* .hypothesis .mypy_cache .ruff_cache .pytest_cache
+	rm -rf state twistd.pid twistd.log token *.sqlite *.sqlite-journal *.sqlite-wal *.sqlite-shm
 	rm -rf *.egg-info $(STAMP) $(FILES)
 	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name dropin.cache \) -print0 \
 	  | xargs -0 rm -rf
