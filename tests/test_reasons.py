@@ -10,11 +10,24 @@ import errno
 from twisted.internet import error
 from twisted.trial.unittest import SynchronousTestCase
 
-from netmodels.core.reasons import CloseReason, Closure, Initiator, errno_name
+from netmodels.core.reasons import ERRNO_REASONS, CloseReason, Closure, Initiator, errno_name
 from netmodels.runtime.classify import classify_connect_failure, classify_connection_lost
 
 #: An errno number no platform uses.
 UNKNOWN_ERRNO = 99999
+
+#: What each errno means, written out: the contract ERRNO_REASONS must keep.
+EXPECTED_ERRNO_REASONS = {
+    "ECONNRESET": (CloseReason.RESET, Initiator.REMOTE),
+    "EPIPE": (CloseReason.RESET, Initiator.REMOTE),
+    "ECONNABORTED": (CloseReason.RESET, Initiator.REMOTE),
+    "ETIMEDOUT": (CloseReason.TIMEOUT, Initiator.LOCAL),
+    "EHOSTUNREACH": (CloseReason.UNREACHABLE, Initiator.REMOTE),
+    "ENETUNREACH": (CloseReason.UNREACHABLE, Initiator.REMOTE),
+    "EHOSTDOWN": (CloseReason.UNREACHABLE, Initiator.REMOTE),
+    "ENETDOWN": (CloseReason.UNREACHABLE, Initiator.REMOTE),
+    "ECONNREFUSED": (CloseReason.REFUSED, Initiator.REMOTE),
+}
 
 
 class VocabularyTests(SynchronousTestCase):
@@ -60,6 +73,48 @@ class ErrnoNameTests(SynchronousTestCase):
     def test_unknown_number(self) -> None:
         """An unknown errno number gives no name."""
         self.assertIsNone(errno_name(UNKNOWN_ERRNO))
+
+
+class ErrnoTableTests(SynchronousTestCase):
+    """Every errno the classifiers know, entry by entry, through both classifiers."""
+
+    def test_table_is_the_expected_one(self) -> None:
+        """ERRNO_REASONS has exactly the expected entries: none missing, none extra, none changed."""
+        self.assertEqual(
+            {errno_name(number): meaning for number, meaning in ERRNO_REASONS.items()}, EXPECTED_ERRNO_REASONS
+        )
+
+    def test_connection_lost_by_errno(self) -> None:
+        """A lost connection with each errno (captured, or its OSError's) is classified as the table says."""
+        for name, (reason, initiator) in EXPECTED_ERRNO_REASONS.items():
+            number = getattr(errno, name)
+            expected = (reason, initiator, name)
+            captured = classify_connection_lost(error.ConnectionLost(), number)
+            self.assertEqual((captured.reason, captured.initiator, captured.errno), expected, name)
+            raised = classify_connection_lost(OSError(number, name), None)
+            self.assertEqual((raised.reason, raised.initiator, raised.errno), expected, name)
+
+    def test_connect_failure_by_errno(self) -> None:
+        """A failed connect with each errno (osError, or its OSError's) is classified as the table says."""
+        for name, (reason, initiator) in EXPECTED_ERRNO_REASONS.items():
+            number = getattr(errno, name)
+            expected = (reason, initiator, name)
+            wrapped = classify_connect_failure(error.ConnectError(number, name))
+            self.assertEqual((wrapped.reason, wrapped.initiator, wrapped.errno), expected, name)
+            raised = classify_connect_failure(OSError(number, name))
+            self.assertEqual((raised.reason, raised.initiator, raised.errno), expected, name)
+
+    def test_other_errnos_fall_to_the_defaults(self) -> None:
+        """Any errno outside the table: a lost connection is a reset, a failed connect unreachable."""
+        for number, name in sorted(errno.errorcode.items()):
+            if name in EXPECTED_ERRNO_REASONS or number in ERRNO_REASONS:
+                continue
+            lost = classify_connection_lost(error.ConnectionLost(), number)
+            self.assertEqual((lost.reason, lost.initiator), (CloseReason.RESET, Initiator.REMOTE), name)
+            failed = classify_connect_failure(OSError(number, name))
+            self.assertEqual(
+                (failed.reason, failed.initiator), (CloseReason.UNREACHABLE, Initiator.REMOTE), name
+            )
 
 
 class ConnectionLostTests(SynchronousTestCase):

@@ -19,7 +19,7 @@ import errno as _errno
 
 from attrs import frozen
 
-__all__ = ["CloseReason", "Closure", "Initiator", "errno_name"]
+__all__ = ["ERRNO_REASONS", "CloseReason", "Closure", "Initiator", "errno_name"]
 
 
 class CloseReason(enum.StrEnum):
@@ -65,7 +65,9 @@ class Closure:
     fatal: bool = False
 
 
-_ERRNO_REASONS: dict[int, tuple[CloseReason, Initiator]] = {
+#: What a socket errno means for a connection: its close reason and initiator.
+#: Part of the contract (tests/test_reasons.py spells it out entry by entry).
+ERRNO_REASONS: dict[int, tuple[CloseReason, Initiator]] = {
     _errno.ECONNRESET: (CloseReason.RESET, Initiator.REMOTE),
     _errno.EPIPE: (CloseReason.RESET, Initiator.REMOTE),
     _errno.ECONNABORTED: (CloseReason.RESET, Initiator.REMOTE),

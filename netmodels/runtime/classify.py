@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.internet import error as _error
 
-from netmodels.core.reasons import _ERRNO_REASONS, CloseReason, Closure, Initiator, errno_name
+from netmodels.core.reasons import ERRNO_REASONS, CloseReason, Closure, Initiator, errno_name
 
 __all__ = ["classify_connect_failure", "classify_connection_lost"]
 
@@ -22,13 +22,13 @@ def classify_connection_lost(exc: BaseException, os_errno: int | None) -> Closur
     """
     if isinstance(exc, _error.ConnectionAborted):
         return Closure(CloseReason.ABORTED, Initiator.LOCAL)
-    if os_errno is not None and os_errno in _ERRNO_REASONS:
-        reason, initiator = _ERRNO_REASONS[os_errno]
+    if os_errno is not None and os_errno in ERRNO_REASONS:
+        reason, initiator = ERRNO_REASONS[os_errno]
         return Closure(reason, initiator, errno_name(os_errno))
     if isinstance(exc, _error.ConnectionDone):
         return Closure(CloseReason.CLEAN, Initiator.REMOTE)
-    if isinstance(exc, OSError) and exc.errno in _ERRNO_REASONS:
-        reason, initiator = _ERRNO_REASONS[exc.errno]
+    if isinstance(exc, OSError) and exc.errno in ERRNO_REASONS:
+        reason, initiator = ERRNO_REASONS[exc.errno]
         return Closure(reason, initiator, errno_name(exc.errno))
     if _is_tls_error(exc):
         return Closure(CloseReason.PROTOCOL_ERROR, Initiator.REMOTE, detail=f"TLS: {exc}")
@@ -46,11 +46,11 @@ def classify_connect_failure(exc: BaseException) -> Closure:
         return Closure(CloseReason.TIMEOUT, Initiator.LOCAL, "ETIMEDOUT", detail="connect timed out")
     if isinstance(exc, _error.DNSLookupError | _error.NoRouteError | _error.UnknownHostError):
         return Closure(CloseReason.UNREACHABLE, Initiator.REMOTE, errno_name(os_errno), str(exc))
-    if isinstance(os_errno, int) and os_errno in _ERRNO_REASONS:
-        reason, initiator = _ERRNO_REASONS[os_errno]
+    if isinstance(os_errno, int) and os_errno in ERRNO_REASONS:
+        reason, initiator = ERRNO_REASONS[os_errno]
         return Closure(reason, initiator, errno_name(os_errno), str(exc))
-    if isinstance(exc, OSError) and exc.errno in _ERRNO_REASONS:
-        reason, initiator = _ERRNO_REASONS[exc.errno]
+    if isinstance(exc, OSError) and exc.errno in ERRNO_REASONS:
+        reason, initiator = ERRNO_REASONS[exc.errno]
         return Closure(reason, initiator, errno_name(exc.errno), str(exc))
     if _is_tls_error(exc):
         return Closure(CloseReason.PROTOCOL_ERROR, Initiator.REMOTE, detail=f"TLS: {exc}")
