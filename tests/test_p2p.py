@@ -1550,3 +1550,39 @@ class DeduplicationTests(SynchronousTestCase):
         self.assertEqual(len(self.mesh.received("n00")), window + 1)
         self.send(Broadcast("far", 1, window + 3, b"last"))
         self.assertEqual(self.mesh.received("n00")[-1], ("far", b"last"))
+        for node in ("n00", "n01"):
+            seen = self.mesh.mesh(node)._seen[("far", 1)]
+            self.assertLessEqual(len(seen.above), window, node)
+
+
+class SeenWindowTests(SynchronousTestCase):
+    """The de-duplication window of one origin incarnation: bounded, whatever goes missing."""
+
+    def test_bounded_under_a_gap(self) -> None:
+        """Sequence 1 never comes: the window never holds more than SEEN_WINDOW ids, and gives 1 up."""
+        window = p2p.SEEN_WINDOW
+        seen = p2p._Seen()
+        for sequence in range(2, 3 * window):
+            self.assertTrue(seen.add(sequence), sequence)
+            self.assertLessEqual(len(seen.above), window, sequence)
+        # Given up: the gap counts as seen, and everything after it is contiguous.
+        self.assertEqual((seen.low, seen.above), (3 * window - 1, set()))
+        self.assertFalse(seen.add(1))
+        self.assertFalse(seen.add(3 * window - 1))
+        self.assertTrue(seen.add(3 * window))
+
+    def test_bounded_under_many_gaps(self) -> None:
+        """Only odd ids arrive: still bounded, and each id is new once."""
+        window = p2p.SEEN_WINDOW
+        seen = p2p._Seen()
+        for sequence in range(1, 6 * window, 2):
+            self.assertTrue(seen.add(sequence), sequence)
+            self.assertFalse(seen.add(sequence), sequence)
+            self.assertLessEqual(len(seen.above), window, sequence)
+
+    def test_out_of_order_within_the_window(self) -> None:
+        """Reordering within the window loses nothing and leaves nothing above the low mark."""
+        seen = p2p._Seen()
+        for sequence in (3, 1, 4, 2, 6, 5):
+            self.assertTrue(seen.add(sequence), sequence)
+        self.assertEqual((seen.low, seen.above), (6, set()))
