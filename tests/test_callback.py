@@ -22,7 +22,7 @@ from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
 from netmodels.core.connection import ConnectionState, Direction
-from netmodels.core.frames import FrameDecoder, MalformedMessage, MessageType
+from netmodels.core.frames import FrameDecoder, MalformedMessage, MessageType, encode_frame
 from netmodels.core.reasons import CloseReason, Initiator
 from netmodels.daemon.status import StatusPage
 from netmodels.daemon.tap import Options
@@ -48,7 +48,7 @@ from netmodels.topologies.callback.topology import (
     encode_deliver,
     encode_register,
 )
-from tests.test_testing import KEEPALIVE, advance_by
+from tests.test_testing import EPSILON, KEEPALIVE, KEEPALIVE_BOUND, advance_by
 
 ADDRESS = "server:1"
 TOKEN = "s3cret"
@@ -61,6 +61,32 @@ CLOSE_DEADLINE = 5.0
 
 def frames(data: bytes) -> list[tuple[int, bytes]]:
     return FrameDecoder().feed(data)
+
+
+def drop_acks(link: MemoryLink, side: int) -> list[int]:
+    """
+    Lose every ACK frame ``side`` of ``link`` sends, and nothing else (keepalive
+    and the rest go through). The ids of the lost ACKs are returned, as they are lost.
+    """
+    decoder = FrameDecoder()
+    lost: list[int] = []
+    send = link._send
+
+    def filtered(from_side: int, data: bytes) -> None:
+        if from_side != side:
+            send(from_side, data)
+            return
+        kept = b""
+        for kind, body in decoder.feed(data):
+            if kind == MessageType.ACK:
+                lost.append(decode_ack(body))
+            else:
+                kept += encode_frame(kind, body)
+        if kept:
+            send(from_side, kept)
+
+    link._send = filtered  # type: ignore[method-assign]
+    return lost
 
 
 class Star:
@@ -408,7 +434,12 @@ class DeliveryTests(_StarTestCase):
         self.assertEqual(self.star.client_status("alice")["outbox_depth"], 0)
 
     def test_lost_acknowledgement_resends_and_client_drops_the_duplicate(self) -> None:
-        """The server never hears the ACK: after the ack timeout it resends; the app sees it once."""
+        """
+        The server stops reading, so it never hears the ACK: keepalive (its
+        bound is shorter than the ack timeout) ends the callback connection
+        and the server resends; the app sees the message once. The ack
+        timeout on its own: test_ack_timeout_ends_a_callback_path_that_swallows_acks.
+        """
         self.star.add("alice")
         self.star.deliver("alice", b"warmup")
         self.clock.advance(0)
@@ -428,6 +459,50 @@ class DeliveryTests(_StarTestCase):
         self.assertEqual(status["outbox_depth"], 0)
         self.assertEqual(status["last_callback"]["result"], "timeout")
         self.assertEqual(status["delivered"], {CALLBACK: 1, FALLBACK: 1})
+
+    def test_ack_timeout_ends_a_callback_path_that_swallows_acks(self) -> None:
+        """
+        Only the ACKs are lost (keepalive still answers, so it never
+        interferes): at the ack timeout, and not before, the server ends the
+        callback connection with ``timeout``, says why, and resends on the
+        control connection; the application sees the message once.
+        """
+        self.assertGreater(ACK_TIMEOUT, KEEPALIVE_BOUND)  # keepalive would fire first if it could
+        self.star.add("alice")
+        self.star.deliver("alice", b"warmup")
+        self.clock.advance(0)
+        self.clock.advance(0)
+        link = self.callback_link()
+        lost = drop_acks(link, side=1)  # the client is side 1: the server dialled it
+        message_id = self.star.deliver("alice", b"once")
+        self.clock.advance(0)
+        self.clock.advance(0)
+        self.assertEqual(self.star.received("alice"), [b"warmup", b"once"])
+        self.assertEqual(lost, [message_id])
+        advance_by(self.clock, ACK_TIMEOUT - EPSILON)
+        status = self.star.client_status("alice")
+        self.assertEqual((status["outbox_depth"], status["in_flight"]), (1, 1))
+        self.assertEqual(status["last_callback"]["result"], "ok")
+        self.assertTrue(link.server.connected, "keepalive ended the callback connection")
+        advance_by(self.clock, EPSILON)
+        self.clock.advance(0)
+        self.clock.advance(0)
+        status = self.star.client_status("alice")
+        detail = f"no acknowledgement of message {message_id} within {ACK_TIMEOUT:g} s"
+        self.assertEqual(status["last_callback"], {"result": "timeout", "errno": None, "detail": detail})
+        self.assertEqual((status["outbox_depth"], status["in_flight"]), (0, 0))
+        self.assertEqual(status["delivered"], {CALLBACK: 1, FALLBACK: 1})
+        self.assertFalse(link.server.connected)
+        [ended] = [
+            r for r in self.star.server.manager.history if r.peer == "10.0.0.1:7000" and r.reason is not None
+        ]
+        self.assertEqual(
+            (ended.reason, ended.initiator, ended.detail), (CloseReason.TIMEOUT, Initiator.LOCAL, detail)
+        )
+        self.assertEqual(self.star.received("alice"), [b"warmup", b"once"])
+        client = callback_of(self.star.clients["alice"])
+        assert isinstance(client, CallbackClient)
+        self.assertEqual(client.duplicates, 1)
 
     def test_restarted_client_with_its_log_sees_no_repeat(self) -> None:
         """With its delivered log kept (a file in real life), a client never shows a message twice."""
