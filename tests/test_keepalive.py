@@ -88,19 +88,16 @@ class SettingsValidationTests(SynchronousTestCase):
 
     def test_bool_durations_rejected(self) -> None:
         """
-        A bool is not a duration, as it is not a probe count.
-
-        BUG: ``_positive`` accepts ``True`` as 1 second, so a HELLO with
-        ``"idle": true`` is accepted.
+        A bool is not a duration, as it is not a probe count: a HELLO with
+        ``"idle": true`` is refused, not read as 1 second.
         """
         self.assertRejected(True, INTERVAL, PROBES)
         self.assertRejected(IDLE, True, PROBES)
 
     def test_huge_integer_rejected_with_value_error(self) -> None:
         """
-        An integer too large for a float is rejected with ValueError.
-
-        BUG: ``math.isfinite`` raises ``OverflowError`` instead.
+        An integer too large for a float is rejected with ValueError (not the
+        ``OverflowError`` that ``math.isfinite`` raises for it).
         """
         self.assertRejected(10**400, INTERVAL, PROBES)
 
@@ -503,8 +500,12 @@ class DefaultTimeoutTests(SynchronousTestCase):
 
     def test_default_timeout_without_transport(self) -> None:
         """With no transport the default timeout does nothing rather than fail."""
-        protocol = KeepaliveProtocol(Clock())
-        protocol.keepaliveTimeout()
+        clock = Clock()
+        protocol = KeepaliveProtocol(clock)
+        self.assertIsNone(protocol.transport)
+        self.assertIsNone(protocol.keepaliveTimeout())
+        self.assertIsNone(protocol.transport)
+        self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_default_probe_does_nothing(self) -> None:
         """The default keepaliveProbe writes nothing."""

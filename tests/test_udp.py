@@ -216,7 +216,14 @@ class CloseReasonTests(SynchronousTestCase):
         port.stopListening()
         record = pair.closed(pair.client)
         self.assertEqual((record["reason"], record["errno"]), ("refused", "ECONNREFUSED"))
-        pair.session(pair.server).send(b"hello?")  # nothing breaks on the other side
+        # Nothing breaks on the other side: the server's shared socket hears
+        # no ICMP error, so its session stays open (keepalive will judge it)
+        # and its listening port stays bound.
+        pair.session(pair.server).send(b"hello?")
+        advance_by(pair.clock, 0.1)
+        [server] = pair.records(pair.server)
+        self.assertEqual((server["state"], server["reason"]), ("open", None))
+        self.assertIsNotNone(pair.network.port_at(SERVER))
 
     def test_restarted_server_answers_reset(self) -> None:
         pair = self.pair

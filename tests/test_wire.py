@@ -279,9 +279,7 @@ class FrameLimitTests(SynchronousTestCase):
     def test_oversized_length_rejected_when_header_is_split(self) -> None:
         """
         The four length bytes are checked as soon as they have all arrived,
-        however the transport split them.
-
-        BUG: a split header is held until a fifth byte arrives.
+        however the transport split them (not held until a fifth byte comes).
         """
         header = length_prefix(DEFAULT_MAX_FRAME + 1)
         for cut in range(1, HEADER_LENGTH):
@@ -292,9 +290,8 @@ class FrameLimitTests(SynchronousTestCase):
 
     def test_oversized_length_rejected_byte_by_byte(self) -> None:
         """
-        A header fed one byte at a time is rejected on its fourth byte.
-
-        BUG: it is only rejected when a fifth byte arrives.
+        A header fed one byte at a time is rejected on its fourth byte, not
+        when a fifth arrives.
         """
         decoder = FrameDecoder()
         feed_all(decoder, fixed_chunks(length_prefix(0xFFFFFFFF), 1))
@@ -574,19 +571,15 @@ class MalformedHelloTests(SynchronousTestCase):
 
     def test_keepalive_huge_integer(self) -> None:
         """
-        A keepalive number too large for a float is malformed.
-
-        BUG: ``KeepaliveSettings`` raises ``OverflowError`` (from
-        ``math.isfinite``), which ``decode_hello`` does not catch.
+        A keepalive number too large for a float is malformed, not an
+        ``OverflowError`` (from ``math.isfinite``) escaping ``decode_hello``.
         """
         self.assertMalformed(to_body(keepalive_document(idle=10**400)))
 
     def test_deeply_nested_json(self) -> None:
         """
-        Deeply nested JSON under MAX_HELLO is malformed, not a crash.
-
-        BUG: ``json.loads`` raises ``RecursionError``, which ``decode_hello``
-        does not catch.
+        Deeply nested JSON under MAX_HELLO is malformed, not a crash: the
+        ``RecursionError`` of ``json.loads`` does not escape ``decode_hello``.
         """
         self.assertMalformed(b"[" * 5000)
 
