@@ -504,6 +504,32 @@ class DeliveryTests(_StarTestCase):
         assert isinstance(client, CallbackClient)
         self.assertEqual(client.duplicates, 1)
 
+    def test_log_lines_count_messages_in_english(self) -> None:
+        """The server's log says "1 message waiting", "2 messages wait" (not "1 messages")."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.star.add("alice", callback_port=None)
+        self.star.kill("alice")
+        self.star.deliver("alice", b"one")
+        self.star.add("alice", callback_port=None)
+        self.clock.advance(0)
+        self.star.kill("alice")
+        self.star.deliver("alice", b"two")
+        self.star.deliver("alice", b"three")
+        self.star.add("alice", callback_port=None)
+        self.clock.advance(0)
+        lines = [formatEvent(e) for e in events if e.get("log_namespace") == "netmodels.callback"]
+        self.assertIn(
+            "client alice registered: callback none (control connection only); 1 message waiting", lines
+        )
+        self.assertIn(
+            "client alice registered: callback none (control connection only); 2 messages waiting", lines
+        )
+        self.assertIn("client alice is offline (reset); 0 messages wait for it", lines)
+
     def test_restarted_client_with_its_log_sees_no_repeat(self) -> None:
         """With its delivered log kept (a file in real life), a client never shows a message twice."""
         self.star.add("alice")

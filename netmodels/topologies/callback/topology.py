@@ -516,10 +516,11 @@ class CallbackServer:
         self._by_connection[session.connection_id] = client
         self.outbox.remember(client_id, callback)
         _log.info(
-            "client {client} registered: callback {callback}; {depth} messages waiting",
+            "client {client} registered: callback {callback}; {waiting} waiting",
             client=client_id,
             callback=callback or "none (control connection only)",
             depth=self.outbox.depth(client_id),
+            waiting=_messages(self.outbox.depth(client_id)),
         )
         self._notify("registered", client_id)
         self._pump(client)
@@ -588,11 +589,13 @@ class CallbackServer:
                 client.suspect = False
                 client.restart_path()
                 self._drop_link(client)
+                depth = self.outbox.depth(client.client_id)
                 _log.info(
-                    "client {client} is offline ({reason}); {depth} messages wait for it",
+                    "client {client} is offline ({reason}); {waiting} for it",
                     client=client.client_id,
                     reason=str(subject.record.reason),
-                    depth=self.outbox.depth(client.client_id),
+                    depth=depth,
+                    waiting=f"{_messages(depth)} {'waits' if depth == 1 else 'wait'}",
                 )
                 self._notify("offline", client.client_id)
             elif connection_id == client.dial_connection:
@@ -624,6 +627,11 @@ class CallbackServer:
             if client.path_session is link:
                 client.restart_path()
             link.close()
+
+
+def _messages(count: int) -> str:
+    """``1 message``, ``2 messages``: for log lines."""
+    return f"{count} message{'' if count == 1 else 's'}"
 
 
 def _result(record: ConnectionRecord) -> dict[str, Any]:

@@ -8,9 +8,12 @@ from typing import TYPE_CHECKING, Any
 from attrs import frozen
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
+from netmodels.core.reasons import CloseReason, Initiator
 from netmodels.runtime.application import Application
 from netmodels.runtime.interfaces import IPeer
+from netmodels.runtime.session import PeerClosed
 from netmodels.runtime.topology import Topology
 
 if TYPE_CHECKING:
@@ -56,12 +59,21 @@ class EchoApplication(Application):
             payload = f"hello {self.sent}".encode()
             peer.request(payload).addCallbacks(
                 lambda reply, p=peer, t=started: self._answered(p, reply, clock.seconds() - t),
-                lambda failure, p=peer: _log.warn(
-                    "request to {peer} failed: {error}",
-                    peer=p.node_id,
-                    error=failure.getErrorMessage(),
-                ),
+                lambda failure, p=peer: self._failed(p, failure),
             )
+
+    def _failed(self, peer: IPeer, failure: Failure) -> None:
+        error = failure.value
+        if (
+            isinstance(error, PeerClosed)
+            and error.record.initiator is Initiator.LOCAL
+            and error.record.reason in (CloseReason.CLEAN, CloseReason.ABORTED)
+        ):
+            # We closed the connection on purpose (FIN or RST) with a request in
+            # flight: the manager has logged the close; nothing went wrong.
+            _log.debug("request to {peer} not answered: {error}", peer=peer.node_id, error=str(error))
+            return
+        _log.warn("request to {peer} failed: {error}", peer=peer.node_id, error=failure.getErrorMessage())
 
     def _answered(self, peer: IPeer, reply: bytes, elapsed: float) -> None:
         self.answered += 1
@@ -76,6 +88,8 @@ class EchoApplication(Application):
 
 #: Where ``--demo`` listens when ``--listen`` is not given.
 DEMO_LISTEN = "tcp:8750:interface=127.0.0.1"
+#: The demo server's node id when ``--node-id`` is not given.
+DEMO_SERVER_ID = "server"
 
 
 @frozen
@@ -91,6 +105,8 @@ class ClientServerOptions(usage.Options):
         if self["demo"]:
             self["listen"] = self["listen"] or [DEMO_LISTEN]
             self["role"] = "server"
+            # Named as the README's quoted log shows it, not by the host name.
+            self["node-id"] = self["node-id"] or DEMO_SERVER_ID
         super().postOptions()
 
 
