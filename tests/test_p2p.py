@@ -60,7 +60,7 @@ from netmodels.topologies.p2p.mesh import (
 )
 from netmodels.topologies.p2p.messages import Broadcast, encode_broadcast
 from netmodels.topologies.p2p.options import P2PSettings
-from tests.test_testing import CLOSE_DEADLINE, RawPeer, WireTap, advance_to, raw_hello
+from tests.test_testing import CLOSE_DEADLINE, RawPeer, WireTap, advance_by, advance_to, raw_hello
 
 # --- Constants --------------------------------------------------------------
 
@@ -1553,6 +1553,28 @@ class DeduplicationTests(SynchronousTestCase):
         for node in ("n00", "n01"):
             seen = self.mesh.mesh(node)._seen[("far", 1)]
             self.assertLessEqual(len(seen.above), window, node)
+
+
+class BroadcastApplicationTests(SynchronousTestCase):
+    def test_every_interval_each_node_floods_a_line(self) -> None:
+        """The default p2p application says hello every --interval; every other node logs it."""
+        mesh = MemoryMesh(self)
+        mesh.build(3)
+        for node in mesh.nodes.values():
+            application = node.application
+            assert isinstance(application, BroadcastApplication)
+            application.interval = 1.0
+        mesh.start()
+        self.addCleanup(mesh.stop_all)
+        mesh.advance_until(mesh.full_mesh, SETTLE, "full mesh")
+        advance_by(mesh.clock, 2.0)
+        for me in mesh.nodes:
+            heard = {
+                origin
+                for origin, text in mesh.received(me)
+                if text.startswith(f"hello #1 from {origin}".encode())
+            }
+            self.assertEqual(heard, set(mesh.nodes) - {me}, me)
 
 
 class SeenWindowTests(SynchronousTestCase):

@@ -834,8 +834,8 @@ class BroadcastApplication(Application):
         )
 
     def _say(self) -> None:
-        mesh: Mesh | None = getattr(self.node, "mesh", None)
-        if mesh is None:
+        mesh = None if self.node is None else self.node.topology_state
+        if not isinstance(mesh, Mesh):
             return
         self._count += 1
         mesh.broadcast(f"hello #{self._count} from {mesh.node_id}".encode())
