@@ -205,6 +205,10 @@ class _ReadmeTestCase(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, self.directory, True)
         self.env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
         self.env.pop("PYTHONPATH", None)
+        # A fresh user's default state directory, inside this test's directory:
+        # the commands must not write to the real one (the callback ones check they don't).
+        self.env.pop("NETMODELS_STATE_DIR", None)
+        self.env["XDG_STATE_HOME"] = str(self.directory / ".xdg-state")
         self.commands: list[Command] = []
         self.addCleanup(self.stop_all)
         self._outputs = 0
@@ -403,6 +407,7 @@ class ReadmeTests(_ReadmeTestCase):
         clients = get_json("http://127.0.0.1:8080/status")["callback"]["clients"]
         self.assertIn("outbox_depth", clients["alice"])
         self.assertEqual(state_files(self.directory), _STATE_FILES)
+        self.assertFalse((self.directory / ".xdg-state").exists(), "wrote outside state/")
 
     def test_over_udp(self) -> None:
         """Many-to-one over UDP: the client's session is in the server's /status, over udp."""
@@ -458,6 +463,7 @@ class CallbackDocTests(_ReadmeTestCase):
         [alice] = [c for c in self.commands if "--role client" in c.line]
         self.wait_log(alice, r"\[alice\] via callback: you have mail")
         self.assertEqual(state_files(self.directory), _STATE_FILES)
+        self.assertFalse((self.directory / ".xdg-state").exists(), "wrote outside state/")
 
 
 #: What the callback quick starts leave in state/ (SQLite may add journal files).
