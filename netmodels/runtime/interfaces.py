@@ -58,6 +58,11 @@ class IApplication(Interface):
     Subclass :class:`netmodels.runtime.application.Application` for no-op defaults.
     """
 
+    reliable = Attribute(
+        "bool: over UDP, send application data on the reliable channel unless --delivery "
+        "says otherwise (chat: True; a game: False)."
+    )
+
     def start(node: Node) -> None:
         """The node is running; ``node`` offers ``peers()`` and ``clock``."""
 

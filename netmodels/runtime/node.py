@@ -190,7 +190,7 @@ class Node(MultiService):
         self.datagram_reactor: Any = reactor
         reliable = config.reliable
         if reliable is None:
-            reliable = bool(getattr(application, "reliable", False))
+            reliable = bool(application.reliable)
         self.datagram_options = DatagramOptions(
             max_datagram=config.max_datagram,
             reliable=reliable,

@@ -37,7 +37,7 @@ class FlakyClient(EchoApplication):
 
     def __init__(self, config: NodeConfig) -> None:
         super().__init__(config)
-        self._closes = itertools.cycle(["close", "reset"])
+        self._resets = itertools.cycle([False, True])
 
     def start(self, node: Node) -> None:
         super().start(node)
@@ -46,7 +46,10 @@ class FlakyClient(EchoApplication):
     def _misbehave(self) -> None:
         assert self.node is not None
         for peer in self.node.peers():
-            getattr(peer, next(self._closes))()
+            if next(self._resets):
+                peer.reset()
+            else:
+                peer.close()
 
 
 def demo_clients(server_node: Node) -> list[Node]:

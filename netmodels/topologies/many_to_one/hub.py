@@ -203,7 +203,7 @@ class RawLineSession(SlowConsumerPolicy, Protocol):
 
     def connectionMade(self) -> None:
         transport = self.transport
-        record = self.record = getattr(transport, "record", None)
+        record = self.record = transport.record
         settings = self.settings
         if record is not None:
             self.node_id = f"raw-{record.peer}"
