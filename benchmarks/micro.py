@@ -85,7 +85,7 @@ def build() -> dict[str, Callable[[], Any]]:
         managed.dataReceived(
             encode_hello(Hello(node_id="peer", topology="client-server", role=peer_role, keepalive=DEFAULT))
         )
-        assert managed.wrappedProtocol._ready
+        assert managed.wrappedProtocol.machine.is_open()
         return managed
 
     figures: dict[str, Callable[[], Any]] = {}

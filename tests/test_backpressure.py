@@ -116,7 +116,7 @@ class FanOutTests(SynchronousTestCase):
     def test_write_frame_respects_the_peer_limit(self) -> None:
         [peer, _] = self.server.peers()
         assert isinstance(peer, Session)
-        self.assertRaises(MessageTooLarge, self.server.broadcast, b"x" * (peer._max_body + 1))
+        self.assertRaises(MessageTooLarge, self.server.broadcast, b"x" * (peer.machine.max_body + 1))
 
 
 def _with_policy(settings):  # type: ignore[no-untyped-def]

@@ -141,5 +141,5 @@ class EndpointStringTests(TestCase):
         server, client = yield self.run_pair(f"unix:{path}", lambda server: f"unix:{path}")
         [peer] = client.peers()
         self.assertEqual(peer.record.transport, "unix")
-        self.assertIsNotNone(peer._keepalive_tracker)
+        self.assertIsNotNone(peer.machine.keepalive)
         yield self.assert_round_trip_then_clean_close(server, client, "unix")

@@ -50,11 +50,11 @@ class RequestResponseTests(TestCase):
         payloads = [f"request {n:03d} ".encode() * (n % 7 + 1) for n in range(100)]
         pending = [session.request(payload) for payload in payloads]
         # All 100 were written before any answer could be read.
-        self.assertEqual(len(session._pending), 100)
+        self.assertEqual(len(session.machine.pending), 100)
         replies = yield defer.gatherResults(pending, consumeErrors=True)
 
         self.assertEqual(replies, payloads)
-        self.assertEqual(session._pending, {})
+        self.assertEqual(session.machine.pending, {})
         self.assertEqual(on_client.record.state, ConnectionState.OPEN)
         # Every frame counts: the server's HELLO and its 100 responses.
         self.assertEqual(on_server.record.messages_out, 101)

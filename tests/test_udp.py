@@ -242,7 +242,7 @@ class CloseReasonTests(SynchronousTestCase):
     def test_keepalive_timeout_within_the_bound(self) -> None:
         pair = self.pair
         sessions = [pair.session(pair.client), pair.session(pair.server)]
-        heard = [session._keepalive_tracker.last_received for session in sessions]  # type: ignore[union-attr]
+        heard = [session.machine.keepalive.last_received for session in sessions]
         pair.network.blackhole_host(SERVER[0])
         # The node's timer wheel runs deadlines on its 1/64 s slots.
         late = pair.server.session_settings.timers.granularity  # type: ignore[union-attr]

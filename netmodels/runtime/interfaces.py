@@ -52,6 +52,39 @@ class IPeer(Interface):
         """Close at once with RST; the peer sees ``ECONNRESET``."""
 
 
+class ISession(IPeer):
+    """
+    A peer on the netmodels wire protocol, as a topology sees it: the
+    :class:`IPeer` face plus what a topology needs for its own message
+    types (:meth:`ITopologyContext.add_handler`) and for fan-out.
+    """
+
+    peer_hello = Attribute("netmodels.core.frames.Hello | None: the peer's HELLO, once accepted.")
+    bye_received = Attribute("bool: the peer said BYE (it closed on purpose; a bare FIN may be a crash).")
+    machine = Attribute("netmodels.core.session.SessionMachine: the protocol, sans-IO (phase, limits).")
+
+    def write_frame(frame: bytes, corked: bool = False) -> None:
+        """
+        Send an already encoded frame (fan-out frames a message once for
+        many peers). Raises ``MessageTooLarge`` over the peer's limit; does
+        nothing unless the session is open. ``corked``: written at the end of
+        the reactor turn with the rest of a burst.
+        """
+
+    def protocol_error(detail: str, fatal: bool = False) -> None:
+        """
+        The peer broke the protocol (say, a topology frame that does not
+        parse): BYE with ``protocol-error`` and ``detail``, then close.
+        ``fatal`` tells a reconnecting peer that retrying cannot help.
+        """
+
+    def end(reason: CloseReason, detail: str = "", fatal: bool = False) -> None:
+        """Say BYE with ``reason`` and ``detail``, then close by the close policy; nothing once closing."""
+
+    def abandon(reason: CloseReason, detail: str = "") -> None:
+        """Close by the close policy without a BYE, for a peer deemed unreachable; nothing once closing."""
+
+
 class IApplication(Interface):
     """
     The user's code. One instance per node; every callback says which peer.
@@ -154,23 +187,6 @@ class ITopology(Interface):
         Further nodes to run in the same process beside ``first`` (p2p's
         ``--nodes``); ``make_node`` builds one from a config. Usually none.
         """
-
-
-class ISession(IPeer):
-    """
-    A netmodels session as a topology sees it: the peer, plus what a
-    topology's handlers need to send its own frames and to end the
-    connection on bad input.
-    """
-
-    def write_frame(frame: bytes, corked: bool = False) -> None:
-        """Send an encoded frame (``netmodels.core.frames.encode_frame``)."""
-
-    def protocol_error(detail: str, fatal: bool = False) -> None:
-        """The peer broke the protocol: say BYE with ``protocol-error`` and close."""
-
-    def end(reason: CloseReason, detail: str = "", fatal: bool = False) -> None:
-        """Say BYE with ``reason`` and close (FIN, RST if it does not drain)."""
 
 
 class ITopologyContext(Interface):

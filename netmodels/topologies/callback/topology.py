@@ -55,7 +55,13 @@ from netmodels.runtime.dialer import Dialer, ResolvingEndpoint
 from netmodels.runtime.interfaces import IPeer
 from netmodels.runtime.manager import ConnectFailed, ManagedConnection
 from netmodels.runtime.node import Node, NodeConfig, endpoint_label
-from netmodels.runtime.session import MessageTooLarge, Session, SessionFactory, SessionSettings
+from netmodels.runtime.session import (
+    MessageTooLarge,
+    Session,
+    SessionFactory,
+    SessionSettings,
+    call_application,
+)
 from netmodels.runtime.topology import Topology
 from netmodels.topologies.callback.options import CallbackOptions, CallbackSettings
 from netmodels.topologies.callback.outbox import DeliveredLog, Outbox, OutboxFull, UnknownClient
@@ -473,7 +479,7 @@ class CallbackServer:
             client.last_callback = {"result": str(CloseReason.TIMEOUT), "errno": None, "detail": detail}
         if session is not None:
             # A path that swallows messages is no path: end it (RST, by policy).
-            session.transport.end(CloseReason.TIMEOUT, detail)
+            session.abandon(CloseReason.TIMEOUT, detail)
         self._pump(client)
 
     # Events
@@ -482,12 +488,12 @@ class CallbackServer:
         try:
             port, kind = decode_register(body)
         except ProtocolError as e:
-            session._protocol_error(str(e))
+            session.protocol_error(str(e))
             return
         client_id = session.node_id
         record = session.record
         if client_id is None or record is None or record.direction is not Direction.INBOUND:
-            session._protocol_error("REGISTER is sent by a client on its control connection")
+            session.protocol_error("REGISTER is sent by a client on its control connection")
             return
         client = self._clients.get(client_id)
         if client is None:
@@ -529,7 +535,7 @@ class CallbackServer:
         try:
             up_to = decode_ack(body)
         except ProtocolError as e:
-            session._protocol_error(str(e))
+            session.protocol_error(str(e))
             return
         client = self._by_connection.get(session.connection_id)
         if client is None or self._stopped:
@@ -728,7 +734,7 @@ class CallbackClient:
         try:
             message_id, payload = decode_deliver(body)
         except ProtocolError as e:
-            session._protocol_error(str(e))
+            session.protocol_error(str(e))
             return
         hello = session.peer_hello
         store = str(hello.extra.get("store", hello.node_id)) if hello is not None else "?"
@@ -736,7 +742,7 @@ class CallbackClient:
             record = session.record
             inbound = record is not None and record.direction is Direction.INBOUND
             self.received[CALLBACK if inbound else FALLBACK] += 1
-            session._call_application(self.node.application.message_received, session, payload)
+            call_application(self.node.application.message_received, session, payload)
             self.log.advance(store, message_id)
         else:
             self.duplicates += 1

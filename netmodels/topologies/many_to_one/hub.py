@@ -53,6 +53,7 @@ from netmodels.runtime.session import (
     Session,
     SessionSettings,
     SlowConsumerPolicy,
+    call_application,
 )
 from netmodels.runtime.topology import Topology
 from netmodels.topologies.many_to_one.options import ManyToOneOptions, ManyToOneSettings
@@ -215,7 +216,7 @@ class RawLineSession(SlowConsumerPolicy, Protocol):
         transport.registerProducer(self, True)
         self._ready = True
         transport.mark_open(self.node_id)
-        self._call_application(self.application.peer_ready, self)
+        call_application(self.application.peer_ready, self)
 
     def dataReceived(self, data: bytes) -> None:
         if not self._ready:
@@ -259,7 +260,7 @@ class RawLineSession(SlowConsumerPolicy, Protocol):
         self._pending.clear()
         if self._ready:
             self._ready = False
-            self._call_application(self.application.peer_lost, self, self._record_or_placeholder())
+            call_application(self.application.peer_lost, self, self._record_or_placeholder())
 
     @property
     def backlog(self) -> int:
@@ -286,12 +287,6 @@ class RawLineSession(SlowConsumerPolicy, Protocol):
     def _closing(self) -> bool:
         record = self.record
         return record is None or record.closed or record.state is ConnectionState.CLOSING
-
-    def _call_application(self, method: Callable[..., Any], *args: Any) -> None:
-        try:
-            method(*args)
-        except Exception:
-            _log.failure("application callback {name} failed", Failure(), name=method.__name__)
 
     def _record_or_placeholder(self) -> ConnectionRecord:
         return self.record or ConnectionRecord(id=-1, direction=Direction.INBOUND, peer="?")

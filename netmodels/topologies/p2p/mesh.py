@@ -358,7 +358,7 @@ class Mesh:
                 peer=peer_id,
                 dialler=dialler,
             )
-            drop._end(CloseReason.CLEAN, f"duplicate connection; keeping the one {dialler} dialled")
+            drop.end(CloseReason.CLEAN, f"duplicate connection; keeping the one {dialler} dialled")
             return
         before = member.gossip()
         member.session = session
@@ -582,7 +582,7 @@ class Mesh:
         try:
             entries = _parse_peers(body)
         except MalformedMessage as e:
-            session._protocol_error(str(e))
+            session.protocol_error(str(e))
             return
         sender = session.node_id
         observed_host = getattr(session.transport.getPeer(), "host", None)
@@ -653,7 +653,7 @@ class Mesh:
         try:
             message = decode_broadcast(body)
         except ProtocolError as e:
-            session._protocol_error(str(e))
+            session.protocol_error(str(e))
             return
         if not self._seen_window(message).add(message.sequence):
             self.counters["duplicates"] += 1
