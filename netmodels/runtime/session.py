@@ -72,7 +72,11 @@ _UNRELIABLE_DATA = (
 )
 _NONE_UNRELIABLE: frozenset[int] = frozenset()
 #: Closes worth a warning in the log (the peer misbehaved or died).
-_WARN = frozenset({CloseReason.PROTOCOL_ERROR, CloseReason.REJECTED, CloseReason.TIMEOUT})
+_WARN = {
+    CloseReason.PROTOCOL_ERROR: "protocol error: ",
+    CloseReason.REJECTED: "rejected: ",
+    CloseReason.TIMEOUT: "",
+}
 
 
 def unreliable_types(transport: ManagedConnection) -> frozenset[int]:
@@ -418,13 +422,15 @@ class Session(SlowConsumerPolicy, Protocol):
 
     def ending(self, reason: CloseReason, detail: str, fatal: bool, mode: CloseMode | None) -> None:
         self._cancel_timer()
-        if reason in _WARN and mode is not _RST:
+        what = _WARN.get(reason)
+        if what is not None and mode is not _RST:
             _log.warn(
-                "connection {id} to {peer}: {reason}: {detail}; closing",
+                "connection {id} to {peer}: {what}{detail}{closing}",
                 id=self.connection_id,
                 peer=self._peer_text(),
-                reason=str(reason),
+                what=what,
                 detail=detail,
+                closing="" if reason is CloseReason.TIMEOUT else "; closing",
             )
         self.transport.end(reason, detail, mode, fatal=fatal)
 
