@@ -435,9 +435,25 @@ class ClosingTests(_MachineTestCase):
         )
         self.assertEqual(self.output.take(), [("remote_ending", CloseReason.CLEAN, "bye now", False)])
         self.assertTrue(self.machine.bye_received)
-        self.assertRaises(PeerClosed, self.machine.send, b"too late")
+        self.assertIs(self.machine.phase, Phase.CLOSING)
         self.machine.connection_lost()
         self.assertEqual(self.output.take(), [("closed",)])
+        self.assertRaises(PeerClosed, self.machine.send, b"too late")
+
+    def test_nothing_follows_a_bye(self) -> None:
+        """While closing, a message is dropped and a request waits to fail with the close's record."""
+        self.open()
+        self.machine.close(CloseReason.CLEAN)
+        self.output.take()
+        self.machine.send(b"dropped")
+        self.machine.request(self.token("a"), b"held", START + 2)
+        self.assertEqual(self.output.take(), [])
+        self.record.reason = CloseReason.CLEAN
+        self.machine.connection_lost()
+        self.assertEqual(
+            self.output.take(),
+            [("reject", "a", "PeerClosed", "connection 7 to 192.0.2.1:4000 ended: clean"), ("closed",)],
+        )
 
     def test_close_once(self) -> None:
         self.open()

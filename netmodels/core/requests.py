@@ -13,6 +13,7 @@ it is apart only to keep each file one subject.
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import TYPE_CHECKING, Any, Final
 
@@ -72,6 +73,9 @@ class RequestTable:
     def is_open(self) -> bool:
         raise NotImplementedError
 
+    def is_closing(self) -> bool:
+        raise NotImplementedError
+
     def protocol_error(self, detail: str, fatal: bool = False) -> None:
         raise NotImplementedError
 
@@ -85,14 +89,20 @@ class RequestTable:
     def request(self, token: object, payload: bytes, now: float, timeout: float | None = None) -> None:
         """
         Send ``payload`` as a REQUEST answered through ``token``. Raises
-        ``MessageTooLarge`` over the limit, ``PeerClosed`` unless open.
+        ``MessageTooLarge`` over the limit, ``PeerClosed`` before the session
+        opens and once it is closed. While closing nothing is sent, and the
+        request fails with ``PeerClosed`` when the connection is gone, so its
+        record then says why it ended.
         """
         if len(payload) + 4 > self.max_data:
             raise MessageTooLarge(
                 f"request of {len(payload)} bytes exceeds the {self.limit_name} of {self.max_data - 4}"
             )
         if not self.is_open():
-            raise PeerClosed(self.record_or_placeholder())
+            if not self.is_closing():
+                raise PeerClosed(self.record_or_placeholder())
+            self._hold(token)
+            return
         request_id = self.next_request_id
         self.next_request_id = (request_id + 1) & 0xFFFFFFFF or 1
         deadline = now + (self.rules.request_timeout if timeout is None else timeout)
@@ -113,9 +123,10 @@ class RequestTable:
         pending = self.pending
         expired = [rid for rid, (_, deadline) in pending.items() if deadline <= now]
         failed = [(rid, pending.pop(rid)[0]) for rid in expired]
-        if pending:
-            self.request_due = min(deadline for _, deadline in pending.values())
-            self.output.schedule_requests(self.request_due)
+        earliest = min((deadline for _, deadline in pending.values()), default=math.inf)
+        if earliest < math.inf:
+            self.request_due = earliest
+            self.output.schedule_requests(earliest)
         # Last, as a rejection may send a new request (which may move the timer).
         reject = self.rules.reject
         for request_id, token in failed:
@@ -155,6 +166,14 @@ class RequestTable:
             self.rules.resolve(entry[0], body[4:])
         else:
             self.rules.reject(entry[0], RemoteError(body[4:].decode("utf-8", "replace")))
+
+    def _hold(self, token: object) -> None:
+        # No deadline: the close deadline bounds how long it waits.
+        if self.pending is _NO_REQUESTS:
+            self.pending = {}
+        request_id = self.next_request_id
+        self.next_request_id = (request_id + 1) & 0xFFFFFFFF or 1
+        self.pending[request_id] = (token, math.inf)
 
     def _fail_all(self, record: ConnectionRecord) -> None:
         pending, self.pending = self.pending, _NO_REQUESTS

@@ -204,6 +204,9 @@ class SessionMachine(RequestTable):
     def is_open(self) -> bool:
         return self.phase is _OPEN
 
+    def is_closing(self) -> bool:
+        return self.phase is _CLOSING
+
     # Input
 
     def receive(self, data: bytes, now: float) -> None:
@@ -261,12 +264,19 @@ class SessionMachine(RequestTable):
     # Commands
 
     def send(self, payload: bytes) -> None:
-        """Send one DATA message. Raises ``MessageTooLarge``, or ``PeerClosed`` unless open."""
+        """
+        Send one DATA message. Raises ``MessageTooLarge``, or ``PeerClosed``
+        before the session opens and once it is closed; while closing, the
+        message is dropped (nothing follows a BYE).
+        """
         if len(payload) > self.max_data:
             raise MessageTooLarge(
                 f"message of {len(payload)} bytes exceeds the {self.limit_name} of {self.max_data}"
             )
         if self.phase is not _OPEN:
+            if self.phase is _CLOSING:
+                # After our BYE (or the peer's) nothing more goes out.
+                return
             raise PeerClosed(self.record_or_placeholder())
         self.record.messages_out += 1
         self.output.transmit(encode_frame(_DATA, payload))

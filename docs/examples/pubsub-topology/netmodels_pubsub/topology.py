@@ -43,12 +43,7 @@ _log = Logger(namespace="netmodels_pubsub")
 
 def refuse(peer: Any, detail: str) -> None:
     """End ``peer``'s connection with ``protocol-error``: it sent what does not parse."""
-    protocol_error = getattr(peer, "protocol_error", None)
-    if protocol_error is None:
-        # ISession declares protocol_error, but netmodels' Session (0.1) names
-        # it _protocol_error; remove this fallback once the two agree.
-        protocol_error = peer._protocol_error
-    protocol_error(detail)
+    peer.protocol_error(detail)
 
 
 class Broker:
