@@ -72,7 +72,7 @@ def serve(impl: str, warmup: float, seconds: float, profile: str | None) -> None
 
         config = NodeConfig(role="server", listen=(f"tcp:0:interface={common.HOST}",), node_id="rr-server")
         node = Node(config, ClientServer(), CountingEcho(config), reactor)
-        node.node.build()
+        node.build()
         node.startService()
         number = node.listeners[0].port.getHost().port
     common.emit("READY", str(number))
@@ -151,7 +151,7 @@ def client(impl: str, port: int, warmup: float, seconds: float) -> None:
             interval=0,
         )
         node = Node(config, ClientServer(), ClosedLoop(), reactor)
-        node.node.build()
+        node.build()
         node.startService()
     reactor.run()
 

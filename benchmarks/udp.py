@@ -108,7 +108,7 @@ def udp_server_node(reactor: Any, application: Any, interface: str, reliable: bo
         reliable=reliable,
     )
     node = Node(config, ClientServer(), application, reactor)
-    node.node.build()
+    node.build()
     node.startService()
     return node, node.listeners[0].port.getHost().port
 
@@ -128,7 +128,7 @@ def udp_client_node(
         reliable=reliable,
     )
     node = Node(config, ClientServer(), application, reactor)
-    node.node.build()
+    node.build()
     node.startService()
     return node
 
