@@ -22,12 +22,22 @@ from __future__ import annotations
 
 import sys
 
-from netmodels.core.frames import DEFAULT_MAX_FRAME, FrameDecoder, MessageType, ProtocolError, encode_frame
+from netmodels.core.frames import (
+    DEFAULT_MAX_FRAME,
+    FrameDecoder,
+    MessageType,
+    ProtocolError,
+    encode_frame,
+    known_message_types,
+)
+from netmodels.runtime.registry import topologies
 
 #: Frame limits the fuzzer picks from: tiny (most frames too large) up to the default.
 LIMITS = (1, 2, 5, 16, 64, 1024, DEFAULT_MAX_FRAME)
 
-_KNOWN = frozenset(int(t) for t in MessageType)
+# A node decodes its built-in topologies' message types too: register them as it does.
+topologies()
+_KNOWN = known_message_types()
 _PING = encode_frame(MessageType.PING, b"\0\0\0\0")
 
 

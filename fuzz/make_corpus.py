@@ -14,14 +14,14 @@ import json
 from pathlib import Path
 
 from netmodels.core.frames import MessageType, encode_bye, encode_correlated, encode_frame, encode_ping
-from netmodels.topologies.p2p.messages import Broadcast, encode_broadcast
+from netmodels.topologies.p2p.messages import PEERS, Broadcast, encode_broadcast
 
 from .fuzz_handshake import KEEPALIVE, NODES, peer_hello
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 
 _PEERS = encode_frame(
-    MessageType.PEERS,
+    PEERS,
     json.dumps(
         {
             "members": [

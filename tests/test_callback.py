@@ -22,7 +22,7 @@ from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
 from netmodels.core.connection import ConnectionState, Direction
-from netmodels.core.frames import FrameDecoder, MalformedMessage, MessageType, encode_frame
+from netmodels.core.frames import FrameDecoder, MalformedMessage, encode_frame
 from netmodels.core.reasons import CloseReason, Initiator
 from netmodels.daemon.status import StatusPage
 from netmodels.daemon.tap import Options
@@ -33,8 +33,11 @@ from netmodels.testing import MemoryLink, MemoryNetwork
 from netmodels.topologies.callback.options import CallbackSettings
 from netmodels.topologies.callback.outbox import DeliveredLog, Outbox, OutboxFull, UnknownClient
 from netmodels.topologies.callback.topology import (
+    ACK,
     CALLBACK,
+    DELIVER,
     FALLBACK,
+    REGISTER,
     Callback,
     CallbackClient,
     CallbackServer,
@@ -78,7 +81,7 @@ def drop_acks(link: MemoryLink, side: int) -> list[int]:
             return
         kept = b""
         for kind, body in decoder.feed(data):
-            if kind == MessageType.ACK:
+            if kind == ACK:
                 lost.append(decode_ack(body))
             else:
                 kept += encode_frame(kind, body)
@@ -297,13 +300,13 @@ class OutboxTests(SynchronousTestCase):
 class CodecTests(SynchronousTestCase):
     def test_round_trips(self) -> None:
         [(kind, body)] = frames(encode_register(7000, "tcp"))
-        self.assertEqual((kind, decode_register(body)), (MessageType.REGISTER, (7000, "tcp")))
+        self.assertEqual((kind, decode_register(body)), (REGISTER, (7000, "tcp")))
         [(kind, body)] = frames(encode_register(None))
         self.assertEqual(decode_register(body), (None, "tcp"))
         [(kind, body)] = frames(encode_deliver(2**40, b"mail"))
-        self.assertEqual((kind, decode_deliver(body)), (MessageType.DELIVER, (2**40, b"mail")))
+        self.assertEqual((kind, decode_deliver(body)), (DELIVER, (2**40, b"mail")))
         [(kind, body)] = frames(encode_ack(9))
-        self.assertEqual((kind, decode_ack(body)), (MessageType.ACK, 9))
+        self.assertEqual((kind, decode_ack(body)), (ACK, 9))
 
     def test_malformed(self) -> None:
         for body in (b"{", b"[]", b'{"port": 0}', b'{"port": true}', b'{"port": 1, "kind": "smtp"}'):

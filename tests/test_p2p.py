@@ -58,7 +58,7 @@ from netmodels.topologies.p2p.mesh import (
     first_endpoint,
     mesh_of,
 )
-from netmodels.topologies.p2p.messages import Broadcast, encode_broadcast
+from netmodels.topologies.p2p.messages import BROADCAST, PEERS, Broadcast, encode_broadcast
 from netmodels.topologies.p2p.options import P2PSettings
 from tests.test_testing import CLOSE_DEADLINE, RawPeer, WireTap, advance_by, advance_to, raw_hello
 
@@ -401,11 +401,11 @@ def connect_raw(mesh: MemoryMesh, target: str, node_id: str = "raw") -> RawPeer:
 
 
 def peers_frame(*entries: dict[str, Any]) -> bytes:
-    return encode_frame(MessageType.PEERS, json.dumps({"members": list(entries)}).encode())
+    return encode_frame(PEERS, json.dumps({"members": list(entries)}).encode())
 
 
 def peers_bodies(peer: RawPeer) -> list[dict[str, Any]]:
-    return [json.loads(body) for kind, body in peer.frames if kind == MessageType.PEERS]
+    return [json.loads(body) for kind, body in peer.frames if kind == PEERS]
 
 
 def byes(peer: RawPeer) -> list[tuple[CloseReason, str, bool]]:
@@ -1174,25 +1174,25 @@ class MalformedFrameTests(SynchronousTestCase):
     """A PEERS or BROADCAST that does not parse ends that connection only, with protocol-error."""
 
     BAD = [
-        (MessageType.PEERS, b"not json", "PEERS"),
-        (MessageType.PEERS, b"[]", "PEERS"),
-        (MessageType.PEERS, b'{"members": 5}', "members must be a list"),
-        (MessageType.PEERS, b'{"members": [{"endpoints": []}]}', "PEERS"),
-        (MessageType.PEERS, b'{"members": [{"id": ""}]}', "bad id"),
-        (MessageType.PEERS, b'{"members": [{"id": "x", "state": "zombie"}]}', "zombie"),
-        (MessageType.PEERS, b'{"members": [{"id": "x", "incarnation": -1}]}', "bad incarnation"),
-        (MessageType.PEERS, b'{"members": [{"id": "x", "incarnation": true}]}', "bad incarnation"),
-        (MessageType.PEERS, b'{"members": [{"id": "x", "endpoints": "tcp:1"}]}', "bad endpoints"),
-        (MessageType.PEERS, b'{"members": [{"id": "x", "endpoints": [1]}]}', "bad endpoints"),
+        (PEERS, b"not json", "PEERS"),
+        (PEERS, b"[]", "PEERS"),
+        (PEERS, b'{"members": 5}', "members must be a list"),
+        (PEERS, b'{"members": [{"endpoints": []}]}', "PEERS"),
+        (PEERS, b'{"members": [{"id": ""}]}', "bad id"),
+        (PEERS, b'{"members": [{"id": "x", "state": "zombie"}]}', "zombie"),
+        (PEERS, b'{"members": [{"id": "x", "incarnation": -1}]}', "bad incarnation"),
+        (PEERS, b'{"members": [{"id": "x", "incarnation": true}]}', "bad incarnation"),
+        (PEERS, b'{"members": [{"id": "x", "endpoints": "tcp:1"}]}', "bad endpoints"),
+        (PEERS, b'{"members": [{"id": "x", "endpoints": [1]}]}', "bad endpoints"),
         (
-            MessageType.PEERS,
+            PEERS,
             json.dumps({"members": [{"id": f"m{i}"} for i in range(p2p.MAX_MEMBERS + 1)]}).encode(),
             "PEERS",
         ),
-        (MessageType.BROADCAST, b"\x00", "shorter than its header"),
-        (MessageType.BROADCAST, b"\x00\x00" + bytes(12) + b"payload", "origin or destination"),
-        (MessageType.BROADCAST, b"\x05\x00" + bytes(12) + b"ab", "runs past the body"),
-        (MessageType.BROADCAST, b"\x02\x00" + bytes(12) + b"\xff\xfe", "not UTF-8"),
+        (BROADCAST, b"\x00", "shorter than its header"),
+        (BROADCAST, b"\x00\x00" + bytes(12) + b"payload", "origin or destination"),
+        (BROADCAST, b"\x05\x00" + bytes(12) + b"ab", "runs past the body"),
+        (BROADCAST, b"\x02\x00" + bytes(12) + b"\xff\xfe", "not UTF-8"),
     ]
 
     def test_each_bad_frame(self) -> None:
@@ -1231,7 +1231,7 @@ class MalformedFrameTests(SynchronousTestCase):
         raw = connect_raw(mesh, "n00")
         good = encode_broadcast(Broadcast("raw", 1, 1, b"first"))
         after = encode_broadcast(Broadcast("raw", 1, 2, b"never"))
-        raw.transport.write(good + encode_frame(MessageType.BROADCAST, b"\x00") + after)
+        raw.transport.write(good + encode_frame(BROADCAST, b"\x00") + after)
         mesh.clock.advance(0)
         self.assertEqual(mesh.received("n00"), [("raw", b"first")])
         self.assertEqual(mesh.received("n01"), [("raw", b"first")])
@@ -1333,7 +1333,7 @@ class GossipTests(SynchronousTestCase):
 
 
 def peers_bodies_after(peer: RawPeer, seen: int) -> list[dict[str, Any]]:
-    return [json.loads(body) for kind, body in peer.frames[seen:] if kind == MessageType.PEERS]
+    return [json.loads(body) for kind, body in peer.frames[seen:] if kind == PEERS]
 
 
 # --- Status -------------------------------------------------------------------------

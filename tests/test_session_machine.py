@@ -26,6 +26,8 @@ from netmodels.core.handshake import SessionRules, encode_bye
 from netmodels.core.keepalive import KeepaliveSettings
 from netmodels.core.reasons import CloseReason
 from netmodels.core.session import ISessionOutput, MessageTooLarge, PeerClosed, Phase, SessionMachine
+from netmodels.topologies.callback.topology import REGISTER
+from netmodels.topologies.p2p.messages import PEERS
 
 #: When the connection comes up.
 START = 100.0
@@ -38,7 +40,7 @@ MAX_FRAME = 1024
 OURS = Hello(node_id="us", topology="client-server", role="server", keepalive=KEEPALIVE)
 THEIRS = Hello(node_id="them", topology="client-server", role="client", keepalive=KEEPALIVE, max_frame=512)
 #: A topology's own message type this session accepts.
-TOPOLOGY_TYPE = int(MessageType.PEERS)
+TOPOLOGY_TYPE = int(PEERS)
 
 PROTOCOL_ERROR = CloseReason.PROTOCOL_ERROR
 
@@ -249,7 +251,7 @@ class FramingTests(_MachineTestCase):
 
     def test_type_of_another_topology(self) -> None:
         self.open()
-        self.machine.receive(encode_frame(MessageType.REGISTER, b"{}"), START + 2)
+        self.machine.receive(encode_frame(REGISTER, b"{}"), START + 2)
         detail = "REGISTER is not part of topology client-server"
         self.assertEqual(self.output.take(), [bye(PROTOCOL_ERROR, detail), ending(PROTOCOL_ERROR, detail)])
 

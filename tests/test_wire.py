@@ -36,7 +36,8 @@ from netmodels.core.frames import (
     encode_ping,
 )
 from netmodels.core.keepalive import KeepaliveSettings
-from netmodels.topologies.p2p.messages import Broadcast, decode_broadcast, encode_broadcast
+from netmodels.topologies.callback.topology import ACK, DELIVER, REGISTER
+from netmodels.topologies.p2p.messages import BROADCAST, PEERS, Broadcast, decode_broadcast, encode_broadcast
 
 #: Seeds for the pseudo-random chunkings: fixed, so every run feeds the same.
 RANDOM_SEEDS = range(20)
@@ -104,17 +105,17 @@ SAMPLE_FRAMES: list[tuple[bytes, tuple[int, bytes]]] = [
         encode_correlated(MessageType.ERROR, 2, b"oops"),
         (MessageType.ERROR, b"\x00\x00\x00\x02oops"),
     ),
-    (encode_frame(MessageType.PEERS, b"[]"), (MessageType.PEERS, b"[]")),
+    (encode_frame(PEERS, b"[]"), (PEERS, b"[]")),
     (
         encode_broadcast(Broadcast("n1", 3, 7, b"hi", "n2")),
-        (MessageType.BROADCAST, b"\x02\x02" + (3).to_bytes(8, "big") + (7).to_bytes(4, "big") + b"n1n2hi"),
+        (BROADCAST, b"\x02\x02" + (3).to_bytes(8, "big") + (7).to_bytes(4, "big") + b"n1n2hi"),
     ),
-    (encode_frame(MessageType.REGISTER, b'{"port":25}'), (MessageType.REGISTER, b'{"port":25}')),
+    (encode_frame(REGISTER, b'{"port":25}'), (REGISTER, b'{"port":25}')),
     (
-        encode_frame(MessageType.DELIVER, (9).to_bytes(8, "big") + b"mail"),
-        (MessageType.DELIVER, (9).to_bytes(8, "big") + b"mail"),
+        encode_frame(DELIVER, (9).to_bytes(8, "big") + b"mail"),
+        (DELIVER, (9).to_bytes(8, "big") + b"mail"),
     ),
-    (encode_frame(MessageType.ACK, (9).to_bytes(8, "big")), (MessageType.ACK, (9).to_bytes(8, "big"))),
+    (encode_frame(ACK, (9).to_bytes(8, "big")), (ACK, (9).to_bytes(8, "big"))),
 ]
 
 STREAM = b"".join(encoded for encoded, _ in SAMPLE_FRAMES)
@@ -147,8 +148,8 @@ class FrameRoundTripTests(SynchronousTestCase):
     """Every message type survives encoding and decoding in any chunking."""
 
     def test_samples_cover_every_message_type(self) -> None:
-        """The sample stream holds at least one frame of each message type."""
-        self.assertEqual({t for t, _ in EXPECTED}, set(MessageType))
+        """The sample stream holds a frame of each type: netmodels' own and the built-in topologies'."""
+        self.assertEqual({t for t, _ in EXPECTED}, {*MessageType, PEERS, BROADCAST, REGISTER, DELIVER, ACK})
 
     def test_whole_stream(self) -> None:
         """The whole stream in one feed decodes to every frame, in order."""
@@ -725,7 +726,7 @@ class BroadcastCodecTests(SynchronousTestCase):
             Broadcast("\u00e9", 0, 0, b"", "node-b"),
         ):
             [(message_type, body)] = FrameDecoder().feed(encode_broadcast(message))
-            self.assertEqual((message_type, decode_broadcast(body)), (MessageType.BROADCAST, message))
+            self.assertEqual((message_type, decode_broadcast(body)), (BROADCAST, message))
 
     def test_malformed(self) -> None:
         """Short headers, empty origins, lengths past the end and bad UTF-8 are malformed."""

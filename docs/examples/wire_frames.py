@@ -20,13 +20,14 @@ from netmodels.core.frames import (
     encode_frame,
     encode_hello,
     encode_ping,
+    message_type_name,
 )
 from netmodels.core.keepalive import KeepaliveSettings
-from netmodels.topologies.p2p.messages import Broadcast, encode_broadcast
+from netmodels.topologies.p2p.messages import PEERS, Broadcast, encode_broadcast
 
 
 def dump(title, frame):
-    length, kind = int.from_bytes(frame[:4], "big"), MessageType(frame[4]).name
+    length, kind = int.from_bytes(frame[:4], "big"), message_type_name(frame[4])
     print(f"{title}: {len(frame)} bytes (length field {length}, type 0x{frame[4]:02x} {kind})")
     for offset in range(0, len(frame), 16):
         chunk = frame[offset : offset + 16]
@@ -62,7 +63,7 @@ member = {
     "incarnation": 1700000000000,
     "state": "alive",
 }
-dump("PEERS, one member (p2p)", encode_frame(MessageType.PEERS, json.dumps({"members": [member]}).encode()))
+dump("PEERS, one member (p2p)", encode_frame(PEERS, json.dumps({"members": [member]}).encode()))
 dump("BROADCAST 'hi' from n1 to all (p2p)", encode_broadcast(Broadcast("n1", 1700000000000, 7, b"hi")))
 dump(
     "BROADCAST 'hi' from n1 relayed to n3 (p2p)",
@@ -76,7 +77,7 @@ stream = encode_frame(MessageType.DATA, b"hi") + encode_ping(7)
 for index, byte in enumerate(stream):
     frames = decoder.feed(bytes([byte]))
     if frames:
-        print(f"  after byte {index + 1:2}: {[(MessageType(t).name, body) for t, body in frames]}")
+        print(f"  after byte {index + 1:2}: {[(message_type_name(t), body) for t, body in frames]}")
 
 print()
 print("broken frames end the connection with reason protocol-error:")

@@ -47,6 +47,7 @@ __all__ = [
     "encode_frame",
     "encode_hello",
     "encode_ping",
+    "known_message_types",
     "message_type_name",
     "register_message_types",
     "walk_frames",
@@ -67,7 +68,11 @@ MAX_HELLO: Final = 16 * 1024
 
 
 class MessageType(enum.IntEnum):
-    """Message types. Unknown types end the connection with ``protocol-error``."""
+    """
+    netmodels' own message types. Topologies register theirs
+    (:func:`register_message_types`); any other type ends the connection
+    with ``protocol-error``.
+    """
 
     HELLO = 0x01
     DATA = 0x02
@@ -77,16 +82,6 @@ class MessageType(enum.IntEnum):
     REQUEST = 0x06
     RESPONSE = 0x07
     ERROR = 0x08
-    #: Peer exchange (p2p): a JSON list of members and their endpoints.
-    PEERS = 0x09
-    #: A message flooded to every node, or relayed to one (p2p).
-    BROADCAST = 0x0A
-    #: Callback: a client registers its callback endpoint (JSON).
-    REGISTER = 0x0B
-    #: Callback: a message for the client (a u64 message id, then the payload).
-    DELIVER = 0x0C
-    #: Callback: the client has every message up to this u64 id.
-    ACK = 0x0D
 
 
 #: Every message type a decoder accepts: netmodels' own, then what plugins
@@ -133,6 +128,11 @@ def register_message_types(owner: str, types: Mapping[str, int]) -> None:
         _KNOWN_TYPES.add(code)
 
 
+def known_message_types() -> frozenset[int]:
+    """Every type a decoder accepts now: netmodels' own and those registered."""
+    return frozenset(_KNOWN_TYPES)
+
+
 def message_type_name(code: int) -> str:
     """``2`` -> ``"DATA"``; a registered plugin's type by its name; else the code in hex."""
     if code in CORE_TYPES:
@@ -140,10 +140,7 @@ def message_type_name(code: int) -> str:
     registered = _REGISTERED.get(code)
     if registered is not None:
         return registered[1]
-    try:
-        return MessageType(code).name
-    except ValueError:
-        return f"0x{code:02x}"
+    return f"0x{code:02x}"
 
 
 _HEADER: Final = struct.Struct("!IB")

@@ -157,6 +157,12 @@ class ITopology(Interface):
         "netmodels'; a code or name that another plugin registered is refused at load."
     )
 
+    data_message_types = Attribute(
+        "frozenset[str]: the names of its message types that carry application messages: "
+        "limited like DATA, and over UDP sent on the unreliable channel unless the reliable "
+        "one was asked for."
+    )
+
     def settings(options: Mapping[str, Any]) -> object:
         """
         The topology's settings, made from every parsed option (the core's and

@@ -34,7 +34,7 @@ from netmodels.core.reasons import CloseReason
 from netmodels.runtime.dialer import Dialer
 from netmodels.runtime.interfaces import IApplication, IPeer, ITopology, ITopologyContext
 from netmodels.runtime.manager import ConnectionManager, ManagedConnection, format_address
-from netmodels.runtime.session import Session, SessionFactory, SessionSettings, encode_bye
+from netmodels.runtime.session import DATA_TYPES, Session, SessionFactory, SessionSettings, encode_bye
 from netmodels.runtime.timers import TimerWheel
 from netmodels.runtime.topology import default_settings
 from netmodels.transports.udp import DatagramListeningPort, DatagramOptions, is_datagram, parse_endpoint
@@ -228,6 +228,8 @@ class Node(MultiService):
             user_timeout=config.effective_user_timeout,
             check_peer=lambda hello: self._check_peer(hello),
             handlers=self.handlers,
+            data_types=DATA_TYPES
+            | frozenset(topology.message_types[name] for name in topology.data_message_types),
             on_liveness=self._liveness,
             max_backlog=config.max_backlog,
             slow_consumer_deadline=config.slow_consumer_deadline,

@@ -58,18 +58,16 @@ _log = Logger(namespace="netmodels.session")
 
 _OPEN = Phase.OPEN
 _RST = CloseMode.RST
-#: Frames that carry application messages (limited by ``max_data_body``).
-_DATA_TYPES = frozenset({int(MessageType.DATA), int(MessageType.BROADCAST)})
+#: Frames that carry application messages (limited by ``max_data_body``):
+#: DATA, and the types a topology adds (``SessionSettings.data_types``).
+DATA_TYPES = frozenset({int(MessageType.DATA)})
+_REQUEST_TYPES = frozenset({int(MessageType.REQUEST), int(MessageType.RESPONSE), int(MessageType.ERROR)})
 #: On a datagram transport, frame types that always take the unreliable
 #: channel: a keepalive probe that is retransmitted would measure our
 #: retransmissions, not the path.
 _ALWAYS_UNRELIABLE = frozenset({int(MessageType.PING), int(MessageType.PONG)})
 #: ... and with them application traffic, unless it asked for the reliable channel.
-_UNRELIABLE_DATA = (
-    _ALWAYS_UNRELIABLE
-    | _DATA_TYPES
-    | {int(MessageType.REQUEST), int(MessageType.RESPONSE), int(MessageType.ERROR)}
-)
+_UNRELIABLE_DATA = _ALWAYS_UNRELIABLE | DATA_TYPES | _REQUEST_TYPES
 _NONE_UNRELIABLE: frozenset[int] = frozenset()
 #: Closes worth a warning in the log (the peer misbehaved or died).
 _WARN = {
@@ -79,11 +77,17 @@ _WARN = {
 }
 
 
-def unreliable_types(transport: ManagedConnection) -> frozenset[int]:
-    """The frame types a session writes on ``transport``'s unreliable channel (none on a stream)."""
+def unreliable_types(
+    transport: ManagedConnection, unreliable_data: frozenset[int] = _UNRELIABLE_DATA
+) -> frozenset[int]:
+    """
+    The frame types a session writes on ``transport``'s unreliable channel:
+    none on a stream; probes only once the reliable channel was asked for;
+    else probes and ``unreliable_data`` (application data and requests).
+    """
     if not transport.unreliable_channel:
         return _NONE_UNRELIABLE
-    return _ALWAYS_UNRELIABLE if transport.reliable_data else _UNRELIABLE_DATA
+    return _ALWAYS_UNRELIABLE if transport.reliable_data else unreliable_data
 
 
 def call_application(method: Callable[..., Any], *args: Any) -> None:
@@ -115,6 +119,10 @@ class SessionSettings:
     #: Handlers for a topology's own message types (PEERS, BROADCAST, ...).
     #: Any other type after the handshake is a protocol error.
     handlers: Mapping[int, Callable[[Session, bytes], None]] = field(factory=dict)
+    #: Frame types that carry application messages: DATA and a topology's
+    #: own (p2p's BROADCAST). Limited like DATA, and on a datagram transport
+    #: sent on the unreliable channel unless the reliable one was asked for.
+    data_types: frozenset[int] = DATA_TYPES
     #: Slow-consumer policy. Twisted pauses us once 64 KiB wait unsent; while
     #: paused, at most ``max_backlog`` more bytes are accepted and the pause
     #: may last ``slow_consumer_deadline`` seconds; past either, the peer is
@@ -141,6 +149,13 @@ class SessionSettings:
         if self.max_unreliable_body is None:
             return self.max_body
         return min(self.max_body, self.max_unreliable_body)
+
+    @cached_property
+    def unreliable_data(self) -> frozenset[int]:
+        """Frame types on a datagram transport's unreliable channel, unless the reliable one was asked for."""
+        if self.data_types == DATA_TYPES:
+            return _UNRELIABLE_DATA
+        return _ALWAYS_UNRELIABLE | self.data_types | _REQUEST_TYPES
 
     @cached_property
     def hello_frame(self) -> bytes:
@@ -275,6 +290,7 @@ class Session(SlowConsumerPolicy, Protocol):
         self._backlog = 0
         self._slow_call: IDelayedCall | None = None
         self._unreliable = _NONE_UNRELIABLE
+        self._data_types = settings.data_types
 
     # IPeer
 
@@ -334,7 +350,7 @@ class Session(SlowConsumerPolicy, Protocol):
         a burst (see ``ManagedConnection.cork``).
         """
         machine = self.machine
-        limit = machine.max_data if frame[4] in _DATA_TYPES else machine.max_body
+        limit = machine.max_data if frame[4] in self._data_types else machine.max_body
         if len(frame) - 5 > limit:
             raise MessageTooLarge(f"frame of {len(frame) - 4} bytes exceeds the peer's limit of {limit + 1}")
         # This runs once per peer per message: the machine's phase, read directly.
@@ -365,7 +381,7 @@ class Session(SlowConsumerPolicy, Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         record = self.record = transport.record
-        self._unreliable = unreliable_types(transport)
+        self._unreliable = unreliable_types(transport, self.settings.unreliable_data)
         settings = self.settings
         set_no_delay(transport)
         transport.registerProducer(self, True)

@@ -38,6 +38,8 @@ class Topology:
     options: ClassVar[type[usage.Options] | None] = None
     #: The topology's own message types, by name (none by default).
     message_types: ClassVar[Mapping[str, int]] = {}
+    #: Which of them carry application messages (sized and sent like DATA).
+    data_message_types: ClassVar[frozenset[str]] = frozenset()
 
     def settings(self, options: Mapping[str, Any]) -> object:
         """No options, no settings."""

@@ -48,7 +48,7 @@ from twisted.python.failure import Failure
 
 from netmodels.core.backoff import Backoff, ReconnectPolicy
 from netmodels.core.connection import ConnectionRecord, Direction
-from netmodels.core.frames import Hello, MalformedMessage, ProtocolError, encode_frame
+from netmodels.core.frames import Hello, MalformedMessage, ProtocolError, encode_frame, register_message_types
 from netmodels.core.reasons import CloseReason
 from netmodels.runtime.application import Application
 from netmodels.runtime.dialer import Dialer, ResolvingEndpoint
@@ -94,6 +94,10 @@ REGISTER: Final = 0x0B
 DELIVER: Final = 0x0C
 #: The client has every message up to this u64 id.
 ACK: Final = 0x0D
+#: The callback topology's message types, registered on import so that any
+#: decoder (a test's too) accepts them.
+MESSAGE_TYPES: Final = {"REGISTER": REGISTER, "DELIVER": DELIVER, "ACK": ACK}
+register_message_types("topology callback", MESSAGE_TYPES)
 
 #: The kinds of callback endpoint a server knows how to dial.
 KINDS = ("tcp", "tls", "udp")
@@ -778,7 +782,7 @@ class Callback(Topology):
     default_app = "inbox"
 
     options = CallbackOptions
-    message_types = {"REGISTER": REGISTER, "DELIVER": DELIVER, "ACK": ACK}
+    message_types = MESSAGE_TYPES
 
     def settings(self, options: Mapping[str, Any]) -> CallbackSettings:
         return CallbackSettings.from_options(options)

@@ -52,7 +52,14 @@ from netmodels.runtime.manager import ConnectFailed, ManagedConnection
 from netmodels.runtime.node import Node, NodeConfig
 from netmodels.runtime.session import Session
 from netmodels.runtime.topology import Topology
-from netmodels.topologies.p2p.messages import BROADCAST, PEERS, Broadcast, decode_broadcast, encode_broadcast
+from netmodels.topologies.p2p.messages import (
+    BROADCAST,
+    MESSAGE_TYPES,
+    PEERS,
+    Broadcast,
+    decode_broadcast,
+    encode_broadcast,
+)
 from netmodels.topologies.p2p.options import P2POptions, P2PSettings
 
 __all__ = [
@@ -761,7 +768,8 @@ class PeerToPeer(Topology):
     roles = ("peer",)
     default_app = "broadcast"
     options = P2POptions
-    message_types = {"PEERS": PEERS, "BROADCAST": BROADCAST}
+    message_types = MESSAGE_TYPES
+    data_message_types = frozenset({"BROADCAST"})
 
     def settings(self, options: Mapping[str, Any]) -> P2PSettings:
         return P2PSettings.from_options(options)

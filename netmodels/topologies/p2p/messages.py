@@ -9,14 +9,18 @@ from typing import Final
 
 from attrs import frozen
 
-from netmodels.core.frames import MalformedMessage, encode_frame
+from netmodels.core.frames import MalformedMessage, encode_frame, register_message_types
 
-__all__ = ["BROADCAST", "PEERS", "Broadcast", "decode_broadcast", "encode_broadcast"]
+__all__ = ["BROADCAST", "MESSAGE_TYPES", "PEERS", "Broadcast", "decode_broadcast", "encode_broadcast"]
 
 #: Peer exchange: a JSON list of members and their endpoints.
 PEERS: Final = 0x09
 #: A message flooded to every node, or relayed to one.
 BROADCAST: Final = 0x0A
+#: The p2p topology's message types, registered on import so that any
+#: decoder (a test's too) accepts them.
+MESSAGE_TYPES: Final = {"PEERS": PEERS, "BROADCAST": BROADCAST}
+register_message_types("topology p2p", MESSAGE_TYPES)
 
 
 _BROADCAST_HEADER: Final = struct.Struct("!BBQI")
