@@ -207,6 +207,11 @@ class SlowConsumerPolicy:
     #: Frame types written on the transport's unreliable channel (see :func:`unreliable_types`).
     _unreliable: frozenset[int] = _NONE_UNRELIABLE
 
+    @property
+    def backlog(self) -> int:
+        """Bytes written since Twisted paused us (0 while writable)."""
+        return self._backlog
+
     def pauseProducing(self) -> None:
         if not self.writable:
             return

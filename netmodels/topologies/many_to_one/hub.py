@@ -430,7 +430,7 @@ class Hub:
                 "groups": list(client.groups),
                 "writable": writable,
                 "state": "writable" if writable else "paused",
-                "backlog": int(getattr(peer, "_backlog", 0)),
+                "backlog": peer.backlog if isinstance(peer, SlowConsumerPolicy) else 0,
                 "unsent": unsent_bytes(peer.transport),
             }
         settings = self.node.session_settings
