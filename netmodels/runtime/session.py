@@ -138,17 +138,15 @@ class SessionSettings:
     #: the stream (one UDP datagram); ``None``: the frame limit.
     max_unreliable_body: int | None = None
 
-    @cached_property
+    @property
     def max_body(self) -> int:
-        """The largest body a frame may carry (one int shared by every session)."""
-        return self.max_frame - 1
+        """The largest body a frame may carry (see :class:`SessionRules`)."""
+        return self.rules.max_body
 
-    @cached_property
+    @property
     def max_data_body(self) -> int:
         """The largest DATA body (and REQUEST/RESPONSE body plus its id) one message may carry."""
-        if self.max_unreliable_body is None:
-            return self.max_body
-        return min(self.max_body, self.max_unreliable_body)
+        return self.rules.max_data_body
 
     @cached_property
     def unreliable_data(self) -> frozenset[int]:
