@@ -11,7 +11,6 @@ callback topology's ``POST /deliver/<client>``, for one.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,15 +18,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from netmodels.runtime.interfaces import IPeer
+from netmodels.runtime.web import json_response
 
 __all__ = ["StatusPage", "status_site"]
-
-
-def _json(request: Request, document: Any, code: int = 200) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(document, indent=1, default=str).encode() + b"\n"
 
 
 class _StatusDocument(Resource):
@@ -38,7 +31,7 @@ class _StatusDocument(Resource):
         self._render_status = render_status
 
     def render_GET(self, request: Request) -> bytes:
-        return _json(request, self._render_status())
+        return json_response(request, self._render_status())
 
 
 class _ConnectionCommand(Resource):
@@ -56,22 +49,22 @@ class _ConnectionCommand(Resource):
     def render_POST(self, request: Request) -> bytes:
         parts = [part.decode("ascii", "replace") for part in request.postpath or []]
         if len(parts) != 2 or parts[1] not in ("reset", "close") or not parts[0].isdigit():
-            return _json(request, {"error": "use POST /connections/<id>/reset or /close"}, 404)
+            return json_response(request, {"error": "use POST /connections/<id>/reset or /close"}, 404)
         connection_id, action = int(parts[0]), parts[1]
         wanted = (request.args or {}).get(b"node", [b""])[0].decode("utf-8", "replace")
         nodes = [node for node in self._nodes if node.config.node_id == wanted] if wanted else self._nodes[:1]
         if not nodes:
-            return _json(request, {"error": f"no node {wanted!r}"}, 404)
+            return json_response(request, {"error": f"no node {wanted!r}"}, 404)
         connection = nodes[0].manager.find(connection_id)
         if connection is None:
-            return _json(request, {"error": f"no live connection {connection_id}"}, 404)
+            return json_response(request, {"error": f"no live connection {connection_id}"}, 404)
         if action == "reset":
             connection.reset("reset by operator")
         elif IPeer.providedBy(connection.wrappedProtocol):
             connection.wrappedProtocol.close()
         else:
             connection.close()
-        return _json(request, {"node": nodes[0].config.node_id, "id": connection_id, "done": action})
+        return json_response(request, {"node": nodes[0].config.node_id, "id": connection_id, "done": action})
 
 
 _PAGE = b"""<!doctype html>
@@ -116,7 +109,7 @@ class _NotFound(Resource):
         self._error = error
 
     def render(self, request: Request) -> bytes:
-        return _json(request, {"error": self._error}, 404)
+        return json_response(request, {"error": self._error}, 404)
 
 
 class StatusPage(Resource):

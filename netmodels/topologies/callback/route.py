@@ -7,25 +7,18 @@ server's ``--token``, and is off when the server has none.
 from __future__ import annotations
 
 import hmac
-import json
 from typing import TYPE_CHECKING, Any
 
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from netmodels.runtime.web import json_response
 from netmodels.topologies.callback.outbox import OutboxFull, UnknownClient
 
 if TYPE_CHECKING:
     from netmodels.topologies.callback.topology import CallbackServer
 
 __all__ = ["DeliverResource"]
-
-
-def _json(request: Request, document: Any, code: int) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(document, indent=1, default=str).encode() + b"\n"
 
 
 class DeliverResource(Resource):
@@ -40,28 +33,30 @@ class DeliverResource(Resource):
     def render_POST(self, request: Request) -> bytes | int:
         server = self._server
         if server.token is None:
-            return _json(request, {"error": "the node has no --token: POST /deliver is off"}, 403)
+            return json_response(request, {"error": "the node has no --token: POST /deliver is off"}, 403)
         offered = request.getHeader(b"authorization") or b""
         if isinstance(offered, str):
             offered = offered.encode()
         if not hmac.compare_digest(offered, f"Bearer {server.token}".encode()):
             request.setHeader(b"www-authenticate", b"Bearer")
-            return _json(request, {"error": "missing or wrong bearer token"}, 401)
+            return json_response(request, {"error": "missing or wrong bearer token"}, 401)
         parts = request.postpath or []
         if len(parts) != 1 or not parts[0]:
-            return _json(request, {"error": "use POST /deliver/<client id> with the message as body"}, 404)
+            return json_response(
+                request, {"error": "use POST /deliver/<client id> with the message as body"}, 404
+            )
         client_id = parts[0].decode("utf-8", "replace")
         assert request.content is not None
         payload = request.content.read()
 
         def accepted(message_id: int) -> None:
             document = {"client": client_id, "id": message_id, "depth": server.outbox.depth(client_id)}
-            request.write(_json(request, document, 202))
+            request.write(json_response(request, document, 202))
             request.finish()
 
         def refused(failure: Any) -> None:
             code = 404 if failure.check(UnknownClient) else 503 if failure.check(OutboxFull) else 413
-            request.write(_json(request, {"client": client_id, "error": str(failure.value)}, code))
+            request.write(json_response(request, {"client": client_id, "error": str(failure.value)}, code))
             request.finish()
 
         server.deliver(client_id, payload).addCallbacks(accepted, refused)
