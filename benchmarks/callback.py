@@ -64,7 +64,8 @@ def child(mode: str, warmup: float, seconds: float) -> None:
     from netmodels.runtime.application import Application
     from netmodels.runtime.node import Node, NodeConfig
     from netmodels.topologies.callback.options import CallbackSettings
-    from netmodels.topologies.callback.topology import Callback, CallbackServer, callback_of
+    from netmodels.topologies.callback.server import CallbackServer
+    from netmodels.topologies.callback.topology import Callback, callback_of
     from twisted.internet import reactor
 
     folder = tempfile.mkdtemp(prefix="netmodels-bench-callback-")

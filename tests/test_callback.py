@@ -30,20 +30,13 @@ from netmodels.runtime.dialer import Dialer, DialerState
 from netmodels.runtime.node import Node, NodeConfig, endpoint_label
 from netmodels.runtime.session import MessageTooLarge
 from netmodels.testing import MemoryLink, MemoryNetwork
-from netmodels.topologies.callback.options import CallbackSettings
-from netmodels.topologies.callback.outbox import DeliveredLog, Outbox, OutboxFull, UnknownClient
-from netmodels.topologies.callback.topology import (
+from netmodels.topologies.callback.client import CallbackClient
+from netmodels.topologies.callback.common import CALLBACK, FALLBACK, callback_endpoint
+from netmodels.topologies.callback.inbox import InboxApplication
+from netmodels.topologies.callback.messages import (
     ACK,
-    CALLBACK,
     DELIVER,
-    FALLBACK,
     REGISTER,
-    Callback,
-    CallbackClient,
-    CallbackServer,
-    InboxApplication,
-    callback_endpoint,
-    callback_of,
     decode_ack,
     decode_deliver,
     decode_register,
@@ -51,6 +44,10 @@ from netmodels.topologies.callback.topology import (
     encode_deliver,
     encode_register,
 )
+from netmodels.topologies.callback.options import CallbackSettings
+from netmodels.topologies.callback.outbox import DeliveredLog, Outbox, OutboxFull, UnknownClient
+from netmodels.topologies.callback.server import CallbackServer
+from netmodels.topologies.callback.topology import Callback, callback_of
 from tests.test_testing import EPSILON, KEEPALIVE, KEEPALIVE_BOUND, advance_by
 
 ADDRESS = "server:1"

@@ -21,13 +21,10 @@ from twisted.trial.unittest import TestCase
 from netmodels.core.connection import ConnectionState, Direction
 from netmodels.core.reasons import CloseReason, Initiator
 from netmodels.runtime.node import NodeConfig
-from netmodels.topologies.callback.topology import (
-    CALLBACK,
-    FALLBACK,
-    CallbackServer,
-    InboxApplication,
-    callback_of,
-)
+from netmodels.topologies.callback.common import CALLBACK, FALLBACK
+from netmodels.topologies.callback.inbox import InboxApplication
+from netmodels.topologies.callback.server import CallbackServer
+from netmodels.topologies.callback.topology import callback_of
 
 from ._support import (
     LISTEN_ANY_PORT,

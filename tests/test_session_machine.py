@@ -26,7 +26,7 @@ from netmodels.core.handshake import SessionRules, encode_bye
 from netmodels.core.keepalive import KeepaliveSettings
 from netmodels.core.reasons import CloseReason
 from netmodels.core.session import ISessionOutput, MessageTooLarge, PeerClosed, Phase, SessionMachine
-from netmodels.topologies.callback.topology import REGISTER
+from netmodels.topologies.callback.messages import REGISTER
 from netmodels.topologies.p2p.messages import PEERS
 
 #: When the connection comes up.

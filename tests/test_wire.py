@@ -36,7 +36,7 @@ from netmodels.core.frames import (
     encode_ping,
 )
 from netmodels.core.keepalive import KeepaliveSettings
-from netmodels.topologies.callback.topology import ACK, DELIVER, REGISTER
+from netmodels.topologies.callback.messages import ACK, DELIVER, REGISTER
 from netmodels.topologies.p2p.messages import BROADCAST, PEERS, Broadcast, decode_broadcast, encode_broadcast
 
 #: Seeds for the pseudo-random chunkings: fixed, so every run feeds the same.

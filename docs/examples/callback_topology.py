@@ -20,8 +20,9 @@ import time
 from twisted.internet import defer, reactor, task
 
 from netmodels.runtime.node import Node, NodeConfig
+from netmodels.topologies.callback.inbox import InboxApplication
 from netmodels.topologies.callback.options import CallbackSettings
-from netmodels.topologies.callback.topology import Callback, InboxApplication, callback_of
+from netmodels.topologies.callback.topology import Callback, callback_of
 
 START = time.monotonic()
 TOKEN = "correct horse"

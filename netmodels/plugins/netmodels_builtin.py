@@ -1,7 +1,8 @@
 """The built-in topologies and applications, found like any third party's."""
 
 from netmodels.runtime.application import application_plugin
-from netmodels.topologies.callback.topology import Callback, InboxApplication
+from netmodels.topologies.callback.inbox import InboxApplication
+from netmodels.topologies.callback.topology import Callback
 from netmodels.topologies.client_server import ClientServer, EchoApplication
 from netmodels.topologies.many_to_one.hub import ChatApplication, ManyToOne
 from netmodels.topologies.p2p.mesh import BroadcastApplication, PeerToPeer

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from netmodels.topologies.callback.topology import CALLBACK_RETRY_POLICY
+from netmodels.topologies.callback.server import CALLBACK_RETRY_POLICY
 
 from .netlab import Lab, LabError, wait_until
 from .scenarios import (

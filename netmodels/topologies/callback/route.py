@@ -16,7 +16,7 @@ from netmodels.runtime.web import json_response
 from netmodels.topologies.callback.outbox import OutboxFull, UnknownClient
 
 if TYPE_CHECKING:
-    from netmodels.topologies.callback.topology import CallbackServer
+    from netmodels.topologies.callback.server import CallbackServer
 
 __all__ = ["DeliverResource"]
 
