@@ -59,7 +59,7 @@ def netmodels_hello_hex(node_id: str = "loadgen") -> str:
 def build_server(reactor: Any, application: Any) -> Any:
     """A started many-to-one server node on 127.0.0.1 (default settings), port chosen by the kernel."""
     from netmodels.runtime.node import Node, NodeConfig
-    from netmodels.topologies.many_to_one.hub import ManyToOne
+    from netmodels.topologies.many_to_one.topology import ManyToOne
 
     listen = f"tcp:0:interface={common.HOST}:backlog={BACKLOG}"
     config = NodeConfig(topology="many-to-one", role="server", listen=(listen,), node_id="bench-server")

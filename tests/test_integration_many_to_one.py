@@ -25,7 +25,9 @@ from zope.interface import implementer
 from netmodels.core.frames import FrameDecoder, Hello, MessageType, encode_frame, encode_hello
 from netmodels.core.reasons import CloseReason, Initiator
 from netmodels.runtime.manager import ManagedConnection
-from netmodels.topologies.many_to_one.hub import ChatApplication, RawLineSession, hub_of
+from netmodels.topologies.many_to_one.chat import ChatApplication
+from netmodels.topologies.many_to_one.hub import hub_of
+from netmodels.topologies.many_to_one.raw import RawLineSession
 from netmodels.transports.tcp import find_tcp_connection
 
 from ._support import (

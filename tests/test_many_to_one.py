@@ -28,18 +28,17 @@ from netmodels.runtime.node import Node, NodeConfig
 from netmodels.runtime.session import MessageTooLarge, PeerClosed, Session, SessionFactory, encode_bye
 from netmodels.testing import WINDOW, MemoryNetwork
 from netmodels.topologies.many_to_one import hub as many_to_one
-from netmodels.topologies.many_to_one.hub import (
-    ChatApplication,
-    Hub,
-    ManyToOne,
+from netmodels.topologies.many_to_one.chat import ChatApplication
+from netmodels.topologies.many_to_one.groups import MAX_GROUPS, check_groups
+from netmodels.topologies.many_to_one.hub import Hub, hub_of
+from netmodels.topologies.many_to_one.options import ManyToOneSettings
+from netmodels.topologies.many_to_one.raw import (
     RawLineFactory,
     RawLineSession,
     RawPeerRequest,
     _raw_rejection,
-    check_groups,
-    hub_of,
 )
-from netmodels.topologies.many_to_one.options import ManyToOneSettings
+from netmodels.topologies.many_to_one.topology import ManyToOne
 from tests.test_testing import KEEPALIVE, RecordingApplication, WireTap, advance_by
 
 ADDRESS = "server:1"
@@ -348,8 +347,8 @@ class CheckGroupsTests(SynchronousTestCase):
             self.assertIsNotNone(check_groups(groups), groups)
 
     def test_too_many(self) -> None:
-        self.assertIsNotNone(check_groups([f"g{i}" for i in range(many_to_one.MAX_GROUPS + 1)]))
-        self.assertIsNone(check_groups([f"g{i}" for i in range(many_to_one.MAX_GROUPS)]))
+        self.assertIsNotNone(check_groups([f"g{i}" for i in range(MAX_GROUPS + 1)]))
+        self.assertIsNone(check_groups([f"g{i}" for i in range(MAX_GROUPS)]))
 
 
 # --- Slow consumers ------------------------------------------------------------------------

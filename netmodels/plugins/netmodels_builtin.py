@@ -4,7 +4,8 @@ from netmodels.runtime.application import application_plugin
 from netmodels.topologies.callback.inbox import InboxApplication
 from netmodels.topologies.callback.topology import Callback
 from netmodels.topologies.client_server import ClientServer, EchoApplication
-from netmodels.topologies.many_to_one.hub import ChatApplication, ManyToOne
+from netmodels.topologies.many_to_one.chat import ChatApplication
+from netmodels.topologies.many_to_one.topology import ManyToOne
 from netmodels.topologies.p2p.mesh import BroadcastApplication, PeerToPeer
 
 client_server = ClientServer()
