@@ -21,7 +21,8 @@ from netmodels.core.connection import ConnectionRecord
 from netmodels.core.frames import MessageType, encode_correlated
 
 if TYPE_CHECKING:
-    from netmodels.core.session import ISessionOutput, SessionRules
+    from netmodels.core.handshake import SessionRules
+    from netmodels.core.session import ISessionOutput
 
 __all__ = ["MessageTooLarge", "PeerClosed", "RemoteError", "RequestTable", "RequestTimeout"]
 

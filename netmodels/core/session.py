@@ -78,7 +78,6 @@ __all__ = [
     "RemoteError",
     "RequestTimeout",
     "SessionMachine",
-    "SessionRules",
     "decode_bye",
     "encode_bye",
 ]

@@ -140,7 +140,7 @@ class SessionSettings:
 
     @property
     def max_body(self) -> int:
-        """The largest body a frame may carry (see :class:`SessionRules`)."""
+        """The largest body a frame may carry (see :class:`~netmodels.core.handshake.SessionRules`)."""
         return self.rules.max_body
 
     @property
