@@ -52,6 +52,7 @@ from netmodels.runtime.manager import ConnectFailed, ManagedConnection
 from netmodels.runtime.node import Node, NodeConfig
 from netmodels.runtime.session import Session
 from netmodels.runtime.topology import Topology
+from netmodels.topologies.p2p.dialling import Dialling
 from netmodels.topologies.p2p.messages import (
     BROADCAST,
     MESSAGE_TYPES,
@@ -112,10 +113,6 @@ class Member:
     session: Session | None = None
     #: Who told us of it, when we learned it from gossip.
     via: str | None = None
-    #: Failed dials in a row, and when the next may start.
-    failures: int = 0
-    next_dial_at: float = 0.0
-    dialling: bool = False
     #: When we first learned of it (monotonic reactor time).
     known_since: float = 0.0
     last_reason: str | None = None
@@ -239,23 +236,26 @@ class Mesh:
         self.policy = policy
         self._draw = draw
         self.tick = tick
-        self._client_endpoint = client_endpoint or (lambda d: node.endpoint(d, server=False))
         self._fixed_endpoints = endpoints
         self.incarnation = 0
         self._epoch = 0
         self.members: dict[str, Member] = {}
-        #: Bootstrap targets that turned out to be this node, not to be dialled again.
-        self._self_targets: set[str] = set()
-        self._bootstrap_attempts: dict[int, str] = {}
         self.endpoints: tuple[str, ...] = ()
         self._sequence = 0
         self._seen: dict[tuple[str, int], _Seen] = {}
         self._changed: dict[str, Member] = {}
         self._gossip_call: IDelayedCall | None = None
         self._loop: LoopingCall | None = None
-        self._bootstrap_failures = 0
-        self._bootstrap_next = 0.0
-        self._bootstrap_dialling = False
+        self.dialling = Dialling(
+            self.node_id,
+            node.manager,
+            self.clock,
+            node.session_factory(),
+            client_endpoint or (lambda description: node.endpoint(description, server=False)),
+            lambda node_id: self.members[node_id].endpoints[0],
+            policy,
+            draw,
+        )
         self._stopping = False
         self.counters = {"sent": 0, "delivered": 0, "duplicates": 0, "forwarded": 0, "relayed": 0}
         node.add_handler(PEERS, self._peers_received)
@@ -283,6 +283,7 @@ class Mesh:
 
     def stop(self) -> None:
         self._stopping = True
+        self.dialling.stop()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self._gossip_call is not None and self._gossip_call.active():
@@ -334,25 +335,26 @@ class Mesh:
     def _connection_event(self, event: str, subject: Any) -> None:
         if not isinstance(subject, ManagedConnection):
             return
+        if event == "closed":
+            self.dialling.connection_closed(subject)
         session = subject.wrappedProtocol
         if not isinstance(session, Session):
             return
         if event == "ready":
-            self._session_ready(session, subject)
+            assert session.node_id is not None
+            self.dialling.connection_ready(subject, session.node_id)
+            self._session_ready(session)
         elif event == "closed":
             self._session_closed(session, subject.record)
 
-    def _session_ready(self, session: Session, connection: ManagedConnection) -> None:
+    def _session_ready(self, session: Session) -> None:
         peer_id = session.node_id
         assert peer_id is not None
         if peer_id == self.node_id:
-            # We dialled ourselves, at an address of ours under another name.
-            target = self._bootstrap_attempts.pop(connection.record.id, None)
-            if target is not None:
-                self._self_targets.add(target)
+            # We dialled ourselves, at an address of ours under another name
+            # (the dialling remembers not to do that again).
             session.close()
             return
-        self._bootstrap_attempts.pop(connection.record.id, None)
         member = self._member(peer_id)
         current = member.session
         if current is not None and current is not session:
@@ -369,7 +371,8 @@ class Mesh:
             return
         before = member.gossip()
         member.session = session
-        member.failures = 0
+        # Connected, whoever dialled: its dialer forgets failures and hold-offs.
+        self.dialling.connected(peer_id)
         member.via = None
         self._set_state(member, PeerState.ALIVE)
         # Push-pull: the newcomer gets our whole view at once. If we (or
@@ -393,10 +396,8 @@ class Mesh:
         if session.bye_received and record.reason is CloseReason.CLEAN:
             self._set_state(member, PeerState.LEFT)
         else:
-            member.failures += 1
+            self.dialling.lost(peer_id, record)
             self._set_state(member, PeerState.DEAD)
-            delay = self.policy.next_delay(record, member.failures - 1, self._draw)
-            member.next_dial_at = self.clock.seconds() + (delay if delay is not None else 30.0)
 
     def _keep(self, first: Session, second: Session) -> Session:
         """Of two connections to one peer, the one both sides keep."""
@@ -423,14 +424,16 @@ class Mesh:
         now = self.clock.seconds()
         direct = [m for m in self.members.values() if m.session is not None]
         if not direct:
-            self._dial_bootstrap(now)
-        budget = self.max_peers - len(direct) - sum(1 for m in self.members.values() if m.dialling)
+            self.dialling.dial_bootstrap(self._bootstrap_targets())
+        in_flight = sum(
+            1 for m in self.members.values() if m.session is None and self.dialling.busy(m.node_id)
+        )
+        budget = self.max_peers - len(direct) - in_flight
         for member in sorted(self.members.values(), key=lambda m: m.node_id):
             if budget <= 0:
                 break
-            if self._should_dial(member, now):
+            if self._should_dial(member, now) and self._dial(member):
                 budget -= 1
-                self._dial(member)
         if direct:
             random_peer = direct[int(self._draw() * len(direct)) % len(direct)]
             random_peer.session.write_frame(  # type: ignore[union-attr]
@@ -438,93 +441,35 @@ class Mesh:
             )
 
     def _should_dial(self, member: Member, now: float) -> bool:
-        if member.session is not None or member.dialling or not member.endpoints:
+        """Whether membership says to dial ``member`` now (its dialer may still be holding off)."""
+        if member.session is not None or not member.endpoints or member.state is PeerState.LEFT:
             return False
-        if member.state is PeerState.LEFT or now < member.next_dial_at:
-            return False
-        if member.state is PeerState.DEAD and member.failures == 0:
+        if member.state is PeerState.DEAD and self.dialling.failures(member.node_id) == 0:
             return False  # Dead by gossip: whoever saw it die redials it.
         # Greater ids are ours to dial; smaller ones dial us, unless they have not.
         return member.node_id > self.node_id or now - member.known_since >= DIAL_GRACE
 
-    def _dial(self, member: Member) -> None:
-        endpoint = member.endpoints[0]
-        try:
-            client_endpoint = self._client_endpoint(endpoint)
-        except Exception as e:
-            # The endpoint came from the network (a PEERS entry): one that does
-            # not parse must not escape into, and stop, the maintenance loop.
-            _log.warn(
-                "[{node}] cannot dial {peer} at {endpoint!r}: {error}",
-                node=self.node_id,
-                peer=member.node_id,
-                endpoint=endpoint,
-                error=e,
-            )
-            member.failures += 1
-            member.last_reason = str(CloseReason.UNREACHABLE)
-            member.next_dial_at = self.clock.seconds() + 30.0
-            if member.state is not PeerState.LEFT and member.failures >= 2:
-                self._set_state(member, PeerState.DEAD)
+    def _dial(self, member: Member) -> bool:
+        """Dial ``member`` unless its dialer is busy or holding off; ``True`` if it dials."""
+        attempt = self.dialling.dial_member(member.node_id)
+        if attempt is None:
+            return False
+        attempt.addErrback(self._dial_failed, member)
+        return True
+
+    def _dial_failed(self, failure: Failure, member: Member) -> None:
+        failure.trap(ConnectFailed)
+        if self._stopping:
             return
-        member.dialling = True
-        attempt = self.node.manager.connect(client_endpoint, self.node.session_factory(), member.node_id)
+        record: ConnectionRecord = failure.value.record  # type: ignore[union-attr]
+        member.last_reason = None if record.reason is None else str(record.reason)
+        if member.state is not PeerState.LEFT and self.dialling.failures(member.node_id) >= 2:
+            self._set_state(member, PeerState.DEAD)
 
-        def done(result: Any) -> None:
-            member.dialling = False
-
-        def failed(failure: Failure) -> None:
-            member.dialling = False
-            if not failure.check(ConnectFailed):
-                return
-            record = failure.value.record  # type: ignore[union-attr]
-            member.failures += 1
-            member.last_reason = None if record.reason is None else str(record.reason)
-            delay = self.policy.next_delay(record, member.failures - 1, self._draw)
-            member.next_dial_at = self.clock.seconds() + (delay if delay is not None else 30.0)
-            if member.state is not PeerState.LEFT and member.failures >= 2:
-                self._set_state(member, PeerState.DEAD)
-
-        attempt.addCallbacks(done, failed)
-
-    def _dial_bootstrap(self, now: float) -> None:
-        if self._bootstrap_dialling or now < self._bootstrap_next:
-            return
-        resolved = [t() if callable(t) else t for t in self.bootstrap]
-        targets = [t for t in resolved if t and t not in self.endpoints and t not in self._self_targets]
-        if not targets:
-            return
-        self._bootstrap_dialling = True
-        attempts = [self._dial_target(t) for t in targets]
-
-        def settled(results: list[tuple[bool, Any]]) -> None:
-            self._bootstrap_dialling = False
-            if any(ok for ok, _ in results):
-                self._bootstrap_failures = 0
-                return
-            record = next(
-                (value.value.record for ok, value in results if not ok and value.check(ConnectFailed)), None
-            )
-            delay = 1.0
-            if record is not None:
-                delay = self.policy.next_delay(record, self._bootstrap_failures, self._draw) or delay
-            self._bootstrap_failures += 1
-            self._bootstrap_next = self.clock.seconds() + delay
-
-        from twisted.internet.defer import DeferredList
-
-        DeferredList(attempts, consumeErrors=True).addCallback(settled)
-
-    def _dial_target(self, target: str) -> Deferred[ManagedConnection]:
-        attempt = self.node.manager.connect(
-            self._client_endpoint(target), self.node.session_factory(), target
-        )
-
-        def connected(connection: ManagedConnection) -> ManagedConnection:
-            self._bootstrap_attempts[connection.record.id] = target
-            return connection
-
-        return attempt.addCallback(connected)
+    def _bootstrap_targets(self) -> list[str]:
+        """The bootstrap endpoints known by now, but not the ones we advertise."""
+        resolved = [target() if callable(target) else target for target in self.bootstrap]
+        return [target for target in resolved if target and target not in self.endpoints]
 
     # Gossip
 
@@ -618,7 +563,7 @@ class Mesh:
             member.endpoints = endpoints
         if incarnation > member.incarnation and member.state in (PeerState.DEAD, PeerState.LEFT):
             # It restarted: dial it again at once.
-            member.failures, member.next_dial_at = 0, 0.0
+            self.dialling.came_back(node_id)
         if member.session is not None:
             # Our own connection is the authority on a direct peer; a rumour
             # that it is suspect or dead goes to it, so that it refutes.
