@@ -131,6 +131,9 @@ class _RecordedEndpoint:
     """A memory client endpoint that notes each dial and taps the link it makes."""
 
     def __init__(self, mesh: MemoryMesh, target: str, source: str) -> None:
+        if ":" not in target:
+            # As clientFromString does with a description it cannot parse.
+            raise ValueError(f"not a memory address: {target!r}")
         self.mesh = mesh
         self.target = target
         self.source = source
@@ -196,6 +199,7 @@ class MemoryMesh:
         *,
         max_peers: int | None = None,
         extra_listen: Iterable[str] = (),
+        max_connections: int | None = 10_000,
     ) -> Node:
         node_id = name(index)
         where = address(node_id)
@@ -208,6 +212,7 @@ class MemoryMesh:
             keepalive=self.keepalive,
             interval=0,
             settings=P2PSettings(max_peers=self.max_peers if max_peers is None else max_peers),
+            max_connections=max_connections,
         )
         node = Node(config, PeerToPeer(), BroadcastApplication(config), self.clock)
         for listening in (where, *extra_listen):
