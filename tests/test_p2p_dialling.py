@@ -15,11 +15,16 @@ import math
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from netmodels.core.backoff import DEFAULT_RECONNECT_POLICY, Backoff
+from netmodels.core.connection import ConnectionLimits, ConnectionRecord, Direction
 from netmodels.core.reasons import CloseReason
+from netmodels.runtime.manager import ConnectFailed, ConnectionManager
+from netmodels.runtime.session import SessionFactory
+from netmodels.topologies.p2p.dialling import FATAL_HOLD_OFF, Dialling
 from netmodels.topologies.p2p.mesh import PeerState
 from tests.test_p2p import (
     SETTLE,
@@ -295,3 +300,39 @@ class MemberTests(SynchronousTestCase):
         member = mesh.mesh("n00").members["zz"]
         self.assertEqual((member.state, member.last_reason), (PeerState.DEAD, "unreachable"))
         mesh.stop_all()
+
+
+class FatalTests(SynchronousTestCase):
+    def test_fatal_close_holds_off_instead_of_giving_up(self) -> None:
+        """A member whose session ended fatally (another version) is tried again after 30 s."""
+        clock = Clock()
+        dials: list[str] = []
+
+        def client_endpoint(description: str) -> Any:
+            dials.append(description)
+            raise ValueError("not dialled in this test")
+
+        dialling = Dialling(
+            "n00",
+            ConnectionManager(clock, ConnectionLimits()),
+            clock,
+            SessionFactory(None, clock),  # type: ignore[arg-type]
+            client_endpoint,
+            lambda node_id: f"{node_id}:1",
+            DEFAULT_RECONNECT_POLICY,
+            lambda: 0.0,
+        )
+        fatal = ConnectionRecord(
+            id=1, direction=Direction.OUTBOUND, peer="n01", reason=CloseReason.PROTOCOL_ERROR, fatal=True
+        )
+        dialling.lost("n01", fatal)
+        self.assertEqual([call.getTime() for call in clock.getDelayedCalls()], [FATAL_HOLD_OFF])
+        clock.advance(FATAL_HOLD_OFF - 0.001)
+        self.assertIsNone(dialling.dial_member("n01"))
+        clock.advance(0.001)
+        attempt = dialling.dial_member("n01")
+        assert attempt is not None
+        self.failureResultOf(attempt, ConnectFailed)
+        self.assertEqual(dials, ["n01:1"])
+        dialling.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])
