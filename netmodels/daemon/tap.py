@@ -14,14 +14,17 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, IServiceCollection, MultiService
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import ILogObserver
 from twisted.python import usage
+from twisted.python.components import Componentized
 
 import netmodels
 from netmodels.core.datagram import DEFAULT_MAX_DATAGRAM, MAX_DATAGRAM, MIN_DATAGRAM
 from netmodels.core.frames import DEFAULT_MAX_FRAME
 from netmodels.core.keepalive import KeepaliveSettings
+from netmodels.daemon.logs import LOG_FORMATS, json_log_observer
 from netmodels.daemon.status import status_site
 from netmodels.runtime.endpoints import check_endpoint
 from netmodels.runtime.node import ListenFailed, ListeningService, Node, NodeConfig, default_node_id
@@ -89,6 +92,7 @@ class Options(usage.Options):
             "Directory for the files a node writes (--outbox and the like, when relative); "
             "default $NETMODELS_STATE_DIR, else $XDG_STATE_HOME/netmodels, else ~/.local/state/netmodels.",
         ],
+        ["log-format", None, "text", "Log lines as text, or json (one JSON object per event)."],
         ["max-frame", None, str(DEFAULT_MAX_FRAME), "Largest frame accepted, in bytes."],
         [
             "max-datagram",
@@ -217,6 +221,10 @@ class Options(usage.Options):
                 _check_endpoint(option, description, transport, server)
         if self["status"] is not None:
             _check_endpoint("status", self["status"], "tcp", server=True)
+        if self["log-format"] not in LOG_FORMATS:
+            raise usage.UsageError(f"--log-format: expected text or json, not {self['log-format']!r}")
+        if self["log-format"] == "json" and self.parent is not None and self.parent.get("syslog"):
+            raise usage.UsageError("--log-format: json goes to --logfile or stdout, not --syslog")
         max_datagram = _count("max-datagram", self["max-datagram"])
         if max_datagram is None or not MIN_DATAGRAM <= max_datagram <= MAX_DATAGRAM:
             raise usage.UsageError(f"--max-datagram: must be {MIN_DATAGRAM} to {MAX_DATAGRAM} bytes")
@@ -352,6 +360,14 @@ def build_node(config: NodeConfig, reactor: Any) -> Node:
 class _Daemon(MultiService):
     """The nodes and the status page; a start-up failure is one line and exit status 1."""
 
+    #: ``--log-format json``'s observer; twistd logs with the application's ``ILogObserver``.
+    log_observer: ILogObserver | None = None
+
+    def setServiceParent(self, parent: IServiceCollection) -> None:
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)
+
     def startService(self) -> None:
         try:
             super().startService()
@@ -366,6 +382,8 @@ def makeService(options: Options) -> IService:
 
     config: NodeConfig = options["config"]
     top = _Daemon()
+    if options["log-format"] == "json":
+        top.log_observer = json_log_observer(options.parent)
     first = build_node(config, reactor)
     nodes = [first, *first.topology.more_nodes(first, lambda c: build_node(c, reactor))]
     for node in nodes:
