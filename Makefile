@@ -27,6 +27,8 @@ PIP_FLAGS := --quiet --disable-pip-version-check --no-input
 
 # The files the strict editable install links into build/__editable__.*.
 PKG_FILES := $(sort $(shell find netmodels plugins -type f \( -name '*.py' -o -name '*.pyi' -o -name 'py.typed' \) -not -path '*/__pycache__/*' 2>/dev/null))
+# Package data (the dashboard's page, script and stylesheet) is linked too.
+PKG_FILES += $(sort $(wildcard netmodels/daemon/static/*))
 
 # make run's ports: the status page and the demo server.
 STATUS_PORT ?= 8080
@@ -56,7 +58,8 @@ $(STAMP): setup.cfg pyproject.toml $(FILES) | $(VPY)
 
 setup: $(STAMP)
 
-# ip and iptables for the lab tests: installed only when missing, as root, with apt-get.
+# ip and iptables for the lab tests, chromium and chromedriver for the dashboard's browser test:
+# installed only when missing, as root, with apt-get.
 # Never fails: without them the lab tests skip (or fail, with NETMODELS_LAB_REQUIRED=1 as in CI).
 sysdeps:
 	@if command -v ip >/dev/null 2>&1 && command -v iptables >/dev/null 2>&1; then \
@@ -69,6 +72,18 @@ sysdeps:
 	    || echo "warning: could not install iproute2/iptables; lab tests will skip"; \
 	else \
 	  echo "note: ip/iptables missing and cannot install them here; lab tests will skip"; \
+	fi
+	@# Chromium and its driver for the dashboard's browser test (tests/test_dashboard.py), same way.
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+	  :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "==> installing chromium chromium-driver"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1 \
+	    || { apt-get update -qq >/dev/null 2>&1; apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1; } \
+	    || echo "warning: could not install chromium/chromium-driver; the dashboard browser test will skip"; \
+	else \
+	  echo "note: chromium/chromedriver missing and cannot install them here; the dashboard browser test will skip"; \
 	fi
 
 # --- targets ----------------------------------------------------------------

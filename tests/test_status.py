@@ -49,7 +49,7 @@ class StatusSiteTests(SynchronousTestCase):
     def test_page_is_html(self) -> None:
         request = DummyRequest([b""])
         body = getChildForRequest(self.root, request).render(request)
-        self.assertIn(b"<table>", body)
+        self.assertIn(b'<table id="connections">', body)
         self.assertEqual(
             request.responseHeaders.getRawHeaders(b"content-type"), [b"text/html; charset=utf-8"]
         )

@@ -17,6 +17,7 @@ from typing import Any
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from netmodels.daemon.dashboard import Dashboard
 from netmodels.runtime.interfaces import IPeer
 from netmodels.runtime.web import json_response
 
@@ -67,38 +68,8 @@ class _ConnectionCommand(Resource):
         return json_response(request, {"node": nodes[0].config.node_id, "id": connection_id, "done": action})
 
 
-_PAGE = b"""<!doctype html>
-<html><head><meta charset="utf-8"><title>netmodels</title>
-<style>
-body{font:14px system-ui,sans-serif;margin:1.5em}table{border-collapse:collapse}
-td,th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left}
-.open{color:#080}.closed,.failed{color:#888}
-.reset,.timeout,.refused,.protocol-error,.rejected{color:#b00}
-</style></head><body>
-<h1>netmodels <span id="node"></span></h1><p id="keepalive"></p>
-<table><thead><tr><th>id</th><th>node</th><th>peer</th><th>peer id</th><th>dir</th><th>state</th>
-<th>reason</th><th>initiator</th><th>errno</th><th>msgs in/out</th><th>rtt ms</th><th>detail</th>
-</tr></thead><tbody id="rows"></tbody></table>
-<p id="counters"></p>
-<script>
-const esc=t=>String(t??'').replace(/&/g,'&amp;').replace(/</g,'&lt;');
-function row(d,c){
- const cells=[c.id,d.node.id,c.peer,c.peer_id,c.direction,c.state,c.reason,c.initiator,c.errno,
-  c.messages_in+'/'+c.messages_out,c.rtt==null?'':(c.rtt*1000).toFixed(2),c.detail];
- const tds=cells.map(x=>'<td>'+esc(x)+'</td>').join('');
- return '<tr class="'+esc(c.state)+' '+esc(c.reason)+'">'+tds+'</tr>';
-}
-async function tick(){
- const docs=await (await fetch('status/all')).json();
- const $=id=>document.getElementById(id);
- $('node').textContent=docs.map(d=>d.node.id+' ('+d.node.topology+' '+d.node.role+')').join(', ');
- $('keepalive').textContent=docs[0].keepalive.describe;
- $('rows').innerHTML=docs.flatMap(d=>d.connections.map(c=>row(d,c))).join('');
- $('counters').textContent=docs.map(d=>d.node.id+': '+JSON.stringify(d.counters)).join('  ');
-}
-tick();setInterval(tick,1000);
-</script></body></html>
-"""
+# The dashboard at GET / (netmodels.daemon.dashboard): the page that shows this live.
+_DASHBOARD = Dashboard()
 
 
 class _NotFound(Resource):
@@ -134,8 +105,7 @@ class StatusPage(Resource):
         return _NotFound(f"no route /{path.decode('utf-8', 'replace')} on this node")
 
     def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        return _PAGE
+        return _DASHBOARD.render(request)  # type: ignore[no-any-return]
 
 
 def status_site(nodes: Sequence[Any]) -> Site:
