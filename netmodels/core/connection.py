@@ -110,6 +110,10 @@ class ConnectionRecord:
     fatal: bool = False
     #: Round-trip time of the last answered keepalive probe, in seconds.
     rtt: float | None = None
+    #: Keepalive probes (PINGs) sent, and those of them that went a whole
+    #: interval without an answer; counted once per probe, never per message.
+    probes_sent: int = 0
+    probes_unanswered: int = 0
     #: Topology-specific fields, merged into the status document (a callable
     #: is called when the document is made).
     extra: dict[str, Any] = field(factory=dict)
@@ -140,6 +144,8 @@ class ConnectionRecord:
             "messages_out": self.messages_out,
             "peer_keepalive": None if self.peer_keepalive is None else self.peer_keepalive.as_dict(),
             "rtt": self.rtt,
+            "probes_sent": self.probes_sent,
+            "probes_unanswered": self.probes_unanswered,
             "fatal": self.fatal,
         }
         for key, value in self.extra.items():

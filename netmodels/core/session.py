@@ -393,16 +393,22 @@ class SessionMachine(RequestTable):
         self.output.remote_ending(reason, detail, fatal)
 
     def _probe(self, now: float) -> None:
-        if self.keepalive.probes_unanswered >= 2 and not self.suspect:
-            # A probe went unanswered for a whole interval.
-            self._liveness("suspect")
-            if self.phase is not _OPEN:
-                return
+        record = self.record
+        if self.keepalive.probes_unanswered >= 2:
+            # The previous probe went unanswered for a whole interval.
+            record.probes_unanswered += 1
+            if not self.suspect:
+                self._liveness("suspect")
+                if self.phase is not _OPEN:
+                    return
+        record.probes_sent += 1
         self.ping_sequence = (self.ping_sequence + 1) & 0xFFFFFFFF
         self.ping_sent_at = now
         self._control(encode_ping(self.ping_sequence))
 
     def _keepalive_dead(self, now: float) -> None:
+        # The last probe went unanswered too.
+        self.record.probes_unanswered += 1
         settings = self.rules.keepalive
         silent = now - self.keepalive.last_received
         self.abandon(

@@ -1,5 +1,6 @@
 """
-``GET /status``: a node's state as JSON; ``GET /`` a page that shows it live.
+``GET /status``: a node's state as JSON; ``GET /`` a page that shows it live;
+``GET /metrics`` its counters for Prometheus (:mod:`netmodels.daemon.metrics`).
 
 ``POST /connections/<id>/reset`` and ``/close`` end one connection with RST,
 or with BYE and FIN, for operators (serve the status endpoint on loopback or
@@ -18,6 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from netmodels.daemon.dashboard import Dashboard
+from netmodels.daemon.metrics import MetricsResource
 from netmodels.runtime.interfaces import IPeer
 from netmodels.runtime.web import json_response
 
@@ -84,7 +86,7 @@ class _NotFound(Resource):
 
 
 class StatusPage(Resource):
-    """The root: the live page, ``status`` (the first node) and ``status/all``."""
+    """The root: the live page, ``status`` (the first node), ``status/all`` and ``metrics``."""
 
     def __init__(self, nodes: Sequence[Any]) -> None:
         super().__init__()
@@ -94,6 +96,7 @@ class StatusPage(Resource):
         status.isLeaf = False
         self.putChild(b"status", status)
         self.putChild(b"connections", _ConnectionCommand(nodes))
+        self.putChild(b"metrics", MetricsResource(nodes))
         # Routes topologies add (callback's /deliver); the first node's wins a name.
         for node in reversed(nodes):
             for name, resource in node.routes.items():

@@ -10,12 +10,14 @@ netmodels exactly the way the built-in ones are written.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
     from netmodels.core.connection import ConnectionRecord
     from netmodels.core.reasons import CloseReason
     from netmodels.runtime.node import Node, NodeConfig
@@ -226,6 +228,16 @@ class ITopologyContext(Interface):
 
     def add_route(name: str, resource: Any) -> None:
         """An ``IResource`` served at ``/<name>`` on the ``--status`` endpoint."""
+
+    def add_metrics(collect: Callable[[], Iterable[Metric]]) -> None:
+        """
+        Metrics of the topology's own, served by ``GET /metrics``: ``collect()``
+        is called at each scrape and yields ``prometheus_client`` metric
+        families (``CounterMetricFamily``, ``GaugeMetricFamily``, ...) made
+        from what the topology already counts. Names start ``netmodels_``
+        and the topology's name; a ``node`` label is added where one process
+        serves several nodes.
+        """
 
     def on_start(hook: Callable[[], None]) -> None:
         """Run ``hook`` once the node listens."""

@@ -43,7 +43,15 @@ from netmodels.runtime.classify import classify_connect_failure, classify_connec
 from netmodels.transports.interfaces import IConnectionObserver, IDatagramTransport, ILivenessObserver
 from netmodels.transports.tcp import capture_errno, direct_writer
 
-__all__ = ["CORK_LIMIT", "ConnectFailed", "ConnectionManager", "ManagedConnection", "format_address"]
+__all__ = [
+    "CORK_LIMIT",
+    "RECORD_COUNTS",
+    "ConnectFailed",
+    "ConnectionManager",
+    "ManagedConnection",
+    "add_datagram_counts",
+    "format_address",
+]
 
 
 _log = Logger(namespace="netmodels.manager")
@@ -55,6 +63,27 @@ CORK_LIMIT = 65536
 
 
 _TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ENOBUFS})
+
+
+#: The counts of a record that :attr:`ConnectionManager.ended` sums.
+RECORD_COUNTS = ("bytes_in", "bytes_out", "messages_in", "messages_out", "probes_sent", "probes_unanswered")
+
+
+def _add_counts(totals: collections.Counter[str], record: ConnectionRecord) -> None:
+    for name in RECORD_COUNTS:
+        totals[name] += getattr(record, name)
+    datagram = record.extra.get("datagram")
+    if datagram is not None:
+        add_datagram_counts(totals, datagram())
+
+
+def add_datagram_counts(totals: collections.Counter[str], status: Mapping[str, Any]) -> None:
+    """Add a datagram session's ``datagram_status()`` counts to ``totals`` (``unreliable_lost``, ...)."""
+    totals["datagrams_in"] += status["datagrams_in"]
+    totals["datagrams_out"] += status["datagrams_out"]
+    totals["retransmissions"] += status["retransmissions"]
+    for name, count in status["unreliable"].items():
+        totals["unreliable_" + name] += count
 
 
 class ConnectFailed(Exception):
@@ -461,6 +490,14 @@ class ConnectionManager:
         self.pending_connects: dict[int, ConnectionRecord] = {}
         self.history: collections.deque[ConnectionRecord] = collections.deque(maxlen=history)
         self.counters: collections.Counter[str] = collections.Counter()
+        #: Every close and failed connect since start, by reason, initiator
+        #: and direction (``history`` forgets; this does not).
+        self.closes: collections.Counter[tuple[CloseReason, Initiator, Direction]] = collections.Counter()
+        #: What the connections that have ended carried, summed when each
+        #: ended: ``bytes_in``, ``messages_out``, ``probes_sent``, ... and, for
+        #: datagram sessions, their ``datagram_status`` counts. With the live
+        #: records' own counts, these are totals since start (for metrics).
+        self.ended: collections.Counter[str] = collections.Counter()
         self._per_address: collections.Counter[str] = collections.Counter()
         self._inbound = 0
         self._observers: list[Callable[[str, ManagedConnection | ConnectionRecord], None]] = []
@@ -642,6 +679,9 @@ class ConnectionManager:
             record.detail = closure.detail
         self.history.append(record)
         self.counters[str(closure.reason)] += 1
+        # Once per connection, never per message: totals outlive the history.
+        self.closes[closure.reason, closure.initiator, record.direction] += 1
+        _add_counts(self.ended, record)
 
     def _notify(self, event: str, subject: Any) -> None:
         for observer in list(self._observers):

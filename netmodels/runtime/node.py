@@ -13,8 +13,8 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from attrs import field, frozen
 from twisted.application.service import MultiService, Service
@@ -38,6 +38,9 @@ from netmodels.runtime.session import DATA_TYPES, Session, SessionFactory, Sessi
 from netmodels.runtime.timers import TimerWheel
 from netmodels.runtime.topology import default_settings
 from netmodels.transports.udp import DatagramListeningPort, DatagramOptions, is_datagram, parse_endpoint
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 __all__ = ["ListenFailed", "ListeningService", "Node", "NodeConfig", "default_node_id", "endpoint_label"]
 
@@ -177,6 +180,8 @@ class Node(MultiService):
         self.stop_hooks: list[Callable[[], None]] = []
         #: HTTP resources a topology serves on the status endpoint, by path segment.
         self.routes: dict[str, Any] = {}
+        #: A topology's metrics for ``GET /metrics``: each is called at a scrape.
+        self.metric_collectors: list[Callable[[], Iterable[Metric]]] = []
         #: What the topology's ``build`` returned: its state on this node.
         self.topology_state: object = None
         self.config = config
@@ -283,6 +288,10 @@ class Node(MultiService):
     def add_route(self, name: str, resource: Any) -> None:
         """An ``IResource`` served at ``/<name>`` on the ``--status`` endpoint."""
         self.routes[name] = resource
+
+    def add_metrics(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        """Metric families of the topology's own, made by ``collect()`` at each scrape of ``GET /metrics``."""
+        self.metric_collectors.append(collect)
 
     def on_start(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` once the node listens (before the application starts)."""

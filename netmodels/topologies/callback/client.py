@@ -8,6 +8,7 @@ import collections
 from typing import Any
 
 import attrs
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from twisted.internet.interfaces import IDelayedCall
 
 from netmodels.core.connection import Direction
@@ -67,6 +68,7 @@ class CallbackClient:
         node.add_handler(DELIVER, self._deliver_received)
         node.manager.subscribe(self._connection_event)
         node.add_status_section("callback", self.status)
+        node.add_metrics(self.metrics)
         node.on_stop(self.stop)
 
     def listen(self, description: str) -> None:
@@ -95,6 +97,20 @@ class CallbackClient:
             "received": {CALLBACK: self.received[CALLBACK], FALLBACK: self.received[FALLBACK]},
             "duplicates": self.duplicates,
         }
+
+    def metrics(self) -> list[Metric]:
+        """For ``GET /metrics``: messages received by path, and duplicates dropped."""
+        received = CounterMetricFamily(
+            "netmodels_callback_received",
+            "Messages handed to the application, by path: callback (the server dialled us) or fallback.",
+            labels=["path"],
+        )
+        for path in (CALLBACK, FALLBACK):
+            received.add_metric([path], self.received[path])
+        duplicates = CounterMetricFamily(
+            "netmodels_callback_duplicates", "Messages received again and dropped.", self.duplicates
+        )
+        return [received, duplicates]
 
     def _connection_event(self, event: str, subject: Any) -> None:
         if not isinstance(subject, ManagedConnection):

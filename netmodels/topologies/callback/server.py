@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 from attrs import define, field
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.logger import Logger
@@ -166,6 +167,7 @@ class CallbackServer:
         node.manager.subscribe(self._connection_event)
         node.on_liveness(self._liveness)
         node.add_status_section("callback", self.status)
+        node.add_metrics(self.metrics)
         node.add_route("deliver", DeliverResource(self))
         node.on_stop(self.stop)
 
@@ -238,6 +240,39 @@ class CallbackServer:
             "counters": dict(self.counters),
             "clients": clients,
         }
+
+    def metrics(self) -> list[Metric]:
+        """For ``GET /metrics``: deliveries by path, the outbox's depth, what was accepted or refused."""
+        counters = self.counters
+        delivered = CounterMetricFamily(
+            "netmodels_callback_delivered",
+            "Messages the clients acknowledged (they left the outbox), by the path they took: "
+            "callback (we dialled the client) or fallback (its control connection).",
+            labels=["path"],
+        )
+        for path in (CALLBACK, FALLBACK):
+            delivered.add_metric([path], counters[f"delivered_{path}"])
+        refused = CounterMetricFamily(
+            "netmodels_callback_refused",
+            "Messages refused by deliver(): outbox full, or client never registered.",
+            labels=["why"],
+        )
+        for why in ("full", "unknown"):
+            refused.add_metric([why], counters[f"refused_{why}"])
+        return [
+            delivered,
+            GaugeMetricFamily(
+                "netmodels_callback_outbox_depth", "Messages waiting in the outbox.", self.outbox.depth()
+            ),
+            CounterMetricFamily(
+                "netmodels_callback_accepted", "Messages accepted into the outbox.", counters["accepted"]
+            ),
+            refused,
+            CounterMetricFamily("netmodels_callback_dials", "Callback dials started.", counters["dials"]),
+            CounterMetricFamily(
+                "netmodels_callback_dial_failures", "Callback dials that failed.", counters["dial_failures"]
+            ),
+        ]
 
     # Delivery
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import attrs
 from attrs import define
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.logger import Logger
 
 from netmodels.core.frames import Hello, MessageType, encode_frame
@@ -89,6 +90,7 @@ class Hub:
         self.raw_listeners: list[Any] = []
         node.manager.subscribe(self._connection_event)
         node.add_status_section("many_to_one", self.status)
+        node.add_metrics(self.metrics)
         if self.role == "server":
             # A client's groups are checked with the rest of its HELLO, so a
             # bad list is a fatal protocol error it is told about in a BYE.
@@ -195,6 +197,29 @@ class Hub:
             "groups": {name: len(members) for name, members in sorted(self._by_group.items())},
             "clients": clients,
         }
+
+    def metrics(self) -> list[Metric]:
+        """For ``GET /metrics``: slow consumers dropped, and the clients (on the server)."""
+        dropped = CounterMetricFamily(
+            "netmodels_many_to_one_slow_consumers_dropped",
+            "Clients dropped by the slow-consumer policy (closed as rejected).",
+            self.counters["slow_consumers_dropped"],
+        )
+        if self.role != "server":
+            return [dropped]
+        clients = GaugeMetricFamily(
+            "netmodels_many_to_one_clients",
+            "Connected clients, by kind (netmodels or raw line) and whether they read (writable, paused).",
+            labels=["kind", "state"],
+        )
+        counts = collections.Counter(
+            (client.kind, "writable" if client.peer.writable else "paused")
+            for client in self._clients.values()
+        )
+        for kind in ("netmodels", "raw"):
+            for state in ("writable", "paused"):
+                clients.add_metric([kind, state], counts[kind, state])
+        return [dropped, clients]
 
     def log_raw_listeners(self) -> None:
         for listener in self.raw_listeners:

@@ -27,6 +27,7 @@ de-duplication.
 
 from __future__ import annotations
 
+import collections
 import enum
 import json
 import random
@@ -35,6 +36,7 @@ from typing import Any
 
 import attrs
 from attrs import define, field
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
@@ -264,6 +266,7 @@ class Mesh:
         node.manager.subscribe(self._connection_event)
         node.add_status_section("peers", lambda: [m.as_dict() for m in self.members.values()])
         node.add_status_section("mesh", self.status)
+        node.add_metrics(self.metrics)
 
     # Life
 
@@ -329,6 +332,29 @@ class Mesh:
             "by_state": {str(s): states.count(s) for s in PeerState},
             "broadcasts": dict(self.counters),
         }
+
+    def metrics(self) -> list[Metric]:
+        """For ``GET /metrics``: members by state, and what became of broadcast copies."""
+        members = GaugeMetricFamily(
+            "netmodels_p2p_members", "Other nodes of the mesh this node knows, by state.", labels=["state"]
+        )
+        states = collections.Counter(m.state for m in self.members.values())
+        for state in PeerState:
+            members.add_metric([str(state)], states[state])
+        direct = GaugeMetricFamily(
+            "netmodels_p2p_direct_peers",
+            "Members with a ready connection to this node.",
+            value=sum(1 for m in self.members.values() if m.session is not None),
+        )
+        copies = CounterMetricFamily(
+            "netmodels_p2p_broadcast_copies",
+            "Broadcast copies: sent and relayed (started here), delivered (first copy, to the "
+            "application), duplicates (a copy seen before, dropped), forwarded (copies sent on to peers).",
+            labels=["event"],
+        )
+        for event, count in self.counters.items():
+            copies.add_metric([event], count)
+        return [members, direct, copies]
 
     # Connections
 
