@@ -178,3 +178,7 @@ class WheelTests(SynchronousTestCase):
 
             helped = _run(self, [str(venv / "bin" / "twistd"), "--help"], RUN_TIMEOUT, cwd=elsewhere, env=env)
             self.assertIn("netmodels", helped.stdout)
+
+            # The operator CLI is a console script of the package.
+            cli = _run(self, [str(venv / "bin" / "netmodels"), "--help"], RUN_TIMEOUT, cwd=elsewhere, env=env)
+            self.assertIn("monitor", cli.stdout)

@@ -1,0 +1,7 @@
+"""``python -m netmodels.cli``: the ``netmodels`` console script."""
+
+import sys
+
+from netmodels.cli.main import main
+
+sys.exit(main())
