@@ -22,7 +22,7 @@ from netmodels.runtime.interfaces import ITopology
 if TYPE_CHECKING:
     from netmodels.runtime.node import Node, NodeConfig
 
-__all__ = ["Topology", "default_settings"]
+__all__ = ["ServerAndClients", "Topology", "default_settings"]
 
 
 @implementer(ITopology, IPlugin)
@@ -70,6 +70,23 @@ class Topology:
 
     def __repr__(self) -> str:
         return f"<topology {self.name!r}>"
+
+
+class ServerAndClients(Topology):
+    """
+    A base for topologies of servers and the clients that dial them: a
+    server talks only to clients, a client only to servers.
+    """
+
+    roles: ClassVar[tuple[str, ...]] = ("server", "client")
+    #: How the refusal names the roles: "callback " makes "a callback server talks to ...".
+    role_prefix: ClassVar[str] = ""
+
+    def check_peer(self, our_role: str, peer_role: str) -> str | None:
+        expected = "client" if our_role == "server" else "server"
+        if peer_role != expected:
+            return f"a {self.role_prefix}{our_role} talks to a {expected}, and the peer is a {peer_role}"
+        return None
 
 
 def default_settings(topology: ITopology) -> object:

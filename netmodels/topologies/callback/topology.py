@@ -38,7 +38,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from netmodels.runtime.node import Node, NodeConfig
-from netmodels.runtime.topology import Topology
+from netmodels.runtime.topology import ServerAndClients
 from netmodels.topologies.callback.client import CallbackClient
 from netmodels.topologies.callback.messages import MESSAGE_TYPES
 from netmodels.topologies.callback.options import CallbackOptions, CallbackSettings
@@ -57,7 +57,7 @@ def callback_of(node: Node) -> CallbackServer | CallbackClient | None:
     return state if isinstance(state, CallbackServer | CallbackClient) else None
 
 
-class Callback(Topology):
+class Callback(ServerAndClients):
     """
     The "port 25" model: clients register a callback endpoint over a control
     connection; the server dials back to deliver, or falls back to the
@@ -69,7 +69,7 @@ class Callback(Topology):
         "clients register a --callback endpoint; the server dials back to deliver "
         "(fallback: the control connection), keeping undelivered messages in an outbox"
     )
-    roles = ("server", "client")
+    role_prefix = "callback "
     default_app = "inbox"
 
     options = CallbackOptions
@@ -94,12 +94,6 @@ class Callback(Topology):
                 )
             if config.listen:
                 raise ValueError("--listen: a callback client listens on its --callback endpoint only")
-
-    def check_peer(self, our_role: str, peer_role: str) -> str | None:
-        expected = "client" if our_role == "server" else "server"
-        if peer_role != expected:
-            return f"a callback {our_role} talks to a {expected}, and the peer is a {peer_role}"
-        return None
 
     def build(self, node: Node) -> CallbackServer | CallbackClient:
         config = node.config

@@ -14,7 +14,7 @@ from netmodels.core.reasons import CloseReason, Initiator
 from netmodels.runtime.application import Application
 from netmodels.runtime.interfaces import IPeer
 from netmodels.runtime.session import PeerClosed
-from netmodels.runtime.topology import Topology
+from netmodels.runtime.topology import ServerAndClients
 
 if TYPE_CHECKING:
     from netmodels.runtime.node import Node, NodeConfig
@@ -110,7 +110,7 @@ class ClientServerOptions(usage.Options):
         super().postOptions()
 
 
-class ClientServer(Topology):
+class ClientServer(ServerAndClients):
     """
     One server, clients that dial it. Clients send requests (with correlation
     ids, many in flight) and messages; the server answers.
@@ -118,7 +118,6 @@ class ClientServer(Topology):
 
     name = "client-server"
     description = "servers listen, clients dial and send requests (request/response, echo)"
-    roles = ("server", "client")
     options = ClientServerOptions
 
     def settings(self, options: Mapping[str, Any]) -> ClientServerSettings:
@@ -130,12 +129,6 @@ class ClientServer(Topology):
             raise ValueError("--listen: the server role needs at least one endpoint to listen on")
         if config.role == "client" and not config.connect:
             raise ValueError("--connect: the client role needs at least one endpoint to dial")
-
-    def check_peer(self, our_role: str, peer_role: str) -> str | None:
-        expected = "client" if our_role == "server" else "server"
-        if peer_role != expected:
-            return f"a {our_role} talks to a {expected}, and the peer is a {peer_role}"
-        return None
 
     def build(self, node: Node) -> None:
         for description in node.config.listen:

@@ -9,7 +9,7 @@ from typing import Any
 
 from netmodels.runtime.endpoints import check_endpoint
 from netmodels.runtime.node import Node, NodeConfig
-from netmodels.runtime.topology import Topology
+from netmodels.runtime.topology import ServerAndClients
 from netmodels.topologies.many_to_one.groups import check_groups
 from netmodels.topologies.many_to_one.hub import Hub
 from netmodels.topologies.many_to_one.options import ManyToOneOptions, ManyToOneSettings
@@ -18,7 +18,7 @@ from netmodels.topologies.many_to_one.raw import RawLineFactory, _raw_rejection
 __all__ = ["ManyToOne"]
 
 
-class ManyToOne(Topology):
+class ManyToOne(ServerAndClients):
     """
     One server, many clients. Clients dial the server and send to it (fan-in);
     the server sends to all of them or to a group (fan-out). The server may
@@ -30,7 +30,7 @@ class ManyToOne(Topology):
         "one server, many clients: fan-in, fan-out to all or to a --group; "
         "--raw-listen for nc/socat line clients"
     )
-    roles = ("server", "client")
+    role_prefix = "many-to-one "
     default_app = "chat"
 
     options = ManyToOneOptions
@@ -69,12 +69,6 @@ class ManyToOne(Topology):
                 raise ValueError("--raw-listen: only the server role accepts raw line clients")
             if config.listen:
                 raise ValueError("--listen: a many-to-one client dials its server and listens on nothing")
-
-    def check_peer(self, our_role: str, peer_role: str) -> str | None:
-        expected = "client" if our_role == "server" else "server"
-        if peer_role != expected:
-            return f"a many-to-one {our_role} talks to a {expected}, and the peer is a {peer_role}"
-        return None
 
     def build(self, node: Node) -> Hub:
         config = node.config
