@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from netmodels.cli.client import base_url
 from netmodels.cli.events import changes
-from netmodels.cli.render import age, connections_table, event_line, members_table, table
+from netmodels.cli.render import age, connections_table, event_line, members_table, status_text, table
 
 
 def record(
@@ -162,6 +162,20 @@ class RenderTests(SynchronousTestCase):
             lines[1].split(), ["1", "inbound", "tcp", "127.0.0.1:40001", "peer1", "closed", "12s", "reset",
                                "remote", "-", "2.1ms", "1/2", "10/20"],
         )  # fmt: skip
+
+    def test_status_sections(self) -> None:
+        """A topology's section is one line; a table inside it is counted, not spelled out."""
+        document = status([record(1)])
+        document["node"] = {"id": "hub", "topology": "many-to-one", "role": "server", "transport": "tcp",
+                            "app": "chat", "listening": ["tcp:127.0.0.1:8750"], "connecting": []}  # fmt: skip
+        document["many_to_one"] = {
+            "clients": {"a": {"backlog": 0}, "b": {"backlog": 3}},
+            "dropped": {"slow": 1},
+        }
+        lines = dict(line.split(None, 1) for line in status_text(document).splitlines())
+        self.assertEqual(lines["many_to_one"], "clients=2 dropped={slow=1}")
+        self.assertEqual(lines["node"], "hub: many-to-one server over tcp, app chat")
+        self.assertEqual(lines["connections"], "open 1")
 
     def test_members_table(self) -> None:
         lines = members_table([member("b", connected=False, last_reason="timeout")], now=1000.0).splitlines()

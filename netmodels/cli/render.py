@@ -122,7 +122,10 @@ def _section(section: Any) -> str:
         return str(section)
     pairs = []
     for key, value in section.items():
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and any(isinstance(inner, Mapping | list) for inner in value.values()):
+            # A table of its own (a hub's clients, say): --json has it; here, how many.
+            value = f"{len(value)}"
+        elif isinstance(value, Mapping):
             value = "{" + _section(value).replace(" ", ",") + "}"
         elif isinstance(value, list | tuple):
             value = ",".join(str(item) for item in value) or "-"
