@@ -34,6 +34,8 @@ PKG_FILES += $(sort $(wildcard netmodels/daemon/static/*))
 STATUS_PORT ?= 8080
 DEMO_PORT ?= 8750
 STATUS_URL = http://127.0.0.1:$(STATUS_PORT)/status
+# The demo's admin token: made on the first make run, kept in the venv (mode 0600).
+ADMIN_TOKEN_FILE = $(VENV)/admin-token
 
 .PHONY: help setup sysdeps run test lab lint docs bench fuzz clean distclean FORCE
 
@@ -90,9 +92,13 @@ sysdeps:
 
 # A start-up failure is one line from twistd (exit status 1); say which ports to change.
 run: setup
+	@[ -s $(ADMIN_TOKEN_FILE) ] || (umask 077; head -c 32 /dev/urandom | base64 > $(ADMIN_TOKEN_FILE))
 	@echo "netmodels status page: $(STATUS_URL)"
+	@echo "admin token (close and reset, on the page or with the CLI) in $(ADMIN_TOKEN_FILE):"
+	@echo "  NETMODELS_TOKEN=\$$(cat $(ADMIN_TOKEN_FILE)) $(VENV)/bin/netmodels reset http://127.0.0.1:$(STATUS_PORT) ID"
 	@$(VENV)/bin/twistd -n --pidfile= netmodels --demo \
 	  --listen tcp:$(DEMO_PORT):interface=127.0.0.1 --status tcp:$(STATUS_PORT):interface=127.0.0.1 \
+	  --admin-token-file $(ADMIN_TOKEN_FILE) \
 	  || { rc=$$?; [ $$rc -ne 1 ] || echo "make run: is port $(STATUS_PORT) or $(DEMO_PORT) taken? Choose others: make run STATUS_PORT=8081 DEMO_PORT=8751" >&2; exit $$rc; }
 
 # Both runners always run; the target fails if either fails.

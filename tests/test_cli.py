@@ -38,6 +38,7 @@ from ._support import (
 from .test_integration_callback import TOKEN, WaitingInbox, callback_config, server_of, when
 
 CLI = [sys.executable, "-m", "netmodels.cli"]
+ADMIN_TOKEN = "cli-test-admin-token"
 
 
 def one_line(testcase: TestCase | SynchronousTestCase, stderr: str) -> str:
@@ -71,16 +72,17 @@ class _CountingSite(Site):
 class CommandTests(TestCase):
     timeout = TIMEOUT
 
-    def serve_status(self, *nodes: RunningNode) -> str:
-        site = _CountingSite(status_site([running.node for running in nodes]).resource)
+    def serve_status(self, *nodes: RunningNode, admin_token: str | None = ADMIN_TOKEN) -> str:
+        site = _CountingSite(status_site([running.node for running in nodes], admin_token).resource)
         port = reactor.listenTCP(0, site, interface=LOOPBACK)
         self.addCleanup(lambda: port.stopListening() if port.connected else None)
         self.site, self.site_port = site, port
         return f"http://{LOOPBACK}:{port.getHost().port}"
 
-    def run_cli(self, *args: str) -> defer.Deferred[tuple[str, str, int]]:
+    def run_cli(self, *args: str, env: dict[str, str] | None = None) -> defer.Deferred[tuple[str, str, int]]:
         """Runs ``netmodels args`` while the reactor serves; fires with (stdout, stderr, exit code)."""
-        ran = utils.getProcessOutputAndValue(CLI[0], CLI[1:] + list(args), env=dict(os.environ))
+        environment = {name: value for name, value in os.environ.items() if name != "NETMODELS_TOKEN"}
+        ran = utils.getProcessOutputAndValue(CLI[0], CLI[1:] + list(args), env={**environment, **(env or {})})
         return ran.addCallback(lambda result: (result[0].decode(), result[1].decode(), result[2]))
 
     @defer.inlineCallbacks
@@ -111,7 +113,7 @@ class CommandTests(TestCase):
         server, client, url = yield self.client_server()
         [connection_id] = server.manager.live
         reset_seen = client.events.wait("closed")
-        out, err, code = yield self.run_cli("reset", url, str(connection_id))
+        out, err, code = yield self.run_cli("reset", url, str(connection_id), "--token", ADMIN_TOKEN)
         self.assertEqual((code, out, err), (0, f"reset: connection {connection_id} on node "
                                                f"{server.node.config.node_id}\n", ""))  # fmt: skip
         event = yield reset_seen
@@ -128,7 +130,10 @@ class CommandTests(TestCase):
         server, client, url = yield self.client_server()
         [connection_id] = server.manager.live
         closed = client.events.wait("closed")
-        _, _, code = yield self.run_cli("close", url, str(connection_id), "--json")
+        # The token from the environment, as a script would pass it.
+        _, _, code = yield self.run_cli(
+            "close", url, str(connection_id), "--json", env={"NETMODELS_TOKEN": ADMIN_TOKEN}
+        )
         self.assertEqual(code, 0)
         event = yield closed
         self.assertEqual(event.record.reason, CloseReason.CLEAN)
@@ -136,7 +141,7 @@ class CommandTests(TestCase):
     @defer.inlineCallbacks
     def test_refusals_exit_1(self) -> Any:
         _, _, url = yield self.client_server()
-        _, err, code = yield self.run_cli("reset", url, "999")
+        _, err, code = yield self.run_cli("reset", url, "999", "--token", ADMIN_TOKEN)
         self.assertEqual(code, EXIT_REFUSED)
         self.assertIn("404", one_line(self, err))
         self.assertIn("no live connection 999", err)
@@ -147,6 +152,23 @@ class CommandTests(TestCase):
 
         _, err, code = yield self.run_cli("status", url, "--node", "nobody")
         self.assertEqual((code, one_line(self, err)), (EXIT_REFUSED, f"netmodels: no node 'nobody' at {url}"))
+
+    @defer.inlineCallbacks
+    def test_commands_need_the_admin_token(self) -> Any:
+        """Without the admin token, or on a node that has none, reset exits 4 and the connection stays."""
+        server, _, url = yield self.client_server()
+        [connection_id] = server.manager.live
+        for extra in ((), ("--token", "wrong")):
+            _, err, code = yield self.run_cli("reset", url, str(connection_id), *extra)
+            self.assertEqual(code, EXIT_AUTH)
+            self.assertIn("401", one_line(self, err))
+            self.assertIn("missing or wrong bearer token", err)
+        tokenless = self.serve_status(server, admin_token=None)
+        _, err, code = yield self.run_cli("close", tokenless, str(connection_id), "--token", ADMIN_TOKEN)
+        self.assertEqual(code, EXIT_AUTH)
+        self.assertIn("403", one_line(self, err))
+        self.assertIn("no --admin-token-file", err)
+        self.assertIn(connection_id, server.manager.live)
 
     @defer.inlineCallbacks
     def test_monitor_follows_a_close(self) -> Any:

@@ -1,8 +1,9 @@
 """
 The dashboard at ``/`` in a real browser: headless Chromium under Selenium
 against a real ``twistd netmodels`` server and client. The page loads without
-console errors, shows the client's connection live, and shows it closed with
-its reason once an operator resets it. Also, without a browser: the page is
+console errors, shows the client's connection live, refuses the reset button
+without the admin token, and shows the connection closed with its reason once
+the operator resets it with the token. Also, without a browser: the page is
 served whole (stylesheet and script inlined, nothing from another host).
 
 Skips, saying what to install, where Chromium, chromedriver or selenium is missing.
@@ -10,8 +11,7 @@ Skips, saying what to install, where Chromium, chromedriver or selenium is missi
 
 from __future__ import annotations
 
-import json
-import urllib.request
+import os
 from typing import Any
 
 from twisted.internet import defer, threads
@@ -20,7 +20,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from netmodels.daemon.dashboard import dashboard_page
 
 from . import _browser
-from ._support import listening_port, spawn_twistd, status_port, unique_id
+from ._support import listening_port, spawn_twistd, status_port, temp_dir, unique_id
 
 try:
     import pytest
@@ -39,19 +39,17 @@ def console_errors(driver: Any) -> list[dict[str, Any]]:
     return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
-def post(url: str) -> dict[str, Any]:
-    request = urllib.request.Request(url, method="POST", data=b"")
-    with urllib.request.urlopen(request, timeout=5) as response:
-        document: dict[str, Any] = json.loads(response.read())
-        return document
+ADMIN_TOKEN = "dashboard-test-admin-token"
 
 
 def watch_a_reset(status: int, server_id: str, client_id: str) -> dict[str, Any]:
     """
     In a thread (Selenium blocks): load the page, wait for the client's
-    connection to show open, reset it through the status endpoint, and wait
-    for the page to show it closed. Returns what the page showed.
+    connection to show open, press its reset button with a wrong admin token,
+    then with the right one, and wait for the page to show it closed.
+    Returns what the page showed.
     """
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -66,7 +64,25 @@ def watch_a_reset(status: int, server_id: str, client_id: str) -> dict[str, Any]
         connection_id = live[0].get_attribute("data-id")
         errors_on_load = console_errors(driver)
 
-        done = post(f"{base}connections/{connection_id}/reset?node={server_id}")
+        def press_reset(token: str) -> str:
+            field = driver.find_element(By.ID, "admin-token")
+            field.clear()
+            field.send_keys(token)
+            before = driver.find_element(By.ID, "command-result").text
+            # Looked up again each time: the table is redrawn every second.
+            button = f'{row}[data-id="{connection_id}"][data-state="open"] button[title^="reset"]'
+            WebDriverWait(driver, PAGE_DEADLINE, ignored_exceptions=(StaleElementReferenceException,)).until(
+                lambda d: d.find_element(By.CSS_SELECTOR, button).click() or True
+            )
+            return str(
+                WebDriverWait(driver, PAGE_DEADLINE).until(
+                    lambda d: (text := d.find_element(By.ID, "command-result").text) != before and text
+                )
+            )
+
+        refused = press_reset("wrong-token")
+        errors_refused = console_errors(driver)
+        done = press_reset(ADMIN_TOKEN)
 
         closed_row = f'{row}[data-id="{connection_id}"][data-state="closed"]'
         closed = WebDriverWait(driver, PAGE_DEADLINE).until(
@@ -79,6 +95,9 @@ def watch_a_reset(status: int, server_id: str, client_id: str) -> dict[str, Any]
         bars = driver.find_elements(By.CSS_SELECTOR, '#closes-chart rect[data-reason="aborted"]')
         return {
             "errors_on_load": errors_on_load,
+            "connection_id": connection_id,
+            "refused": refused,
+            "errors_refused": errors_refused,
             "done": done,
             "reason": closed.get_attribute("data-reason"),
             "reason_text": reason_cell.text,
@@ -103,8 +122,15 @@ class DashboardInBrowserTests(TestCase):
     def test_shows_a_connection_closing_with_its_reason(self) -> Any:
         server_id = unique_id("srv")
         client_id = unique_id("cli")
+        token_file = os.path.join(temp_dir(self), "admin-token")
+        with open(token_file, "w") as file:
+            file.write(ADMIN_TOKEN + "\n")
         server = spawn_twistd(
-            self, ["netmodels", "--listen", LOOPBACK_ANY, "--status", LOOPBACK_ANY, "--node-id", server_id]
+            self,
+            [
+                *("netmodels", "--listen", LOOPBACK_ANY, "--status", LOOPBACK_ANY, "--node-id", server_id),
+                *("--admin-token-file", token_file),
+            ],
         )
         port = yield listening_port(server)
         status = yield status_port(server)
@@ -119,7 +145,12 @@ class DashboardInBrowserTests(TestCase):
         seen = yield threads.deferToThread(watch_a_reset, status, server_id, client_id)
 
         self.assertEqual(seen["errors_on_load"], [])
-        self.assertEqual(seen["done"]["done"], "reset")
+        self.assertEqual(
+            seen["refused"], f"reset {seen['connection_id']} on {server_id}: missing or wrong bearer token"
+        )
+        # The refused request is the only thing the console reports: the browser logs a 401.
+        self.assertEqual([" 401 " in entry["message"] for entry in seen["errors_refused"]], [True])
+        self.assertEqual(seen["done"], f"reset {seen['connection_id']} on {server_id}: done")
         # The server sent the RST itself: "aborted" by the local side, and why.
         self.assertEqual(seen["reason"], "aborted")
         self.assertEqual(seen["reason_text"], "aborted")

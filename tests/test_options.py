@@ -6,11 +6,14 @@ is a usage error that starts with the option's name and says what is wrong.
 from __future__ import annotations
 
 import os
+from typing import Any
 
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from netmodels.daemon.tap import Options, default_state_dir
+from netmodels.daemon.tap import Options, default_state_dir, makeService
+from netmodels.runtime.endpoints import reachable_beyond_loopback
 
 LISTEN = ("--listen", "tcp:0")
 
@@ -94,6 +97,16 @@ ERRORS: list[tuple[tuple[str, ...], str]] = [
         ("-t", "many-to-one", "-r", "client"),
         "--connect: a many-to-one client dials exactly one server, not 0 endpoints",
     ),
+    # the status endpoint's admin token
+    (
+        ("--admin-token-file", "/nonexistent/x", *LISTEN, "--status", "tcp:0"),
+        "--admin-token-file: cannot read '/nonexistent/x': ...",
+    ),
+    (
+        ("--admin-token-file", "/dev/null", *LISTEN, "--status", "tcp:0"),
+        "--admin-token-file: '/dev/null' holds no token (its first line is empty)",
+    ),
+    (("--admin-token-file", "f", *LISTEN), "--admin-token-file: it guards --status; give --status too"),
     # callback
     (
         ("-t", "callback", *LISTEN, "--outbox-limit", "0"),
@@ -174,3 +187,45 @@ class StateDirTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--listen", "tcp:0", "--state-dir", "/tmp/here"])
         self.assertEqual(options["config"].state_dir, "/tmp/here")
+
+
+class StatusExposureTests(SynchronousTestCase):
+    """A status endpoint other machines can reach, with no admin token, is warned about at start-up."""
+
+    def test_which_endpoints_reach_beyond_loopback(self) -> None:
+        for description, beyond in [
+            ("tcp:8080", True),
+            ("tcp:8080:interface=0.0.0.0", True),
+            ("tcp6:8080:interface=\\:\\:", True),
+            ("tcp:8080:interface=192.0.2.7", True),
+            ("tcp:8080:interface=node.example", True),
+            ("systemd:domain=INET:index=0", True),
+            ("tcp:8080:interface=127.0.0.1", False),
+            ("tcp:port=8080:interface=127.0.0.9", False),
+            ("tcp6:8080:interface=\\:\\:1", False),
+            ("tcp:8080:interface=localhost", False),
+            ("unix:/run/netmodels.sock", False),
+        ]:
+            self.assertEqual(reachable_beyond_loopback(description), beyond, description)
+
+    def warnings(self, *args: str) -> list[str]:
+        options = Options()
+        options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", *args])
+        seen: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(seen.append)
+        try:
+            makeService(options)
+        finally:
+            globalLogPublisher.removeObserver(seen.append)
+        return [formatEvent(event) for event in seen if event.get("log_level") == LogLevel.warn]
+
+    def test_warned_without_a_token(self) -> None:
+        [warning] = self.warnings("--status", "tcp:0")
+        self.assertIn("--status tcp:0 can be reached from other machines", warning)
+        self.assertEqual(self.warnings("--status", "tcp:0:interface=127.0.0.1"), [])
+
+    def test_not_warned_with_a_token(self) -> None:
+        token_file = self.mktemp()
+        with open(token_file, "w") as file:
+            file.write("a-token\n")
+        self.assertEqual(self.warnings("--status", "tcp:0", "--admin-token-file", token_file), [])

@@ -14,11 +14,21 @@ from netmodels.core.reasons import CloseReason, Initiator
 from netmodels.daemon.status import StatusPage
 from tests.test_testing import CLIENT_ID, SERVER_ID, Pair
 
+ADMIN_TOKEN = "status-test-admin-token"
 
-def render(root: StatusPage, method: bytes, path: str, args: dict[bytes, list[bytes]] | None = None) -> Any:
+
+def render(
+    root: StatusPage,
+    method: bytes,
+    path: str,
+    args: dict[bytes, list[bytes]] | None = None,
+    token: str | None = ADMIN_TOKEN,
+) -> Any:
     request = DummyRequest([segment.encode() for segment in path.strip("/").split("/")])
     request.method = method
     request.args = args or {}
+    if token is not None:
+        request.requestHeaders.addRawHeader(b"authorization", f"Bearer {token}".encode())
     resource = getChildForRequest(root, request)
     body = resource.render(request)
     return request.responseCode or 200, body
@@ -28,7 +38,7 @@ class StatusSiteTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.pair = Pair()
         self.pair.start()
-        self.root = StatusPage([self.pair.server, self.pair.client])
+        self.root = StatusPage([self.pair.server, self.pair.client], admin_token=ADMIN_TOKEN)
 
     def tearDown(self) -> None:
         self.pair.stop()
@@ -74,6 +84,19 @@ class StatusSiteTests(SynchronousTestCase):
         self.assertEqual(self.pair.client_record().reason, CloseReason.ABORTED)
         server = self.pair.server_record()
         self.assertEqual((server.reason, server.errno), (CloseReason.RESET, "ECONNRESET"))
+
+    def test_commands_need_the_admin_token(self) -> None:
+        """No token or a wrong one: 401 and nothing happens; a node without an admin token: 403."""
+        connection_id = self.pair.server_record().id
+        for token in (None, "wrong", ADMIN_TOKEN + "x", ""):
+            code, body = render(self.root, b"POST", f"/connections/{connection_id}/reset", token=token)
+            self.assertEqual((code, json.loads(body)["error"]), (401, "missing or wrong bearer token"))
+        without = StatusPage([self.pair.server])
+        code, body = render(without, b"POST", f"/connections/{connection_id}/close")
+        self.assertEqual(code, 403)
+        self.assertIn("no --admin-token-file", json.loads(body)["error"])
+        self.pair.clock.advance(1)
+        self.assertEqual(self.pair.server_record().state, ConnectionState.OPEN)
 
     def test_unknown_connection_or_node_is_404(self) -> None:
         self.assertEqual(render(self.root, b"POST", "/connections/999/reset")[0], 404)

@@ -13,10 +13,13 @@ Run: python docs/examples/close_reasons.py   (about 5 s)
 
 import atexit
 import json
+import os
+import secrets
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -41,10 +44,16 @@ def twistd(*args):
 
 
 PORT, STATUS, CLIENT_STATUS, NOBODY = free_port(), free_port(), free_port(), free_port()
+# The status endpoint's POST /connections needs the admin token.
+ADMIN_TOKEN = secrets.token_urlsafe(24)
+descriptor, ADMIN_TOKEN_FILE = tempfile.mkstemp(suffix=".token")
+os.write(descriptor, ADMIN_TOKEN.encode() + b"\n")
+os.close(descriptor)
+atexit.register(os.remove, ADMIN_TOKEN_FILE)
 twistd(
     "--role", "server", "--node-id", "server",
     "--listen", f"tcp:{PORT}:interface=127.0.0.1",
-    "--status", f"tcp:{STATUS}:interface=127.0.0.1",
+    "--status", f"tcp:{STATUS}:interface=127.0.0.1", "--admin-token-file", ADMIN_TOKEN_FILE,
     "--keepalive", "0.3,0.2,2", "--handshake-timeout", "0.5", "--max-connections", "2",
 )  # fmt: skip
 twistd(
@@ -56,6 +65,7 @@ twistd(
 
 def http(port, path, method="GET"):
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+    request.add_header("Authorization", f"Bearer {ADMIN_TOKEN}")
     with urllib.request.urlopen(request, timeout=2) as response:
         return json.load(response)
 

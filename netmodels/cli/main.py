@@ -38,6 +38,17 @@ _json = click.option("--json", "as_json", is_flag=True, help="Print JSON for scr
 _node = click.option(
     "--node", metavar="ID", help="The node, when the process runs several (default: the first)."
 )
+
+
+def _token(purpose: str, required: bool = False) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    return click.option(
+        "--token",
+        envvar="NETMODELS_TOKEN",
+        required=required,
+        help=f"{purpose} (or NETMODELS_TOKEN in the environment, which keeps it out of ps).",
+    )
+
+
 _timeout = click.option(
     "--timeout",
     type=click.FloatRange(min=0.1),
@@ -123,11 +134,14 @@ def _connection_command(action: str, summary: str) -> click.Command:
     @_url
     @click.argument("connection_id", metavar="ID", type=click.IntRange(min=1))
     @_node
+    @_token("The node's admin token, from its --admin-token-file")
     @_json
     @_timeout
-    def command(url: str, connection_id: int, node: str | None, as_json: bool, timeout: float) -> None:
+    def command(
+        url: str, connection_id: int, node: str | None, token: str | None, as_json: bool, timeout: float
+    ) -> None:
         query = {"node": node} if node else None
-        answer = NodeClient(url, timeout).post(f"/connections/{connection_id}/{action}", query=query)
+        answer = NodeClient(url, timeout, token).post(f"/connections/{connection_id}/{action}", query=query)
         _show(answer, as_json, lambda done: f"{action}: connection {connection_id} on node {done['node']}")
 
     command.__doc__ = summary
@@ -144,12 +158,7 @@ cli.add_command(
 @_url
 @click.argument("client_id", metavar="CLIENT")
 @click.argument("message")
-@click.option(
-    "--token",
-    envvar="NETMODELS_TOKEN",
-    required=True,
-    help="The callback server's --token (or NETMODELS_TOKEN in the environment).",
-)
+@_token("The callback server's --token", required=True)
 @_json
 @_timeout
 def deliver(url: str, client_id: str, message: str, token: str, as_json: bool, timeout: float) -> None:

@@ -3,8 +3,8 @@
 ``GET /metrics`` its counters for Prometheus (:mod:`netmodels.daemon.metrics`).
 
 ``POST /connections/<id>/reset`` and ``/close`` end one connection with RST,
-or with BYE and FIN, for operators (serve the status endpoint on loopback or
-behind TLS: it has no authentication of its own).
+or with BYE and FIN, for operators who send ``Authorization: Bearer <admin
+token>`` (``--admin-token-file``); without an admin token they are off.
 
 Topologies add routes of their own (``ITopologyContext.add_route``): the
 callback topology's ``POST /deliver/<client>``, for one.
@@ -21,7 +21,7 @@ from twisted.web.server import Request, Site
 from netmodels.daemon.dashboard import Dashboard
 from netmodels.daemon.metrics import MetricsResource
 from netmodels.runtime.interfaces import IPeer
-from netmodels.runtime.web import json_response
+from netmodels.runtime.web import json_response, refuse_without_bearer
 
 __all__ = ["StatusPage", "status_site"]
 
@@ -45,11 +45,16 @@ class _ConnectionCommand(Resource):
 
     isLeaf = True
 
-    def __init__(self, nodes: Sequence[Any]) -> None:
+    def __init__(self, nodes: Sequence[Any], admin_token: str | None) -> None:
         super().__init__()
         self._nodes = nodes
+        self._admin_token = admin_token
 
     def render_POST(self, request: Request) -> bytes:
+        off = "the node has no --admin-token-file: POST /connections is off"
+        refusal = refuse_without_bearer(request, self._admin_token, off)
+        if refusal is not None:
+            return refusal
         parts = [part.decode("ascii", "replace") for part in request.postpath or []]
         if len(parts) != 2 or parts[1] not in ("reset", "close") or not parts[0].isdigit():
             return json_response(request, {"error": "use POST /connections/<id>/reset or /close"}, 404)
@@ -86,16 +91,19 @@ class _NotFound(Resource):
 
 
 class StatusPage(Resource):
-    """The root: the live page, ``status`` (the first node), ``status/all`` and ``metrics``."""
+    """
+    The root: the live page, ``status`` (the first node), ``status/all``,
+    ``metrics`` and the operator commands, which need ``admin_token``.
+    """
 
-    def __init__(self, nodes: Sequence[Any]) -> None:
+    def __init__(self, nodes: Sequence[Any], admin_token: str | None = None) -> None:
         super().__init__()
         self._nodes = nodes
         status = _StatusDocument(lambda: nodes[0].status())
         status.putChild(b"all", _StatusDocument(lambda: [node.status() for node in nodes]))  # type: ignore[arg-type,return-value]
         status.isLeaf = False
         self.putChild(b"status", status)
-        self.putChild(b"connections", _ConnectionCommand(nodes))
+        self.putChild(b"connections", _ConnectionCommand(nodes, admin_token))
         self.putChild(b"metrics", MetricsResource(nodes))
         # Routes topologies add (callback's /deliver); the first node's wins a name.
         for node in reversed(nodes):
@@ -111,8 +119,8 @@ class StatusPage(Resource):
         return _DASHBOARD.render(request)  # type: ignore[no-any-return]
 
 
-def status_site(nodes: Sequence[Any]) -> Site:
+def status_site(nodes: Sequence[Any], admin_token: str | None = None) -> Site:
     """A ``Site`` serving :class:`StatusPage` for ``nodes`` (the first is ``/status``)."""
-    site = Site(StatusPage(nodes))
+    site = Site(StatusPage(nodes, admin_token))
     site.displayTracebacks = False
     return site

@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.application.service import IService, IServiceCollection, MultiService
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import ILogObserver
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
 
@@ -26,11 +26,14 @@ from netmodels.core.frames import DEFAULT_MAX_FRAME
 from netmodels.core.keepalive import KeepaliveSettings
 from netmodels.daemon.logs import LOG_FORMATS, json_log_observer
 from netmodels.daemon.status import status_site
-from netmodels.runtime.endpoints import check_endpoint
+from netmodels.runtime.endpoints import check_endpoint, reachable_beyond_loopback
 from netmodels.runtime.node import ListenFailed, ListeningService, Node, NodeConfig, default_node_id
 from netmodels.runtime.registry import applications, topologies
+from netmodels.runtime.web import read_token_file
 
 __all__ = ["Options", "makeService"]
+
+_log = Logger(namespace="netmodels.daemon")
 
 
 def _number(option: str, text: str, minimum: float = 0.0, allow_zero: bool = False) -> float:
@@ -84,6 +87,13 @@ class Options(usage.Options):
             "s",
             None,
             "Endpoint for the HTTP status page, e.g. tcp:8080:interface=127.0.0.1.",
+        ],
+        [
+            "admin-token-file",
+            None,
+            None,
+            "File whose first line is the status endpoint's admin token: POST /connections/<id>/reset "
+            "and /close need Authorization: Bearer <token>; without it they are off.",
         ],
         [
             "state-dir",
@@ -221,6 +231,13 @@ class Options(usage.Options):
                 _check_endpoint(option, description, transport, server)
         if self["status"] is not None:
             _check_endpoint("status", self["status"], "tcp", server=True)
+        if self["admin-token-file"] is not None:
+            if self["status"] is None:
+                raise usage.UsageError("--admin-token-file: it guards --status; give --status too")
+            try:
+                self["admin-token"] = read_token_file("admin-token-file", self["admin-token-file"])
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
         if self["log-format"] not in LOG_FORMATS:
             raise usage.UsageError(f"--log-format: expected text or json, not {self['log-format']!r}")
         if self["log-format"] == "json" and self.parent is not None and self.parent.get("syslog"):
@@ -389,6 +406,14 @@ def makeService(options: Options) -> IService:
     for node in nodes:
         node.setServiceParent(top)
     if config.status is not None:
-        status = ListeningService(serverFromString(reactor, config.status), config.status, status_site(nodes))
+        admin_token = options.get("admin-token")
+        if admin_token is None and reachable_beyond_loopback(config.status):
+            _log.warn(
+                "--status {status} can be reached from other machines, and without --admin-token-file "
+                "anyone there reads every connection; keep it on loopback or behind a proxy",
+                status=config.status,
+            )
+        site = status_site(nodes, admin_token)
+        status = ListeningService(serverFromString(reactor, config.status), config.status, site)
         status.setServiceParent(top)
     return top

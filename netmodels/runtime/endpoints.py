@@ -8,13 +8,14 @@ the string, and every error names what is wrong.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from twisted.internet.endpoints import clientFromString, serverFromString
 
 from netmodels.transports.udp import is_datagram, parse_endpoint
 
-__all__ = ["check_endpoint", "endpoint_port"]
+__all__ = ["check_endpoint", "endpoint_port", "reachable_beyond_loopback"]
 
 _UNESCAPED_COLON = re.compile(r"(?<!\\):")
 #: Endpoint kinds whose strings carry a port, and where it is among the positional fields.
@@ -67,3 +68,27 @@ def check_endpoint(description: str, transport: str, server: bool) -> None:
         serverFromString(None, description)
     else:
         clientFromString(None, description)
+
+
+def reachable_beyond_loopback(description: str) -> bool:
+    """
+    Whether a server endpoint string may accept connections from other
+    machines: a ``tcp:``/``tcp6:``/``ssl:`` port on every interface or on one
+    that is not loopback. A Unix socket is not; any other kind is assumed to be.
+    """
+    kind, _, body = description.partition(":")
+    if kind == "unix":
+        return False
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return True
+    for field in _UNESCAPED_COLON.split(body):
+        key, equals, value = field.partition("=")
+        if equals and key == "interface":
+            interface = value.replace("\\:", ":")
+            if interface == "localhost":
+                return False
+            try:
+                return not ipaddress.ip_address(interface).is_loopback
+            except ValueError:
+                return True
+    return True

@@ -64,6 +64,8 @@ __all__ = [
 TOPOLOGY = "callback"
 #: The shared secret of server and client (``--token``), also the bearer token of ``POST /deliver``.
 TOKEN = "lab-token"
+#: The server's admin token (``--admin-token-file``), the bearer token of ``POST /connections``.
+ADMIN_TOKEN = "lab-admin-token"
 #: Where the client listens for the server's callbacks (on its own address).
 CALLBACK_PORT = SERVICE_PORT + 1
 #: Messages delivered while the killed client is down.
@@ -102,6 +104,9 @@ class CallbackCluster(Cluster):
         self.server_host, self.client_host = lab.hosts[0], lab.hosts[1]
         self.faulty_host = self.client_host
         self.state = os.path.join(lab.workdir, f"{self.client_id}-delivered.sqlite")
+        self.admin_token_file = os.path.join(lab.workdir, f"{self.server_id}-admin-token")
+        with open(self.admin_token_file, "w") as file:
+            file.write(ADMIN_TOKEN + "\n")
         self.server: LabNode | None = None
         self.client: LabNode | None = None
         #: Every message the server accepted (202), in order: what the client must log, each once.
@@ -112,6 +117,7 @@ class CallbackCluster(Cluster):
 
     def start(self, interval: float = 0.0) -> tuple[LabNode, LabNode]:
         args = ["--role", "server", *self.listen(self.server_host), "--token", TOKEN]
+        args += ["--admin-token-file", self.admin_token_file]
         self.server = self.spawn(self.server_host, self.server_id, args, TOPOLOGY)
         return self.server, self.restart_faulty()
 
@@ -331,7 +337,8 @@ def _close_callback_link(nodes: CallbackCluster) -> None:
     assert server is not None
     for record in server.connections():
         if record["state"] == "open" and record["direction"] == "outbound":
-            code, answer = nodes.server_host.post(STATUS_PORT, f"/connections/{record['id']}/close", b"")
+            path = f"/connections/{record['id']}/close"
+            code, answer = nodes.server_host.post(STATUS_PORT, path, b"", ADMIN_TOKEN)
             if code != 200:
                 raise LabError(f"closing the callback connection {record['id']}: HTTP {code}: {answer}")
             server.wait_closed(record["id"])

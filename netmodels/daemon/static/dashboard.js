@@ -96,10 +96,20 @@ function drawConnections(docs, now) {
   $("connections-summary").textContent = `${live} live, ${closed} recently closed`;
 }
 
+// The admin token (the node's --admin-token-file) for close and reset: kept for this tab only.
+const TOKEN_KEY = "netmodels-admin-token";
+$("admin-token").value = sessionStorage.getItem(TOKEN_KEY) || "";
+$("admin-token").addEventListener("input", (event) => sessionStorage.setItem(TOKEN_KEY, event.target.value));
+
 async function command(nodeId, connectionId, action) {
   const url = `connections/${connectionId}/${action}?node=${encodeURIComponent(nodeId)}`;
-  const response = await fetch(url, { method: "POST" });
-  if (!response.ok) showProblem(`${action} ${connectionId}: ${(await response.json()).error}`);
+  const token = $("admin-token").value.trim();
+  const response = await fetch(url, { method: "POST", headers: token ? { Authorization: `Bearer ${token}` } : {} });
+  const answer = await response.json();
+  // Stays until the next command (the problem line is redrawn every second).
+  const result = $("command-result");
+  result.textContent = `${action} ${connectionId} on ${nodeId}: ${response.ok ? "done" : answer.error}`;
+  result.className = response.ok ? "done" : "failed";
   tick();
 }
 

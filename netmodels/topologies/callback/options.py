@@ -9,6 +9,7 @@ from attrs import field, frozen
 from twisted.python import usage
 
 from netmodels.runtime.endpoints import check_endpoint
+from netmodels.runtime.web import read_token_file
 
 __all__ = ["CallbackOptions", "CallbackSettings"]
 
@@ -69,11 +70,7 @@ def _token(token: str | None, token_file: str | None) -> str | None:
     if token_file is not None:
         if token is not None:
             raise ValueError("--token-file: give --token or --token-file, not both")
-        try:
-            with open(token_file, encoding="utf-8") as file:
-                token = file.readline().strip()
-        except OSError as e:
-            raise ValueError(f"--token-file: cannot read {token_file!r}: {e.strerror or e}") from None
+        token = read_token_file("token-file", token_file)
     if token is not None and not token:
         raise ValueError("--token: the token must not be empty")
     return token

@@ -6,13 +6,12 @@ server's ``--token``, and is off when the server has none.
 
 from __future__ import annotations
 
-import hmac
 from typing import TYPE_CHECKING, Any
 
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from netmodels.runtime.web import json_response
+from netmodels.runtime.web import json_response, refuse_without_bearer
 from netmodels.topologies.callback.outbox import OutboxFull, UnknownClient
 
 if TYPE_CHECKING:
@@ -32,14 +31,10 @@ class DeliverResource(Resource):
 
     def render_POST(self, request: Request) -> bytes | int:
         server = self._server
-        if server.token is None:
-            return json_response(request, {"error": "the node has no --token: POST /deliver is off"}, 403)
-        offered = request.getHeader(b"authorization") or b""
-        if isinstance(offered, str):
-            offered = offered.encode()
-        if not hmac.compare_digest(offered, f"Bearer {server.token}".encode()):
-            request.setHeader(b"www-authenticate", b"Bearer")
-            return json_response(request, {"error": "missing or wrong bearer token"}, 401)
+        off = "the node has no --token: POST /deliver is off"
+        refusal = refuse_without_bearer(request, server.token, off)
+        if refusal is not None:
+            return refusal
         parts = request.postpath or []
         if len(parts) != 1 or not parts[0]:
             return json_response(
