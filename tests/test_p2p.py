@@ -1613,3 +1613,46 @@ class SeenWindowTests(SynchronousTestCase):
         for sequence in (3, 1, 4, 2, 6, 5):
             self.assertTrue(seen.add(sequence), sequence)
         self.assertEqual((seen.low, seen.above), (6, set()))
+
+
+class StartOrderTests(SynchronousTestCase):
+    """Seeds are dialled until joined: whatever the start order, one cluster, never islands."""
+
+    def test_chain_started_out_of_order_is_one_cluster(self) -> None:
+        """
+        n4 seeds from n3, n3 from n2, n2 from n1. n3 and n4 start first: n3's
+        seed refuses and n4 connects to n3, so n3 has a peer but has not
+        joined. Once n1 and n2 are up, n3 still dials n2 and the two halves
+        merge: every node sees the three others alive.
+        """
+        mesh = MemoryMesh(self)
+        mesh.add_node(1)
+        for index in (2, 3, 4):
+            mesh.add_node(index, [index - 1])
+        mesh.start("n03", "n04")
+        mesh.advance_until(lambda: mesh.direct_peers("n03") == {"n04"}, SETTLE, "n03 and n04 connected")
+        refused = [r for r in mesh.nodes["n03"].manager.records() if r.reason is CloseReason.REFUSED]
+        self.assertGreater(len(refused), 0)
+        mesh.start("n01", "n02")
+        everyone = {"n01", "n02", "n03", "n04"}
+
+        def one_cluster() -> bool:
+            return all(
+                mesh.states_seen_by(node_id) == dict.fromkeys(everyone - {node_id}, "alive")
+                for node_id in everyone
+            )
+
+        mesh.advance_until(one_cluster, SETTLE + 30, "one cluster")
+        self.assertEqual(mesh.mesh("n03").dialling.joined, {"n02:1": "n02"})
+        mesh.stop_all()
+
+    def test_joined_seed_is_not_dialled_again_while_peers_remain(self) -> None:
+        """After joining, a node with peers does not redial its seed when that connection ends."""
+        mesh = MemoryMesh(self)
+        mesh.build(3)
+        mesh.start()
+        mesh.advance_until(mesh.full_mesh, SETTLE, "full mesh")
+        dials = len([d for d in mesh.dials if d[1:] == ("n02", "n00:1")])
+        mesh.advance(10)
+        self.assertEqual(len([d for d in mesh.dials if d[1:] == ("n02", "n00:1")]), dials)
+        mesh.stop_all()

@@ -80,6 +80,8 @@ class Dialling:
         self._handshaking: dict[int, _Dialled] = {}
         #: Bootstrap targets that turned out to be this node, not to be dialled again.
         self.self_targets: set[str] = set()
+        #: Bootstrap targets a handshake completed with, and the node each reached.
+        self.joined: dict[str, str] = {}
         self._stopped = False
 
     # Members
@@ -163,6 +165,8 @@ class Dialling:
             return
         del self._handshaking[connection.record.id]
         dialled.dialer.reset()
+        if dialled.target is not None:
+            self.joined[dialled.target] = peer_id
 
     def connection_closed(self, connection: ManagedConnection) -> None:
         dialled = self._handshaking.pop(connection.record.id, None)

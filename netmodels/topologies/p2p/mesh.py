@@ -222,8 +222,9 @@ class Mesh:
         endpoints: tuple[str, ...] | None = None,
     ) -> None:
         """
-        :param bootstrap: endpoints to dial while the node has no peer; an
-            entry may be a callable returning one (or ``None``, not yet).
+        :param bootstrap: endpoints to dial until joined through each, and
+            whenever the node has no peer; an entry may be a callable
+            returning one (or ``None``, not yet).
         :param client_endpoint: turns an advertised endpoint into something to
             dial (default: :meth:`Node.endpoint`, so ``udp:`` endpoints too;
             tests pass a memory network's).
@@ -449,8 +450,7 @@ class Mesh:
         """One round: dial who is missing, and gossip the whole view to one peer."""
         now = self.clock.seconds()
         direct = [m for m in self.members.values() if m.session is not None]
-        if not direct:
-            self.dialling.dial_bootstrap(self._bootstrap_targets())
+        self.dialling.dial_bootstrap(self._bootstrap_targets(direct))
         in_flight = sum(
             1 for m in self.members.values() if m.session is None and self.dialling.busy(m.node_id)
         )
@@ -492,10 +492,22 @@ class Mesh:
         if member.state is not PeerState.LEFT and self.dialling.failures(member.node_id) >= 2:
             self._set_state(member, PeerState.DEAD)
 
-    def _bootstrap_targets(self) -> list[str]:
-        """The bootstrap endpoints known by now, but not the ones we advertise."""
+    def _bootstrap_targets(self, direct: list[Member]) -> list[str]:
+        """
+        The bootstrap endpoints to dial now (each dialer still holds off on
+        its own): all of them while this node has no peer; otherwise those it
+        has not joined through yet and that no direct peer advertises. So an
+        inbound connection does not stop a node from joining its seeds, and
+        nodes started in any order end up in one cluster instead of islands.
+        """
         resolved = [target() if callable(target) else target for target in self.bootstrap]
-        return [target for target in resolved if target and target not in self.endpoints]
+        targets = [target for target in resolved if target and target not in self.endpoints]
+        if not direct:
+            return targets
+        advertised = {endpoint for member in direct for endpoint in member.endpoints}
+        return [
+            target for target in targets if target not in self.dialling.joined and target not in advertised
+        ]
 
     # Gossip
 
