@@ -64,21 +64,21 @@ class MessageTypeRegistryTests(SynchronousTestCase):
         self.addCleanup(restore)
 
     def test_registered_types_are_decoded(self) -> None:
-        frame = encode_frame(0xF1, b"hello")
+        frame = encode_frame(0xE1, b"hello")
         self.assertIsNotNone(_decode_error(frame))
-        register_message_types("topology pubsub", {"PUBLISH": 0xF1})
+        register_message_types("topology pubsub", {"PUBLISH": 0xE1})
         self.assertIsNone(_decode_error(frame))
-        self.assertEqual(frames.message_type_name(0xF1), "PUBLISH")
+        self.assertEqual(frames.message_type_name(0xE1), "PUBLISH")
 
     def test_same_owner_again_is_a_no_op(self) -> None:
-        register_message_types("topology pubsub", {"PUBLISH": 0xF1})
-        register_message_types("topology pubsub", {"PUBLISH": 0xF1})
+        register_message_types("topology pubsub", {"PUBLISH": 0xE1})
+        register_message_types("topology pubsub", {"PUBLISH": 0xE1})
 
     def test_collisions(self) -> None:
-        register_message_types("topology pubsub", {"PUBLISH": 0xF1})
+        register_message_types("topology pubsub", {"PUBLISH": 0xE1})
         cases = [
-            ({"MINE": 0xF1}, "takes code 0xf1, which topology pubsub registered for PUBLISH"),
-            ({"PUBLISH": 0xF2}, "name PUBLISH is taken by topology pubsub (code 0xf1)"),
+            ({"MINE": 0xE1}, "takes code 0xe1, which topology pubsub registered for PUBLISH"),
+            ({"PUBLISH": 0xE2}, "name PUBLISH is taken by topology pubsub (code 0xe1)"),
             ({"MINE": 0x02}, "takes code 0x02 of netmodels' DATA"),
             ({"MINE": 256}, "not 1 to 255"),
         ]

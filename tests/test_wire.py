@@ -36,6 +36,7 @@ from netmodels.core.frames import (
     encode_ping,
 )
 from netmodels.core.keepalive import KeepaliveSettings
+from netmodels.core.secure import noise_frame
 from netmodels.topologies.callback.messages import ACK, DELIVER, REGISTER
 from netmodels.topologies.p2p.messages import BROADCAST, PEERS, Broadcast, decode_broadcast, encode_broadcast
 
@@ -116,6 +117,11 @@ SAMPLE_FRAMES: list[tuple[bytes, tuple[int, bytes]]] = [
         (DELIVER, (9).to_bytes(8, "big") + b"mail"),
     ),
     (encode_frame(ACK, (9).to_bytes(8, "big")), (ACK, (9).to_bytes(8, "big"))),
+    (noise_frame(b"\x01" * 48), (MessageType.NOISE, b"\x01" * 48)),
+    (
+        encode_frame(MessageType.SEALED, (5).to_bytes(8, "big") + b"\x02" * 20),
+        (MessageType.SEALED, (5).to_bytes(8, "big") + b"\x02" * 20),
+    ),
 ]
 
 STREAM = b"".join(encoded for encoded, _ in SAMPLE_FRAMES)

@@ -82,6 +82,10 @@ class MessageType(enum.IntEnum):
     REQUEST = 0x06
     RESPONSE = 0x07
     ERROR = 0x08
+    #: A Noise handshake message (secure sessions, before HELLO).
+    NOISE = 0xF0
+    #: An encrypted record carrying frames (secure sessions, after the handshake).
+    SEALED = 0xF1
 
 
 #: Every message type a decoder accepts: netmodels' own, then what plugins
@@ -91,7 +95,7 @@ _KNOWN_TYPES: Final[set[int]] = {int(t) for t in MessageType}
 #: Who registered each message type, and its name, by code.
 _REGISTERED: Final[dict[int, tuple[str, str]]] = {}
 #: The codes netmodels' core keeps to itself.
-CORE_TYPES: Final = frozenset(range(0x01, 0x09))
+CORE_TYPES: Final = frozenset(range(0x01, 0x09)) | {0xF0, 0xF1}
 
 
 class MessageTypeConflict(ValueError):

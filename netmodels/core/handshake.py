@@ -33,6 +33,7 @@ __all__ = ["HandshakeFailed", "SessionRules", "accept_hello", "decode_bye", "enc
 
 
 _HELLO: Final = int(MessageType.HELLO)
+_NOISE: Final = int(MessageType.NOISE)
 
 
 def encode_bye(reason: CloseReason, detail: str = "", fatal: bool = False) -> bytes:
@@ -116,6 +117,13 @@ def accept_hello(rules: SessionRules, message_type: int, body: bytes) -> Hello:
     for another protocol version or a refused peer, and ``rejected`` (fatal)
     for bad credentials.
     """
+    if message_type == _NOISE:
+        raise HandshakeFailed(
+            CloseReason.REJECTED,
+            "authentication failed: the peer opens an encrypted session (it has --cluster-key-file or "
+            "--identity) and this node has neither",
+            fatal=True,
+        )
     if message_type != _HELLO:
         raise HandshakeFailed(
             CloseReason.PROTOCOL_ERROR, f"expected HELLO, got {message_type_name(message_type)}"

@@ -36,6 +36,7 @@ lookup and a call per message, as the hand-tuned protocol before it did.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Final
 
 from zope.interface import Interface
@@ -160,6 +161,7 @@ class SessionMachine(RequestTable):
         "max_body",
         "max_data",
         "output",
+        "peer_check",
         "phase",
         "ping_sent_at",
         "ping_sequence",
@@ -189,6 +191,9 @@ class SessionMachine(RequestTable):
         #: The peer said BYE: it closed on purpose (a bare FIN may be a crash).
         self.bye_received = False
         self.timer_at = 0.0
+        #: A check of the peer's HELLO that only this connection can make
+        #: (its node id against the key it proved): ``None`` or why not.
+        self.peer_check: Callable[[Hello], str | None] | None = None
         # ``record`` and ``keepalive`` are set by start().
 
     def start(self, record: ConnectionRecord, now: float) -> None:
@@ -359,6 +364,11 @@ class SessionMachine(RequestTable):
         except HandshakeFailed as e:
             self.close(e.reason, e.detail, e.fatal)
             return
+        if self.peer_check is not None:
+            refusal = self.peer_check(hello)
+            if refusal is not None:
+                self.close(CloseReason.REJECTED, refusal, fatal=True)
+                return
         self.hello = hello
         if hello.extra.get("reliable") is True and self.max_data < self.max_body:
             # The peer wants application data on a datagram transport's

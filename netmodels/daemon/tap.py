@@ -24,11 +24,13 @@ import netmodels
 from netmodels.core.datagram import DEFAULT_MAX_DATAGRAM, MAX_DATAGRAM, MIN_DATAGRAM
 from netmodels.core.frames import DEFAULT_MAX_FRAME
 from netmodels.core.keepalive import KeepaliveSettings
+from netmodels.core.secure import is_fingerprint, key_fingerprint, public_key
 from netmodels.daemon.logs import LOG_FORMATS, json_log_observer
 from netmodels.daemon.status import status_site
 from netmodels.runtime.endpoints import check_endpoint, reachable_beyond_loopback
 from netmodels.runtime.node import ListenFailed, ListeningService, Node, NodeConfig, default_node_id
 from netmodels.runtime.registry import applications, topologies
+from netmodels.runtime.secure import load_or_create_identity, read_authorized_keys, read_keyring
 from netmodels.runtime.web import read_token_file
 
 __all__ = ["Options", "makeService"]
@@ -101,6 +103,28 @@ class Options(usage.Options):
             None,
             "Directory for the files a node writes (--outbox and the like, when relative); "
             "default $NETMODELS_STATE_DIR, else $XDG_STATE_HOME/netmodels, else ~/.local/state/netmodels.",
+        ],
+        [
+            "cluster-key-file",
+            None,
+            None,
+            "File of cluster keys, one per line, each 32 random bytes in base64 (head -c32 "
+            "/dev/urandom | base64): every session is encrypted and only peers holding one join. "
+            "The first opens sessions, all are accepted (rotation).",
+        ],
+        [
+            "identity",
+            None,
+            None,
+            "File with this node's private key (created, mode 0600, if missing; relative names "
+            "in --state-dir): sessions are encrypted, and the node id defaults to the key's id (nm-...).",
+        ],
+        [
+            "authorized-keys",
+            None,
+            None,
+            "File of public keys allowed to join, one per line in base64, each optionally followed "
+            "by the node id it may use.",
         ],
         ["log-format", None, "text", "Log lines as text, or json (one JSON object per event)."],
         ["max-frame", None, str(DEFAULT_MAX_FRAME), "Largest frame accepted, in bytes."],
@@ -255,6 +279,17 @@ class Options(usage.Options):
             raise usage.UsageError("--max-frame: must be at least 64 bytes")
         if self["node-id"] is not None and not 0 < len(self["node-id"]) <= 128:
             raise usage.UsageError("--node-id: must be 1 to 128 characters")
+        state_dir = self["state-dir"] or default_state_dir()
+        cluster_keys, identity_key, authorized = self._keys(state_dir)
+        node_id = self["node-id"]
+        if identity_key is not None:
+            own = key_fingerprint(public_key(identity_key))
+            if node_id is None:
+                node_id = own
+            elif is_fingerprint(node_id) and node_id != own:
+                raise usage.UsageError(
+                    f"--node-id: {node_id} is the id of another key; --identity holds {own}"
+                )
         try:
             settings = topology.settings(self)
         except ValueError as e:
@@ -266,7 +301,7 @@ class Options(usage.Options):
             transport=transport,
             listen=tuple(self["listen"]),
             connect=tuple(self["connect"]),
-            node_id=self["node-id"] or default_node_id(),
+            node_id=node_id or default_node_id(),
             app=app,
             keepalive=keepalive,
             status=self["status"],
@@ -283,14 +318,40 @@ class Options(usage.Options):
             slow_consumer_deadline=_number("slow-consumer-deadline", self["slow-consumer-deadline"]),
             max_datagram=max_datagram,
             reliable=None if delivery is None else delivery == "reliable",
-            state_dir=self["state-dir"] or default_state_dir(),
+            state_dir=state_dir,
             settings=settings,
+            cluster_keys=cluster_keys,
+            identity_key=identity_key,
+            authorized_keys=authorized,
         )
         try:
             topology.validate(config)
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
         self["config"] = config
+
+    def _keys(self, state_dir: str) -> tuple[tuple[bytes, ...], bytes | None, dict[bytes, str | None] | None]:
+        """``--cluster-key-file``, ``--identity`` and ``--authorized-keys``, read (errors name the option)."""
+        try:
+            keys = (
+                ()
+                if self["cluster-key-file"] is None
+                else read_keyring("cluster-key-file", self["cluster-key-file"])
+            )
+            identity = self["identity"]
+            if identity is not None:
+                identity = load_or_create_identity("identity", os.path.join(state_dir, identity))
+            authorized = None
+            if self["authorized-keys"] is not None:
+                authorized = read_authorized_keys("authorized-keys", self["authorized-keys"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        if authorized is not None and not keys and identity is None:
+            raise usage.UsageError(
+                "--authorized-keys: it checks the keys of encrypted sessions; "
+                "give --cluster-key-file or --identity too"
+            )
+        return keys, identity, authorized
 
 
 def default_state_dir() -> str:

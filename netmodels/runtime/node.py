@@ -13,7 +13,7 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from attrs import field, frozen
@@ -31,9 +31,11 @@ from netmodels.core.frames import DEFAULT_MAX_FRAME, Hello, MessageType, encode_
 from netmodels.core.keepalive import DEFAULT as DEFAULT_KEEPALIVE
 from netmodels.core.keepalive import KeepaliveSettings
 from netmodels.core.reasons import CloseReason
+from netmodels.core.secure import MAX_RECORD_FRAME, RECORD_OVERHEAD, new_private_key
 from netmodels.runtime.dialer import Dialer
 from netmodels.runtime.interfaces import IApplication, IPeer, ITopology, ITopologyContext
 from netmodels.runtime.manager import ConnectionManager, ManagedConnection, format_address
+from netmodels.runtime.secure import SessionSecurity
 from netmodels.runtime.session import DATA_TYPES, Session, SessionFactory, SessionSettings, encode_bye
 from netmodels.runtime.timers import TimerWheel
 from netmodels.runtime.topology import default_settings
@@ -89,6 +91,19 @@ class NodeConfig:
     #: The topology's own settings, as its ``settings()`` made them from its
     #: options; ``None``: the defaults of its options.
     settings: Any = field(default=None, repr=False)
+    #: Cluster keys (``--cluster-key-file``): with any, every session is
+    #: encrypted and only peers holding one join. The first opens sessions.
+    cluster_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    #: This node's static private key (``--identity``); ``None``: a new one
+    #: per run, made only if sessions are encrypted.
+    identity_key: bytes | None = field(default=None, repr=False)
+    #: Public keys allowed to join, each with the node id it may use (``--authorized-keys``).
+    authorized_keys: Mapping[bytes, str | None] | None = field(default=None, repr=False)
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether sessions run the Noise handshake (a cluster key or an identity)."""
+        return bool(self.cluster_keys) or self.identity_key is not None
 
     @property
     def effective_user_timeout(self) -> float | None:
@@ -196,13 +211,24 @@ class Node(MultiService):
         reliable = config.reliable
         if reliable is None:
             reliable = bool(application.reliable)
+        #: Keys and counts of encrypted sessions; ``None``: cleartext.
+        self.security: SessionSecurity | None = None
+        if config.encrypted:
+            self.security = SessionSecurity(
+                keyring=config.cluster_keys,
+                static_private=config.identity_key or new_private_key(),
+                authorized=config.authorized_keys,
+            )
         self.datagram_options = DatagramOptions(
             max_datagram=config.max_datagram,
             reliable=reliable,
             user_timeout=config.effective_user_timeout,
             connect_timeout=config.handshake_timeout,
-            max_frame=config.max_frame,
+            # Sealed records of up to 64 KiB cross the reliable channel whatever the frame limit.
+            max_frame=max(config.max_frame, MAX_RECORD_FRAME) if config.encrypted else config.max_frame,
         )
+        # A record's counter and tag take room in every datagram.
+        overhead = RECORD_OVERHEAD if config.encrypted else 0
         self.manager = ConnectionManager(
             reactor,
             ConnectionLimits(config.max_connections, config.max_per_address),
@@ -240,10 +266,11 @@ class Node(MultiService):
             slow_consumer_deadline=config.slow_consumer_deadline,
             timers=TimerWheel(reactor),
             max_unreliable_body=(
-                self.datagram_options.max_unreliable_body
+                self.datagram_options.max_unreliable_body - overhead
                 if config.transport == "udp" and not reliable
                 else None
             ),
+            security=self.security,
         )
         self.listeners: list[ListeningService] = []
         self.clients: list[Dialer] = []
@@ -465,6 +492,7 @@ class Node(MultiService):
             },
             "connections": [record.as_dict() for record in self.manager.records()],
             "counters": dict(self.manager.counters),
+            "security": {"encrypted": False} if self.security is None else self.security.as_dict(),
             **self._datagram_status(),
             **{key: section() for key, section in self.status_sections.items()},
         }

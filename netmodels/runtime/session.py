@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from functools import cached_property, partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attrs import field, frozen
 from twisted.internet import defer
@@ -39,6 +39,9 @@ from netmodels.runtime.manager import ManagedConnection
 from netmodels.runtime.timers import TimerWheel, _WheelTimer
 from netmodels.transports.interfaces import ILivenessObserver
 from netmodels.transports.tcp import apply_kernel_keepalive, set_no_delay
+
+if TYPE_CHECKING:
+    from netmodels.runtime.secure import SessionSecurity
 
 __all__ = [
     "MessageTooLarge",
@@ -137,6 +140,8 @@ class SessionSettings:
     #: Largest application message body the transport carries unframed by
     #: the stream (one UDP datagram); ``None``: the frame limit.
     max_unreliable_body: int | None = None
+    #: Keys and rules for encrypted sessions (``None``: cleartext); see :mod:`netmodels.runtime.secure`.
+    security: SessionSecurity | None = None
 
     @property
     def max_body(self) -> int:
@@ -383,14 +388,18 @@ class Session(SlowConsumerPolicy, Protocol):
 
     def connectionMade(self) -> None:
         transport = self.transport
-        record = self.record = transport.record
+        self.record = transport.record
         self._unreliable = unreliable_types(transport, self.settings.unreliable_data)
         settings = self.settings
         set_no_delay(transport)
         transport.registerProducer(self, True)
         if settings.kernel_keepalive:
             apply_kernel_keepalive(transport, settings.keepalive, settings.user_timeout)
-        self.machine.start(record, self.clock.seconds())
+        self._begin()
+
+    def _begin(self) -> None:
+        """The connection is set up: start the protocol (a secure session handshakes first)."""
+        self.machine.start(self.transport.record, self.clock.seconds())
 
     def dataReceived(self, data: bytes) -> None:
         self.machine.receive(data, self.clock.seconds())
@@ -508,5 +517,15 @@ class SessionFactory(Factory[Session]):
         self.settings = settings
         self.clock = clock
 
+    @cached_property
+    def protocol_class(self) -> type[Session]:
+        """:class:`Session`, or with ``settings.security`` a ``SecureSession``."""
+        if self.settings.security is None:
+            return Session
+        # Imported here: secure sessions are built on this module.
+        from netmodels.runtime.secure import SecureSession
+
+        return SecureSession
+
     def buildProtocol(self, addr: Any) -> Session:
-        return Session(self.settings, self.clock)
+        return self.protocol_class(self.settings, self.clock)

@@ -54,6 +54,11 @@ class ManyToOne(ServerAndClients):
     def validate(self, config: NodeConfig) -> None:
         super().validate(config)
         settings = config.settings if isinstance(config.settings, ManyToOneSettings) else ManyToOneSettings()
+        if settings.raw_listen and config.encrypted:
+            raise ValueError(
+                "--raw-listen: raw line clients cannot run the secure handshake; not with "
+                "--cluster-key-file or --identity"
+            )
         if config.role == "server":
             if not config.listen and not settings.raw_listen:
                 raise ValueError("--listen: the server role needs at least one endpoint to listen on")

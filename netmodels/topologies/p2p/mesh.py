@@ -780,6 +780,8 @@ class PeerToPeer(Topology):
             config = attrs.evolve(
                 first.config,
                 node_id=f"{first.config.node_id}-{index}",
+                # Each node its own key: --identity is the first node's.
+                identity_key=None,
                 listen=(f"{first.config.transport}:0:interface=127.0.0.1",),
                 connect=(),
                 status=None,
