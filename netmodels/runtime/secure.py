@@ -311,20 +311,21 @@ class SecureSession(Session):
     def _established(self, result: HandshakeResult) -> None:
         self._cancel_handshake()
         self._handshake = None
-        refusal = self.security.check_key(result.remote_static)
-        if refusal is not None:
-            self._refuse(refusal)
-            return
         self.handshake_result = result
         self._channel = SecureChannel(result)
         record = self.transport.record
         record.extra["secure"] = describe(result)
+        refusal = self.security.check_key(result.remote_static)
+        if refusal is not None:
+            # Sealed: the peer finished its side of the handshake and reads only records now.
+            self._refuse(refusal)
+            return
         remote = result.remote_static
         self.machine.peer_check = partial(self.security.check_id, remote)
         self.machine.start(record, self.clock.seconds())
 
     def _refuse(self, detail: str, reason: CloseReason = CloseReason.REJECTED, fatal: bool = True) -> None:
-        """Close with ``reason`` after a cleartext BYE saying why (there is no key to seal it with)."""
+        """Close with ``reason`` after a BYE saying why: sealed once there are keys, else in cleartext."""
         self._cancel_handshake()
         self._refused = True
         self.security.handshakes_failed += 1
@@ -337,7 +338,9 @@ class SecureSession(Session):
             detail=detail,
         )
         record.messages_out += 1
-        self.transport.write(encode_bye(reason, detail, fatal))
+        bye = encode_bye(reason, detail, fatal)
+        channel = self._channel
+        self.transport.write(bye if channel is None else channel.seal(bye))
         self.transport.end(reason, detail, fatal=fatal)
 
     def _handshake_timeout(self) -> None:
