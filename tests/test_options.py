@@ -5,17 +5,34 @@ is a usage error that starts with the option's name and says what is wrong.
 
 from __future__ import annotations
 
+import base64
 import os
+import tempfile
 from typing import Any
 
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from netmodels.core.secure import key_fingerprint, public_key
 from netmodels.daemon.tap import Options, default_state_dir, makeService
 from netmodels.runtime.endpoints import reachable_beyond_loopback
 
 LISTEN = ("--listen", "tcp:0")
+
+#: Key files for the rows below (the rows are data, so the files exist from import).
+_KEYS = tempfile.mkdtemp(prefix="netmodels-options-")
+SHORT_KEY = os.path.join(_KEYS, "short")
+GOOD_KEY = os.path.join(_KEYS, "good")
+IDENTITY = os.path.join(_KEYS, "identity")
+with open(SHORT_KEY, "w") as _file:
+    _file.write(base64.b64encode(b"16 bytes, not 32").decode() + "\n")
+with open(GOOD_KEY, "w") as _file:
+    _file.write(base64.b64encode(bytes(32)).decode() + "\n")
+with open(IDENTITY, "w") as _file:
+    _file.write(base64.b64encode(bytes(range(32))).decode() + "\n")
+OWN_ID = key_fingerprint(public_key(bytes(range(32))))
+OTHER_ID = key_fingerprint(public_key(bytes(range(1, 33))))
 
 #: (arguments, the whole error message, or its start when it ends with "...").
 ERRORS: list[tuple[tuple[str, ...], str]] = [
@@ -107,6 +124,35 @@ ERRORS: list[tuple[tuple[str, ...], str]] = [
         "--admin-token-file: '/dev/null' holds no token (its first line is empty)",
     ),
     (("--admin-token-file", "f", *LISTEN), "--admin-token-file: it guards --status; give --status too"),
+    # encryption and identity
+    (
+        ("--cluster-key-file", "/nonexistent/k", *LISTEN),
+        "--cluster-key-file: cannot read '/nonexistent/k': ...",
+    ),
+    (("--cluster-key-file", "/dev/null", *LISTEN), "--cluster-key-file: /dev/null: no key in it"),
+    (
+        ("--cluster-key-file", SHORT_KEY, *LISTEN),
+        f"--cluster-key-file: {SHORT_KEY} line 1: a key is 32 bytes in base64 (head -c32 /dev/urandom | "
+        "base64), not 16",
+    ),
+    (
+        ("--identity", "/proc/no/such/identity", *LISTEN),
+        "--identity: cannot create '/proc/no/such/identity': ...",
+    ),
+    (
+        ("--identity", IDENTITY, "--node-id", OTHER_ID, *LISTEN),
+        f"--node-id: {OTHER_ID} is the id of another key; --identity holds {OWN_ID}",
+    ),
+    (
+        ("--authorized-keys", GOOD_KEY, *LISTEN),
+        "--authorized-keys: it checks the keys of encrypted sessions; give --cluster-key-file or --identity "
+        "too",
+    ),
+    (
+        ("-t", "many-to-one", *LISTEN, "--raw-listen", "tcp:0", "--cluster-key-file", GOOD_KEY),
+        "--raw-listen: raw line clients cannot run the secure handshake; not with --cluster-key-file or "
+        "--identity",
+    ),
     # callback
     (
         ("-t", "callback", *LISTEN, "--outbox-limit", "0"),
