@@ -132,7 +132,7 @@ bench: setup
 # handshake; new inputs go to a scratch copy of the corpus, crashes to fuzz/artifacts/.
 # See "Fuzzing" in docs/fault-lab.rst.
 FUZZ_SECONDS ?= 120
-FUZZ_TARGETS := frames handshake
+FUZZ_TARGETS := frames handshake secure
 fuzz: setup
 	$(VPY) -c "import atheris" 2>/dev/null || $(VPY) -m pip install $(PIP_FLAGS) -e '.[fuzz]' --config-settings editable_mode=strict
 	@mkdir -p fuzz/artifacts

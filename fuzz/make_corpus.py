@@ -124,7 +124,13 @@ def handshake_seeds() -> dict[str, bytes]:
 
 
 def main() -> None:
-    for target, seeds in (("frames", frame_seeds()), ("handshake", handshake_seeds())):
+    from .fuzz_secure import seeds as secure_seeds
+
+    for target, seeds in (
+        ("frames", frame_seeds()),
+        ("handshake", handshake_seeds()),
+        ("secure", secure_seeds()),
+    ):
         directory = CORPUS / target
         directory.mkdir(parents=True, exist_ok=True)
         for name, data in seeds.items():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from fuzz import fuzz_frames, fuzz_handshake
+from fuzz import fuzz_frames, fuzz_handshake, fuzz_secure
 
 CORPUS = Path(__file__).resolve().parents[1] / "fuzz" / "corpus"
 
@@ -23,6 +23,7 @@ CORPUS = Path(__file__).resolve().parents[1] / "fuzz" / "corpus"
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "frames": fuzz_frames.test_one_input,
     "handshake": fuzz_handshake.test_one_input,
+    "secure": fuzz_secure.test_one_input,
 }
 
 

@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from netmodels.core.frames import Hello, MessageType, encode_frame
 from netmodels.core.keepalive import KeepaliveSettings
+from netmodels.core.requests import MessageTooLarge
 from netmodels.core.secure import (
     MAX_RECORD_PLAINTEXT,
     REPLAY_WINDOW,
@@ -466,3 +467,13 @@ class DatagramTests(SynchronousTestCase):
         self.assertEqual((record["reason"], record["fatal"]), ("rejected", True))
         self.assertIn("authentication failed", record["detail"])
         self.assertEqual(pair.server_app.ready, [])
+
+    def test_the_largest_unreliable_message_still_fits_one_datagram(self) -> None:
+        pair = UdpPair(server_config=keyed([KEY_A]), client_config=keyed([KEY_A]))
+        pair.start()
+        session = pair.session(pair.client)
+        largest = b"L" * session.machine.max_data
+        session.send(largest)
+        advance_by(pair.clock, 0.1)
+        self.assertEqual(pair.server_app.messages, [largest])
+        self.assertRaises(MessageTooLarge, session.send, largest + b"!")

@@ -235,8 +235,12 @@ class SecureSession(Session):
                 self.machine.receive(
                     plaintext[0] if len(plaintext) == 1 else b"".join(plaintext), self.clock.seconds()
                 )
-        if self._records.error is not None and not self._refused:
-            self.machine.protocol_error(f"secure records: {self._records.error}")
+        error = self._records.error
+        if error is not None and not self._refused:
+            if self._channel is None:
+                self._refuse(f"secure handshake: {error}", CloseReason.PROTOCOL_ERROR, fatal=False)
+            else:
+                self.machine.protocol_error(f"secure records: {error}")
 
     def resetKeepalive(self) -> None:
         # Keepalive starts with the session machine, after the handshake.
