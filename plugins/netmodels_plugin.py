@@ -1,6 +1,8 @@
-# The twistd dropin: kept to one line of substance because every twistd and
-# trial run imports it.
+# The twistd dropin (and the mtls: endpoint string): kept small because every
+# twistd and trial run imports it.
 from twisted.application.service import ServiceMaker
+
+from netmodels.transports.tls import MutualTLSServerParser
 
 netmodels = ServiceMaker(
     "netmodels",
@@ -8,3 +10,5 @@ netmodels = ServiceMaker(
     "Run a netmodels node: client-server, many-to-one, p2p or callback topologies.",
     "netmodels",
 )
+
+mtls = MutualTLSServerParser()

@@ -31,7 +31,7 @@ def classify_connection_lost(exc: BaseException, os_errno: int | None) -> Closur
         reason, initiator = ERRNO_REASONS[exc.errno]
         return Closure(reason, initiator, errno_name(exc.errno))
     if _is_tls_error(exc):
-        return Closure(CloseReason.PROTOCOL_ERROR, Initiator.REMOTE, detail=f"TLS: {exc}")
+        return _tls_closure(exc)
     # A lost connection whose errno we could not see: an RST is by far the
     # likeliest cause (see the concepts page of the docs), and saying so beats "unknown".
     return Closure(CloseReason.RESET, Initiator.REMOTE, errno_name(os_errno), detail=str(exc))
@@ -53,8 +53,29 @@ def classify_connect_failure(exc: BaseException) -> Closure:
         reason, initiator = ERRNO_REASONS[exc.errno]
         return Closure(reason, initiator, errno_name(exc.errno), str(exc))
     if _is_tls_error(exc):
-        return Closure(CloseReason.PROTOCOL_ERROR, Initiator.REMOTE, detail=f"TLS: {exc}")
+        return _tls_closure(exc)
     return Closure(CloseReason.UNREACHABLE, Initiator.REMOTE, errno_name(os_errno), str(exc))
+
+
+#: What OpenSSL says when a certificate is missing or not trusted (either side's verdict).
+_CERTIFICATE_FAILURES = (
+    "certificate verify failed",
+    "certificate required",
+    "unknown ca",
+    "bad certificate",
+    "certificate unknown",
+    "peer did not return a certificate",
+)
+
+
+def _tls_closure(exc: BaseException) -> Closure:
+    """A certificate the other side refused is ``rejected`` (fatal); other TLS failures a protocol error."""
+    text = str(exc)
+    if any(failure in text.lower() for failure in _CERTIFICATE_FAILURES):
+        return Closure(
+            CloseReason.REJECTED, Initiator.REMOTE, detail=f"TLS: authentication failed: {text}", fatal=True
+        )
+    return Closure(CloseReason.PROTOCOL_ERROR, Initiator.REMOTE, detail=f"TLS: {text}")
 
 
 def _is_tls_error(exc: BaseException) -> bool:

@@ -19,11 +19,17 @@ __all__ = ["check_endpoint", "endpoint_port", "reachable_beyond_loopback"]
 
 _UNESCAPED_COLON = re.compile(r"(?<!\\):")
 #: Endpoint kinds whose strings carry a port, and where it is among the positional fields.
-_PORT_POSITION = {"tcp": (0, 1), "tcp6": (0, 1), "ssl": (0, 1), "tls": (None, 1)}
+_PORT_POSITION = {
+    "tcp": (0, 1),
+    "tcp6": (0, 1),
+    "ssl": (0, 1),
+    "tls": (None, 1),
+    "mtls": (0, None),
+}
 
 
 def endpoint_port(description: str, server: bool) -> str | None:
-    """The port field of a ``tcp:``/``tcp6:``/``ssl:``/``tls:`` string, as written; ``None``: none."""
+    """The port field of a ``tcp:``, ``tcp6:``, ``ssl:``, ``mtls:`` or ``tls:`` string; ``None``: none."""
     kind, _, body = description.partition(":")
     positions = _PORT_POSITION.get(kind)
     if positions is None:
@@ -73,13 +79,13 @@ def check_endpoint(description: str, transport: str, server: bool) -> None:
 def reachable_beyond_loopback(description: str) -> bool:
     """
     Whether a server endpoint string may accept connections from other
-    machines: a ``tcp:``/``tcp6:``/``ssl:`` port on every interface or on one
+    machines: a ``tcp:``/``tcp6:``/``ssl:``/``mtls:`` port on every interface or on one
     that is not loopback. A Unix socket is not; any other kind is assumed to be.
     """
     kind, _, body = description.partition(":")
     if kind == "unix":
         return False
-    if kind not in ("tcp", "tcp6", "ssl"):
+    if kind not in ("tcp", "tcp6", "ssl", "mtls"):
         return True
     for field in _UNESCAPED_COLON.split(body):
         key, equals, value = field.partition("=")
