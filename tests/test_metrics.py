@@ -20,6 +20,7 @@ from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
 from netmodels.core.connection import ConnectionRecord
+from netmodels.core.frames import MessageType, encode_frame
 from netmodels.core.reasons import CloseReason, Initiator
 from netmodels.daemon.metrics import RTT_BUCKETS
 from netmodels.daemon.status import StatusPage
@@ -417,6 +418,23 @@ class UdpMetricsTests(SynchronousTestCase):
             )
         self.assertGreaterEqual(after.value("netmodels_udp_datagrams_received_total"), stats["datagrams_in"])
 
+    def test_secure_handshakes_failed_and_records_dropped(self) -> None:
+        """A peer with another cluster key, and a forged record, each counted on the server."""
+        pair = Pair(
+            server_config={"cluster_keys": (bytes(32),)}, client_config={"cluster_keys": (bytes(32),)}
+        )
+        pair.start()
+        self.addCleanup(pair.stop)
+        pair.server_session().dataReceived(encode_frame(MessageType.SEALED, bytes(48)))
+        self.assertEqual(Scrape([pair.server]).value("netmodels_secure_records_dropped_total"), 1)
+        stranger = Pair(
+            server_config={"cluster_keys": (bytes(32),)}, client_config={"cluster_keys": (bytes(31) + b"x",)}
+        )
+        stranger.start()
+        self.addCleanup(stranger.stop)
+        self.assertEqual(Scrape([stranger.server]).value("netmodels_secure_handshakes_failed_total"), 1)
+        self.assertNotIn("netmodels_secure_records_dropped", Scrape([Pair().server]).by_name)
+
     def test_a_tcp_node_has_no_udp_section(self) -> None:
         pair = Pair()
         pair.start()
@@ -437,6 +455,7 @@ class DocumentationTests(SynchronousTestCase):
             (ManyToOne(), "server", {}),
             (Callback(), "server", {}),
             (Callback(), "client", {"connect": ("tcp:127.0.0.1:9",)}),
+            (ClientServer(), "server", {"cluster_keys": (bytes(32),)}),
         ):
             config = NodeConfig(topology=topology.name, role=role, node_id=f"{topology.name}-{role}", **extra)
             node = Node(config, topology, Application(), Clock())

@@ -44,6 +44,7 @@ from twisted.trial.unittest import SynchronousTestCase
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 CALLBACK_DOC = ROOT / "docs" / "callback.rst"
+SECURITY_DOC = ROOT / "docs" / "security.rst"
 
 #: The commands of the README that are not run here, and why. Each must still
 #: be in the README (a stale entry fails the coverage test).
@@ -464,6 +465,32 @@ class CallbackDocTests(_ReadmeTestCase):
         self.wait_log(alice, r"\[alice\] via callback: you have mail")
         self.assertEqual(state_files(self.directory), _STATE_FILES)
         self.assertFalse((self.directory / ".xdg-state").exists(), "wrote outside state/")
+
+
+class SecurityDocTests(_ReadmeTestCase):
+    def test_quick_start(self) -> None:
+        """docs/security.rst's quick start: an encrypted connection, the key's node id, a 0600 key file."""
+        lines = rst_quick_start(SECURITY_DOC.read_text())
+        self.assertEqual(
+            [line.split()[0] for line in lines],
+            ["mkdir", "twistd", "twistd", "curl"],
+            "the quick start changed",
+        )
+        *_, printed = self.run_block(lines)
+        assert isinstance(printed, str)
+        document = json.loads(printed)
+        self.assertTrue(document["node"]["id"].startswith("nm-"), document["node"])
+        self.assertEqual(document["security"]["node_key"], document["node"]["id"])
+
+        def open_connections() -> list[dict[str, Any]]:
+            # curl may have run while the client was still handshaking: ask again until it is open.
+            with urllib.request.urlopen("http://127.0.0.1:8080/status", timeout=2) as response:
+                return [c for c in json.load(response)["connections"] if c["state"] == "open"]
+
+        [connection] = self.wait_for("the client's connection open", open_connections, self.commands)
+        self.assertEqual(connection["secure"]["protocol"], "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s")
+        self.assertEqual(state_files(self.directory), ["cluster.key", "server.key"])
+        self.assertEqual((self.directory / "state" / "server.key").stat().st_mode & 0o777, 0o600)
 
 
 #: What the callback quick starts leave in state/ (SQLite may add journal files).

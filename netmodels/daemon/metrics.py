@@ -228,6 +228,20 @@ def core_metrics(node: Node) -> Iterator[Metric]:
     histogram.add_metric([], buckets, rtt_sum)
     yield histogram
 
+    security = node.security
+    if security is not None:
+        yield CounterMetricFamily(
+            "netmodels_secure_handshakes_failed",
+            "Secure handshakes refused: a wrong or missing cluster key, a key not authorized, a node id "
+            "of another key, or no handshake in time.",
+            security.handshakes_failed,
+        )
+        yield CounterMetricFamily(
+            "netmodels_secure_records_dropped",
+            "Encrypted records dropped as replayed, forged or out of order.",
+            security.records_dropped,
+        )
+
     listeners: list[tuple[str, dict[str, int]]] = []
     for listener in node.listeners:
         port = listener.port
