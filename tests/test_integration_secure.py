@@ -17,7 +17,21 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SkipTest, TestCase
 
-from ._support import LOOPBACK, ready_pair, start_client, start_server
+from netmodels.runtime.node import NodeConfig
+from netmodels.topologies.p2p.mesh import mesh_of
+
+from . import test_integration_p2p
+from ._support import (
+    LISTEN_ANY_PORT,
+    LOOPBACK,
+    RunningNode,
+    ready_pair,
+    start_client,
+    start_node,
+    start_server,
+    unique_id,
+)
+from .test_integration_p2p import CONVERGE, poll
 
 KEY = secrets.token_bytes(32)
 OTHER_KEY = secrets.token_bytes(32)
@@ -110,3 +124,47 @@ class WrongKeyTests(TestCase):
 
     def test_udp(self) -> Any:
         return self.check("udp")
+
+
+# Subclassed through its module, so that the cleartext original does not run twice.
+class EncryptedBroadcastTests(test_integration_p2p.BroadcastExactlyOnceTests):
+    """The four-node p2p mesh and its 400 broadcasts, exactly once, with every session encrypted."""
+
+    def start_peer(self, index: int, bootstrap: RunningNode | None) -> RunningNode:
+        config = NodeConfig(
+            topology="p2p",
+            role="peer",
+            app="broadcast",
+            listen=(LISTEN_ANY_PORT,),
+            connect=() if bootstrap is None else (bootstrap.address,),
+            node_id=unique_id(f"secure{index}"),
+            interval=0,
+            cluster_keys=(KEY,),
+        )
+        return start_node(self, config)
+
+    @defer.inlineCallbacks
+    def test_an_outsider_never_joins(self) -> Any:
+        first = self.start_peer(0, None)
+        second = self.start_peer(1, first)
+        outsider = start_node(
+            self,
+            NodeConfig(
+                topology="p2p",
+                role="peer",
+                app="broadcast",
+                listen=(LISTEN_ANY_PORT,),
+                connect=(first.address,),
+                node_id=unique_id("outsider"),
+                interval=0,
+                cluster_keys=(OTHER_KEY,),
+            ),
+        )
+        closed = yield outsider.events.wait("closed")
+        self.assertEqual((closed.record.reason, closed.record.fatal), ("rejected", True))
+        yield poll(
+            lambda: second.node.config.node_id in mesh_of(first.node).alive(), CONVERGE, "two nodes meshed"
+        )
+        members = set(mesh_of(first.node).members) | set(mesh_of(second.node).members)
+        self.assertNotIn(outsider.node.config.node_id, members)
+        self.assertEqual(mesh_of(outsider.node).alive(), [])
