@@ -83,6 +83,7 @@ _SEQUENCE: Final = _CONTINUED - 1
 REPLAY_WINDOW: Final = 4096
 _WINDOW_MASK: Final = (1 << REPLAY_WINDOW) - 1
 _NONCE: Final = struct.Struct("<4xQ")
+_RECORD_HEADER: Final = struct.Struct("!IBQ")
 
 
 class AuthenticationFailed(Exception):
@@ -382,7 +383,7 @@ class SecureChannel:
 
     def _record(self, counter: int, plaintext: bytes) -> bytes:
         sealed = self._seal(_NONCE.pack(counter), plaintext, None)
-        return (len(sealed) + 9).to_bytes(4, "big") + bytes((_SEALED,)) + _COUNTER.pack(counter) + sealed
+        return _RECORD_HEADER.pack(len(sealed) + 9, _SEALED, counter) + sealed
 
     def open(self, body: bytes) -> bytes | None:
         """A SEALED frame's body: the plaintext to deliver, or ``None``."""
@@ -439,7 +440,7 @@ class SecureChannel:
         return self.replayed + self.forged
 
 
-def describe(result: HandshakeResult) -> dict[str, object]:
+def session_status(result: HandshakeResult) -> dict[str, object]:
     """What ``GET /status`` shows of a connection's security."""
     return {
         "protocol": result.protocol,

@@ -38,7 +38,6 @@ from netmodels.core.secure import (
     HandshakeResult,
     NoiseHandshake,
     SecureChannel,
-    describe,
     is_fingerprint,
     key_fingerprint,
     new_private_key,
@@ -46,6 +45,7 @@ from netmodels.core.secure import (
     parse_authorized_keys,
     parse_keyring,
     public_key,
+    session_status,
 )
 from netmodels.runtime.session import Session, SessionSettings
 
@@ -219,28 +219,34 @@ class SecureSession(Session):
             channel = self._channel
         if records and channel is not None:
             plaintext = []
+            refused = False
             for message_type, body in records:
-                opened = channel.open(body) if message_type == _SEALED else None
-                if opened is None:
-                    if message_type != _SEALED:
-                        # Cleartext after the handshake: not from our peer.
-                        channel.forged += 1
-                    continue
-                plaintext.append(opened)
-            dropped = channel.dropped
-            if dropped != self._dropped_seen:
-                self.security.records_dropped += dropped - self._dropped_seen
-                self._dropped_seen = dropped
+                if message_type == _SEALED:
+                    opened = channel.open(body)
+                    if opened is not None:
+                        plaintext.append(opened)
+                        continue
+                else:
+                    # Cleartext after the handshake: not from our peer.
+                    channel.forged += 1
+                # Dropped, or the first part of a split write (counted as neither).
+                refused = True
+            if refused:
+                self._count_dropped(channel)
             if plaintext:
-                self.machine.receive(
-                    plaintext[0] if len(plaintext) == 1 else b"".join(plaintext), self.clock.seconds()
-                )
+                now = self.clock.seconds()
+                self.machine.receive(plaintext[0] if len(plaintext) == 1 else b"".join(plaintext), now)
         error = self._records.error
         if error is not None and not self._refused:
             if self._channel is None:
                 self._refuse(f"secure handshake: {error}", CloseReason.PROTOCOL_ERROR, fatal=False)
             else:
                 self.machine.protocol_error(f"secure records: {error}")
+
+    def _count_dropped(self, channel: SecureChannel) -> None:
+        dropped = channel.dropped
+        self.security.records_dropped += dropped - self._dropped_seen
+        self._dropped_seen = dropped
 
     def resetKeepalive(self) -> None:
         # Keepalive starts with the session machine, after the handshake.
@@ -318,7 +324,7 @@ class SecureSession(Session):
         self.handshake_result = result
         self._channel = SecureChannel(result)
         record = self.transport.record
-        record.extra["secure"] = describe(result)
+        record.extra["secure"] = session_status(result)
         refusal = self.security.check_key(result.remote_static)
         if refusal is not None:
             # Sealed: the peer finished its side of the handshake and reads only records now.
