@@ -5,8 +5,10 @@ is a usage error that starts with the option's name and says what is wrong.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -22,6 +24,7 @@ LISTEN = ("--listen", "tcp:0")
 
 #: Key files for the rows below (the rows are data, so the files exist from import).
 _KEYS = tempfile.mkdtemp(prefix="netmodels-options-")
+atexit.register(shutil.rmtree, _KEYS, ignore_errors=True)
 SHORT_KEY = os.path.join(_KEYS, "short")
 GOOD_KEY = os.path.join(_KEYS, "good")
 IDENTITY = os.path.join(_KEYS, "identity")
@@ -271,7 +274,10 @@ class StatusExposureTests(SynchronousTestCase):
         self.assertEqual(self.warnings("--status", "tcp:0:interface=127.0.0.1"), [])
 
     def test_not_warned_with_a_token(self) -> None:
-        token_file = self.mktemp()
+        # Not self.mktemp(): under pytest it lands in the working directory.
+        directory = tempfile.mkdtemp(prefix="netmodels-token-")
+        self.addCleanup(shutil.rmtree, directory)
+        token_file = os.path.join(directory, "token")
         with open(token_file, "w") as file:
             file.write("a-token\n")
         self.assertEqual(self.warnings("--status", "tcp:0", "--admin-token-file", token_file), [])
