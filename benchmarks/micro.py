@@ -8,6 +8,8 @@ scheduler). Each figure is the best of several runs, in µs per message.
 - request/response, server side: one REQUEST frame in, one RESPONSE frame out
   (netmodels: ``ManagedConnection`` + ``Session`` + echo application) against
   ``Int32StringReceiver`` echoing a string;
+- the server side again with a cluster key: past a real Noise handshake, one
+  sealed REQUEST record in, one sealed RESPONSE out (what encryption adds);
 - request/response, client side: one RESPONSE frame in, the Deferred fires, the
   application sends the next ``session.request()`` (closed loop) against
   ``Int32StringReceiver`` sending the next string from ``stringReceived``;
@@ -54,6 +56,7 @@ def build() -> dict[str, Callable[[], Any]]:
         encode_hello,
     )
     from netmodels.core.keepalive import DEFAULT
+    from netmodels.core.secure import NoiseHandshake, SecureChannel, new_private_key, noise_frame
     from netmodels.runtime.application import Application
     from netmodels.runtime.node import Node, NodeConfig
     from netmodels.topologies.client_server import ClientServer, EchoApplication
@@ -88,6 +91,32 @@ def build() -> dict[str, Callable[[], Any]]:
         assert managed.wrappedProtocol.machine.is_open()
         return managed
 
+    peer_channel: Any = None
+
+    def netmodels_secure_server(application: Any) -> Any:
+        """A server connection with a cluster key, past a real Noise handshake (the peer's channel kept)."""
+        nonlocal peer_channel
+        key = bytes(32)
+        config = NodeConfig(role="server", listen=("tcp:0",), node_id="micro-secure", cluster_keys=(key,))
+        node = Node(config, ClientServer(), application, reactor)
+        factory = node.manager.wrap_factory(node.session_factory())
+        managed = factory.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        managed.makeConnection(transport)
+        peer = NoiseHandshake((key,), new_private_key(), initiator=True)
+        managed.dataReceived(noise_frame(peer.first_message()))
+        [(_, answer)] = FrameDecoder().feed(transport.value())
+        managed.dataReceived(noise_frame(peer.receive(answer)))
+        peer_channel = SecureChannel(peer.result)
+        hello = encode_hello(
+            Hello(node_id="peer", topology="client-server", role="client", keepalive=DEFAULT)
+        )
+        managed.dataReceived(peer_channel.seal(hello))
+        assert managed.wrappedProtocol.machine.is_open()
+        managed.transport = NullTransport(peerAddress=address)
+        managed._direct = None
+        return managed
+
     figures: dict[str, Callable[[], Any]] = {}
 
     # Server side of a round trip.
@@ -108,6 +137,14 @@ def build() -> dict[str, Callable[[], Any]]:
     figures["rr server: netmodels, Session alone (no ManagedConnection)"] = lambda: session.dataReceived(
         request
     )
+
+    # The same, encrypted: a cluster key, a real handshake with a harness peer, then sealed requests.
+    secure_server = netmodels_secure_server(EchoApplication(config))
+    records = [peer_channel.seal(request) for _ in range(6 * N_SMALL + 10)]
+    sealed = iter(records)
+    figures["rr server: netmodels, encrypted (noise)"] = lambda: secure_server.dataReceived(next(sealed))
+    seal_request = peer_channel.seal
+    figures["piece: SecureChannel.seal, one REQUEST frame"] = lambda: seal_request(request)
 
     # Client side of a round trip.
     class Pinger(Int32StringReceiver):

@@ -8,6 +8,7 @@ Run every netmodels benchmark against raw Twisted in one go and print ratios.
     .venv/bin/python benchmarks/run_all.py --only many-to-one         # fan-in and fan-out, ~2 min
     .venv/bin/python benchmarks/run_all.py --only udp                 # UDP vs DatagramProtocol, ~4 min
     .venv/bin/python benchmarks/run_all.py --only callback            # callback vs fallback, ~1 min
+    .venv/bin/python benchmarks/run_all.py --only secure              # noise and tls vs plain, ~2 min
     .venv/bin/python benchmarks/run_all.py --profile-dir /tmp/prof   # cProfile each netmodels server window
 
 See benchmarks/README.md for the method. Results are informational: the exit
@@ -29,10 +30,11 @@ import ingest
 import keepalive_cost
 import mesh_formation
 import rr
+import secure
 import udp
 from common import Row
 
-BENCHMARKS = ("rr", "ingest", "keepalive", "idle", "mesh", "many-to-one", "callback", "udp")
+BENCHMARKS = ("rr", "ingest", "keepalive", "idle", "mesh", "many-to-one", "callback", "udp", "secure")
 
 
 def main() -> int:
@@ -154,6 +156,14 @@ def main() -> int:
             "callback",
             lambda: callback.run(args),
             callback.COLUMNS,
+        )
+
+    if "secure" in chosen:
+        section(
+            "8. encrypted sessions: noise and tls against plain (netmodels both ends)",
+            "secure",
+            lambda: secure.run(args),
+            secure.COLUMNS,
         )
 
     print("\n== summary ==")

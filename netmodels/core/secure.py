@@ -385,14 +385,17 @@ class SecureChannel:
         sealed = self._seal(_NONCE.pack(counter), plaintext, None)
         return _RECORD_HEADER.pack(len(sealed) + 9, _SEALED, counter) + sealed
 
-    def open(self, body: bytes) -> bytes | None:
-        """A SEALED frame's body: the plaintext to deliver, or ``None``."""
-        if len(body) < _COUNTER.size + _TAG:
+    def open(self, record: bytes, start: int = 0) -> bytes | None:
+        """
+        A SEALED frame's body, from ``start`` in ``record`` (5: a whole frame
+        as it arrived): the plaintext to deliver, or ``None``.
+        """
+        if len(record) - start < _COUNTER.size + _TAG:
             self.forged += 1
             return None
-        counter = int.from_bytes(body[:8], "big")
+        counter = _COUNTER.unpack_from(record, start)[0]
         if counter & _UNRELIABLE:
-            return self._open_unreliable(counter, body)
+            return self._open_unreliable(counter, record[start + 8 :])
         if counter & _SEQUENCE != self._reliable_in:
             # Behind: a replay; ahead: a record we never saw was skipped.
             if counter & _SEQUENCE < self._reliable_in:
@@ -401,7 +404,7 @@ class SecureChannel:
                 self.forged += 1
             return None
         try:
-            plaintext = self._open(_NONCE.pack(counter), body[8:], None)
+            plaintext = self._open(_NONCE.pack(counter), record[start + 8 :], None)
         except InvalidTag:
             self.forged += 1
             return None
@@ -415,14 +418,14 @@ class SecureChannel:
             self._fragments = []
         return plaintext
 
-    def _open_unreliable(self, counter: int, body: bytes) -> bytes | None:
+    def _open_unreliable(self, counter: int, ciphertext: bytes) -> bytes | None:
         sequence = counter & _SEQUENCE
         behind = self._highest - sequence
         if behind >= REPLAY_WINDOW or (behind >= 0 and self._seen >> behind & 1):
             self.replayed += 1
             return None
         try:
-            plaintext = self._open(_NONCE.pack(counter), body[8:], None)
+            plaintext = self._open(_NONCE.pack(counter), ciphertext, None)
         except InvalidTag:
             self.forged += 1
             return None
