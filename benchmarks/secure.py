@@ -3,7 +3,7 @@ What encryption costs: netmodels against netmodels, cleartext, Noise and TLS, sa
 
 plain : default netmodels nodes on tcp: endpoints.
 noise : the same with a cluster key (--cluster-key-file): the Noise XXpsk0
-        handshake, then every frame sealed with ChaCha20-Poly1305.
+        handshake, then every frame sealed with AES-256-GCM.
 tls   : the same over TLS: an ssl: server endpoint with a self-signed
         certificate, a tls: client endpoint that verifies it.
 
@@ -317,7 +317,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
             ),
         ]
     notes = [
-        "plain = cleartext netmodels; noise = --cluster-key-file (Noise XXpsk0, ChaCha20-Poly1305 records); "
+        "plain = cleartext netmodels; noise = --cluster-key-file (Noise XXpsk0, AES-256-GCM records); "
         "tls = ssl:/tls: endpoints, a self-signed certificate the client verifies",
         "rr: 32 B requests, one in flight, both ends on one CPU; ingest: 64 B one-way messages in bursts "
         f"of {BURST} per reactor turn, ends on two CPUs, counted at the server",

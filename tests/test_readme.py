@@ -488,7 +488,7 @@ class SecurityDocTests(_ReadmeTestCase):
                 return [c for c in json.load(response)["connections"] if c["state"] == "open"]
 
         [connection] = self.wait_for("the client's connection open", open_connections, self.commands)
-        self.assertEqual(connection["secure"]["protocol"], "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s")
+        self.assertEqual(connection["secure"]["protocol"], "Noise_XXpsk0_25519_AESGCM_BLAKE2s")
         self.assertEqual(state_files(self.directory), ["cluster.key", "server.key"])
         self.assertEqual((self.directory / "state" / "server.key").stat().st_mode & 0o777, 0o600)
 

@@ -67,7 +67,7 @@ class NoiseHandshakeTests(SynchronousTestCase):
         self.assertEqual(mine.remote_static, public_key(responder.static_private))
         self.assertEqual(theirs.remote_static, public_key(initiator.static_private))
         self.assertEqual(mine.handshake_hash, theirs.handshake_hash)
-        self.assertEqual((mine.key_index, mine.protocol), (0, "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s"))
+        self.assertEqual((mine.key_index, mine.protocol), (0, "Noise_XXpsk0_25519_AESGCM_BLAKE2s"))
 
     def test_identity_only_runs_xx_without_a_key(self) -> None:
         events, initiator, _ = handshake([], [])
@@ -75,7 +75,7 @@ class NoiseHandshakeTests(SynchronousTestCase):
         assert initiator.result is not None
         self.assertEqual(
             (initiator.result.key_index, initiator.result.protocol),
-            (None, "Noise_XX_25519_ChaChaPoly_BLAKE2s"),
+            (None, "Noise_XX_25519_AESGCM_BLAKE2s"),
         )
 
     def test_responder_accepts_every_installed_key(self) -> None:
@@ -137,6 +137,21 @@ class SecureChannelTests(SynchronousTestCase):
         self.assertEqual(receiver.open(body), frame)
         # The same plaintext never seals the same way twice.
         self.assertNotEqual(sender.seal(frame)[13:], record[13:])
+
+    def test_a_record_is_noise_encrypt_with_the_counter_as_nonce(self) -> None:
+        """The noise library's own cipher (AESGCM, nonce n) opens what the channel sealed."""
+        from noise.backends.default.ciphers import AESGCMCipher
+
+        _, initiator, _ = handshake([KEY_A], [KEY_A])
+        assert initiator.result is not None
+        sender = SecureChannel(initiator.result)
+        sender.seal(b"first")
+        record = sender.seal(b"second")
+        counter = int.from_bytes(record[5:13], "big")
+        cipher = AESGCMCipher()
+        cipher.initialize(initiator.result.send_key)
+        self.assertEqual(counter, 1)
+        self.assertEqual(cipher.decrypt(initiator.result.send_key, counter, b"", record[13:]), b"second")
 
     def test_replayed_record_is_dropped(self) -> None:
         sender, receiver = channels()
@@ -300,7 +315,7 @@ class StreamTests(SynchronousTestCase):
         pair.clock.advance(0)
         self.assertEqual(_result(answer), b"x" * 200_000)
         secure = pair.server_record().as_dict()["secure"]
-        self.assertEqual(secure["protocol"], "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s")
+        self.assertEqual(secure["protocol"], "Noise_XXpsk0_25519_AESGCM_BLAKE2s")
         self.assertEqual(secure["peer_key"], pair.client.security.fingerprint)  # type: ignore[union-attr]
         self.assertEqual(pair.server.status()["security"]["handshakes_failed"], 0)
         pair.stop()
