@@ -31,7 +31,9 @@ Run it (needs ``pip install atheris``)::
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -180,8 +182,7 @@ def test_one_input(data: bytes) -> None:
     if hello_first:
         stream = peer_hello(index) + stream
     chunks = [stream[i : i + chunk] for i in range(0, len(stream), chunk)] if chunk else [stream]
-    _failures.active = True
-    try:
+    with no_logged_failures():
         for piece in chunks:
             if transport.lost:
                 break
@@ -190,15 +191,15 @@ def test_one_input(data: bytes) -> None:
             clock.advance(step)
         if fin_after:
             transport.connection_lost(ConnectionDone())
-        _advance(clock, DRAIN)
-        check_closure(protocol.record)
-        stopped: list[Any] = []
-        node.stopService().addBoth(stopped.append)
-        _advance(clock, DRAIN)
-        if not stopped or isinstance(stopped[0], Failure):
-            raise AssertionError(f"stopping the node: {stopped}")
-        if clock.getDelayedCalls():
-            raise AssertionError(f"delayed calls left after stopping: {clock.getDelayedCalls()}")
+        stop_and_check(node, clock, lambda: check_closure(protocol.record))
+
+
+@contextlib.contextmanager
+def no_logged_failures() -> Iterator[None]:
+    """Raise ``AssertionError`` if netmodels logs a failure while the body runs."""
+    _failures.active = True
+    try:
+        yield
     finally:
         _failures.active = False
         events, _failures.events = _failures.events, []
@@ -207,16 +208,32 @@ def test_one_input(data: bytes) -> None:
         raise AssertionError(f"netmodels logged a failure: {failure.getTraceback()}")
 
 
+def stop_and_check(node: Node, clock: MemoryReactorClock, check: Callable[[], None]) -> None:
+    """
+    After the peer's last byte: ``check()`` once the deadlines have run out,
+    then the node stops cleanly and leaves no delayed call behind.
+    """
+    _advance(clock, DRAIN)
+    check()
+    stopped: list[Any] = []
+    node.stopService().addBoth(stopped.append)
+    _advance(clock, DRAIN)
+    if not stopped or isinstance(stopped[0], Failure):
+        raise AssertionError(f"stopping the node: {stopped}")
+    if clock.getDelayedCalls():
+        raise AssertionError(f"delayed calls left after stopping: {clock.getDelayedCalls()}")
+
+
 def _advance(clock: MemoryReactorClock, seconds: float, step: float = 0.25) -> None:
     for _ in range(int(seconds / step)):
         clock.advance(step)
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], target: Callable[[bytes], None] = test_one_input) -> None:
     import atheris  # type: ignore[import-not-found]
 
     atheris.instrument_all()
-    atheris.Setup(argv, test_one_input)
+    atheris.Setup(argv, target)
     atheris.Fuzz()
 
 

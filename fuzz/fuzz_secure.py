@@ -35,9 +35,17 @@ import sys
 from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
-from twisted.python.failure import Failure
 
-from fuzz.fuzz_handshake import DRAIN, HANDSHAKE_TIMEOUT, KEEPALIVE, PEER, PeerTransport, _advance, _failures
+from fuzz.fuzz_handshake import (
+    DRAIN,
+    HANDSHAKE_TIMEOUT,
+    KEEPALIVE,
+    PEER,
+    PeerTransport,
+    main,
+    no_logged_failures,
+    stop_and_check,
+)
 from netmodels.core.connection import ConnectionRecord, Direction
 from netmodels.core.frames import FrameDecoder, Hello, MessageType, encode_hello
 from netmodels.core.reasons import CloseReason, Initiator
@@ -162,8 +170,7 @@ def test_one_input(data: bytes) -> None:
     node.startService()
     protocol, transport = connect(node, index, clock)
     chunks = [stream[i : i + chunk] for i in range(0, len(stream), chunk)] if chunk else [stream]
-    _failures.active = True
-    try:
+    with no_logged_failures():
         if mode != "raw" and not transport.disconnecting:
             channel = handshake(protocol, transport, NODES[index][1] == "client")
             if mode == "sealed":
@@ -180,21 +187,7 @@ def test_one_input(data: bytes) -> None:
             clock.advance(step)
             if mode in ("raw", "after-handshake") and application.calls:
                 raise AssertionError("the application heard from a peer that never sent a sealed HELLO")
-        _advance(clock, DRAIN)
-        check_closure(protocol.record)
-        stopped: list[Any] = []
-        node.stopService().addBoth(stopped.append)
-        _advance(clock, DRAIN)
-        if not stopped or isinstance(stopped[0], Failure):
-            raise AssertionError(f"stopping the node: {stopped}")
-        if clock.getDelayedCalls():
-            raise AssertionError(f"delayed calls left after stopping: {clock.getDelayedCalls()}")
-    finally:
-        _failures.active = False
-        events, _failures.events = _failures.events, []
-    if events:
-        failure = events[0]["log_failure"]
-        raise AssertionError(f"netmodels logged a failure: {failure.getTraceback()}")
+        stop_and_check(node, clock, lambda: check_closure(protocol.record))
 
 
 def seeds() -> dict[str, bytes]:
@@ -218,13 +211,5 @@ def seeds() -> dict[str, bytes]:
     return out
 
 
-def main(argv: list[str]) -> None:
-    import atheris  # type: ignore[import-not-found]
-
-    atheris.instrument_all()
-    atheris.Setup(argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main(sys.argv)
+    main(sys.argv, test_one_input)
