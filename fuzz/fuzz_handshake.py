@@ -152,9 +152,9 @@ def peer_hello(index: int) -> bytes:
     return encode_hello(Hello("peer", topology, peer_role, KEEPALIVE, listen=listen))
 
 
-def connect(node: Node, index: int, clock: MemoryReactorClock) -> tuple[ManagedConnection, PeerTransport]:
-    """One connection to ``node``: accepted by its listener, or dialled (a client)."""
-    if NODES[index][1] == "client":
+def connect(node: Node, dialled: bool, clock: MemoryReactorClock) -> tuple[ManagedConnection, PeerTransport]:
+    """One connection to ``node``: accepted by its listener, or ``dialled`` by it (a client)."""
+    if dialled:
         factory = node.manager.wrap_factory(node.session_factory(), Direction.OUTBOUND)
     else:
         factory = node.listeners[0].factory
@@ -178,7 +178,7 @@ def test_one_input(data: bytes) -> None:
     clock = MemoryReactorClock()
     node = make_node(index, clock)
     node.startService()
-    protocol, transport = connect(node, index, clock)
+    protocol, transport = connect(node, NODES[index][1] == "client", clock)
     if hello_first:
         stream = peer_hello(index) + stream
     chunks = [stream[i : i + chunk] for i in range(0, len(stream), chunk)] if chunk else [stream]

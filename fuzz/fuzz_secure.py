@@ -40,13 +40,13 @@ from fuzz.fuzz_handshake import (
     DRAIN,
     HANDSHAKE_TIMEOUT,
     KEEPALIVE,
-    PEER,
     PeerTransport,
+    connect,
     main,
     no_logged_failures,
     stop_and_check,
 )
-from netmodels.core.connection import ConnectionRecord, Direction
+from netmodels.core.connection import ConnectionRecord
 from netmodels.core.frames import FrameDecoder, Hello, MessageType, encode_hello
 from netmodels.core.reasons import CloseReason, Initiator
 from netmodels.core.secure import (
@@ -112,19 +112,6 @@ def make_node(index: int, clock: MemoryReactorClock, application: Application) -
     return node
 
 
-def connect(node: Node, index: int, clock: MemoryReactorClock) -> tuple[ManagedConnection, PeerTransport]:
-    if NODES[index][1] == "client":
-        factory = node.manager.wrap_factory(node.session_factory(), Direction.OUTBOUND)
-    else:
-        factory = node.listeners[0].factory
-    protocol = factory.buildProtocol(PEER)
-    assert isinstance(protocol, ManagedConnection)
-    transport = PeerTransport(clock)
-    transport.protocol = protocol
-    protocol.makeConnection(transport)
-    return protocol, transport
-
-
 def handshake(protocol: ManagedConnection, transport: PeerTransport, node_dialled: bool) -> SecureChannel:
     """Complete a real handshake with the node; the harness's channel."""
     ours = NoiseHandshake((KEY,), new_private_key(), initiator=not node_dialled)
@@ -168,7 +155,7 @@ def test_one_input(data: bytes) -> None:
     application = Watching()
     node = make_node(index, clock, application)
     node.startService()
-    protocol, transport = connect(node, index, clock)
+    protocol, transport = connect(node, NODES[index][1] == "client", clock)
     chunks = [stream[i : i + chunk] for i in range(0, len(stream), chunk)] if chunk else [stream]
     with no_logged_failures():
         if mode != "raw" and not transport.disconnecting:
