@@ -87,6 +87,8 @@ _WINDOW_MASK: Final = (1 << REPLAY_WINDOW) - 1
 #: Noise's AESGCM nonce: 32 zero bits, then the counter big-endian.
 _NONCE: Final = struct.Struct(">4xQ")
 _RECORD_HEADER: Final = struct.Struct("!IBQ")
+#: A record's length field counts its type, counter and tag besides the plaintext.
+_RECORD_LENGTH_OVER_PLAINTEXT: Final = 1 + _COUNTER.size + _TAG
 
 
 class AuthenticationFailed(Exception):
@@ -364,10 +366,13 @@ class SecureChannel:
 
     def seal(self, plaintext: bytes) -> bytes:
         """Whole frames for the reliable space: one record, or several for a large write."""
-        if len(plaintext) <= MAX_RECORD_PLAINTEXT:
+        size = len(plaintext)
+        if size <= MAX_RECORD_PLAINTEXT:
+            # The usual case, inlined: this runs once per message sent.
             counter = self._reliable_out
             self._reliable_out = counter + 1
-            return self._record(counter, plaintext)
+            header = _RECORD_HEADER.pack(size + _RECORD_LENGTH_OVER_PLAINTEXT, _SEALED, counter)
+            return header + self._seal(_NONCE.pack(counter), plaintext, None)
         records = []
         last = len(plaintext) - MAX_RECORD_PLAINTEXT
         for start in range(0, len(plaintext), MAX_RECORD_PLAINTEXT):
@@ -385,8 +390,8 @@ class SecureChannel:
         return self._record(counter, frames)
 
     def _record(self, counter: int, plaintext: bytes) -> bytes:
-        sealed = self._seal(_NONCE.pack(counter), plaintext, None)
-        return _RECORD_HEADER.pack(len(sealed) + 9, _SEALED, counter) + sealed
+        header = _RECORD_HEADER.pack(len(plaintext) + _RECORD_LENGTH_OVER_PLAINTEXT, _SEALED, counter)
+        return header + self._seal(_NONCE.pack(counter), plaintext, None)
 
     def open(self, record: bytes, start: int = 0) -> bytes | None:
         """
@@ -397,6 +402,15 @@ class SecureChannel:
             self.forged += 1
             return None
         counter = _COUNTER.unpack_from(record, start)[0]
+        if counter == self._reliable_in and not self._fragments:
+            # The usual case first: the next reliable record, a whole write.
+            try:
+                plaintext = self._open(_NONCE.pack(counter), record[start + 8 :], None)
+            except InvalidTag:
+                self.forged += 1
+                return None
+            self._reliable_in = counter + 1
+            return plaintext
         if counter & _UNRELIABLE:
             return self._open_unreliable(counter, record[start + 8 :])
         if counter & _SEQUENCE != self._reliable_in:

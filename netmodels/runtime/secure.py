@@ -196,6 +196,9 @@ class SecureSession(Session):
         self._channel: SecureChannel | None = None
         self._records = FrameDecoder(MAX_RECORD_FRAME)
         self._refused = False
+        # The channel while a read that is exactly one SEALED frame can be
+        # opened in place (keys agreed, nothing refused, no partial record held).
+        self._whole_record_channel: SecureChannel | None = None
         self._dropped_seen = 0
         #: What the handshake established (``None`` until it finished).
         self.handshake_result: HandshakeResult | None = None
@@ -213,14 +216,8 @@ class SecureSession(Session):
             self.transport.write(noise_frame(first))
 
     def dataReceived(self, data: bytes) -> None:
-        channel = self._channel
-        if (
-            channel is not None
-            and data[4:5] == _SEALED_BYTE
-            and _LENGTH(data)[0] + 4 == len(data)
-            and self._records.buffered == 0
-            and not self._refused
-        ):
+        channel = self._whole_record_channel
+        if channel is not None and data[4:5] == _SEALED_BYTE and _LENGTH(data)[0] + 4 == len(data):
             # One whole record, the usual case of a request or a reply: no
             # frame walk of the outer layer.
             opened = channel.open(data, 5)
@@ -261,6 +258,8 @@ class SecureSession(Session):
                 self._refuse(f"secure handshake: {error}", CloseReason.PROTOCOL_ERROR, fatal=False)
             else:
                 self.machine.protocol_error(f"secure records: {error}")
+        whole = not self._refused and self._records.buffered == 0 and self._records.error is None
+        self._whole_record_channel = self._channel if whole else None
 
     def _count_dropped(self, channel: SecureChannel) -> None:
         dropped = channel.dropped
@@ -320,6 +319,7 @@ class SecureSession(Session):
                 reason, detail, fatal = decode_bye(body)
                 self._cancel_handshake()
                 self._refused = True
+                self._whole_record_channel = None
                 self.transport.note_remote_close(reason, detail, fatal)
                 self.transport.end(CloseReason.CLEAN)
                 return []
@@ -357,6 +357,7 @@ class SecureSession(Session):
         """Close with ``reason`` after a BYE saying why: sealed once there are keys, else in cleartext."""
         self._cancel_handshake()
         self._refused = True
+        self._whole_record_channel = None
         self.security.handshakes_failed += 1
         record = self.transport.record
         _log.warn(
