@@ -1,0 +1,206 @@
+"""
+A cluster of SWIM nodes on a simulated network with a simulated clock: no sockets, no threads.
+
+:class:`SimulatedNetwork` delivers packets after a random latency, drops a
+given fraction, and can stall a node (as SIGSTOP does: its packets wait,
+its timers are late, and when it resumes its timers run first, as a
+Twisted reactor's do). :class:`Cluster` runs :class:`~.swim.Swim` nodes on
+it and records when each node saw each member change state, which is what
+``benchmarks/p2p_scale.py`` and the tests measure.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+
+from attrs import define, field
+from zope.interface import implementer
+
+from netmodels.topologies.p2p.swim import ISwimOutput, Swim, SwimConfig, SwimMember
+from netmodels.topologies.p2p.swim_wire import MemberState
+
+__all__ = ["Cluster", "SimulatedNetwork"]
+
+
+@define(eq=False)
+class _Host:
+    address: str
+    receive: Callable[[str, bytes, float], None]
+    tick: Callable[[float], None]
+    next_deadline: Callable[[], float | None]
+    stalled_until: float = 0.0
+    down: bool = False
+    armed: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+@define
+class SimulatedNetwork:
+    """Hosts by address, an event queue in simulated seconds, loss and latency."""
+
+    rng: random.Random
+    latency: tuple[float, float] = (0.001, 0.005)
+    loss: float = 0.0
+    now: float = 0.0
+    hosts: dict[str, _Host] = field(factory=dict)
+    #: While set, each host's side: packets between sides are lost.
+    sides: dict[str, int] = field(factory=dict)
+    _events: list[tuple[float, int, Callable[[], None]]] = field(factory=list)
+    _order: int = 0
+
+    def add(
+        self,
+        address: str,
+        receive: Callable[[str, bytes, float], None],
+        tick: Callable[[float], None],
+        next_deadline: Callable[[], float | None],
+    ) -> None:
+        self.hosts[address] = _Host(address, receive, tick, next_deadline)
+
+    def at(self, when: float, action: Callable[[], None]) -> None:
+        self._order += 1
+        heapq.heappush(self._events, (when, self._order, action))
+
+    def send(self, source: str, destination: str, data: bytes) -> None:
+        sender = self.hosts[source]
+        sender.bytes_out += len(data)
+        if self.loss and self.rng.random() < self.loss:
+            return
+        if self.sides and self.sides.get(source) != self.sides.get(destination):
+            return
+        delay = self.rng.uniform(*self.latency)
+        self.at(self.now + delay, lambda: self._arrive(source, destination, data))
+
+    def _arrive(self, source: str, destination: str, data: bytes) -> None:
+        host = self.hosts.get(destination)
+        if host is None or host.down:
+            return
+        if self.now < host.stalled_until:
+            # Held in the socket buffer until the process runs again (after its timers).
+            self.at(host.stalled_until + 1e-6, lambda: self._arrive(source, destination, data))
+            return
+        host.bytes_in += len(data)
+        host.receive(source, data, self.now)
+        self.arm(host)
+
+    def arm(self, host: _Host) -> None:
+        """Make sure ``host`` wakes for its next deadline."""
+        deadline = host.next_deadline()
+        if deadline is None or host.down:
+            return
+        deadline = max(deadline, host.stalled_until)
+        if host.armed is not None and host.armed <= deadline:
+            return
+        host.armed = deadline
+        self.at(deadline, lambda: self._wake(host, deadline))
+
+    def _wake(self, host: _Host, deadline: float) -> None:
+        if host.armed != deadline or host.down:
+            return
+        host.armed = None
+        if self.now < host.stalled_until:
+            self.arm(host)
+            return
+        host.tick(self.now)
+        self.arm(host)
+
+    def partition(self, *groups: set[str]) -> None:
+        """Cut the network between ``groups`` (hosts in none form one more group)."""
+        self.sides = {address: index for index, group in enumerate(groups, 1) for address in group}
+
+    def heal(self) -> None:
+        self.sides = {}
+
+    def stall(self, address: str, seconds: float) -> None:
+        host = self.hosts[address]
+        host.stalled_until = max(host.stalled_until, self.now + seconds)
+
+    def run_until(self, when: float, check: Callable[[], bool] | None = None) -> bool:
+        """Run events up to ``when``; stop early (``True``) once ``check()`` holds after an event."""
+        events = self._events
+        while events and events[0][0] <= when:
+            moment, _, action = heapq.heappop(events)
+            self.now = moment
+            action()
+            if check is not None and check():
+                return True
+        self.now = max(self.now, when)
+        return False
+
+
+@implementer(ISwimOutput)
+class _NodeOutput:
+    def __init__(self, cluster: Cluster, address: str) -> None:
+        self.cluster = cluster
+        self.address = address
+
+    def send(self, address: str, packet: bytes) -> None:
+        self.cluster.network.send(self.address, address, packet)
+
+    def member_changed(self, member: SwimMember, previous: MemberState | None) -> None:
+        self.cluster.changed(self.address, member, previous)
+
+
+class Cluster:
+    """
+    ``size`` SWIM nodes named ``n0``, ``n1``, ... (their addresses too) on
+    one :class:`SimulatedNetwork`.
+
+    Per node it keeps how many others it sees up, and every change as
+    ``(time, observer, member, state)`` in :attr:`changes`.
+    """
+
+    def __init__(self, size: int, config: SwimConfig, seed: int = 1) -> None:
+        self.rng = random.Random(seed)
+        self.network = SimulatedNetwork(random.Random(seed + 1))
+        self.config = config
+        self.nodes: dict[str, Swim] = {}
+        self.up_views: dict[str, int] = {}
+        self.changes: list[tuple[float, str, str, str]] = []
+        self.listeners: list[Callable[[str, SwimMember, MemberState | None], None]] = []
+        for index in range(size):
+            address = f"n{index}"
+            node = Swim(
+                address, address, 1, config, _NodeOutput(self, address), random.Random(seed * 7919 + index)
+            )
+            self.nodes[address] = node
+            self.up_views[address] = 0
+            self.network.add(address, node.receive, node.tick, node.next_deadline)
+
+    def start(self, address: str, seeds: tuple[str, ...] = ()) -> None:
+        self.nodes[address].start(self.network.now, seeds)
+        self.network.arm(self.network.hosts[address])
+
+    def kill(self, address: str) -> None:
+        """The node stops at once: no packets out or in, no timers (a crash)."""
+        self.network.hosts[address].down = True
+
+    def changed(self, observer: str, member: SwimMember, previous: MemberState | None) -> None:
+        was_up = previous is not None and previous is not MemberState.DEAD
+        is_up = member.state is not MemberState.DEAD
+        self.up_views[observer] += is_up - was_up
+        self.changes.append((self.network.now, observer, member.node_id, member.state.name.lower()))
+        for listener in self.listeners:
+            listener(observer, member, previous)
+
+    def running(self) -> list[str]:
+        return [a for a, host in self.network.hosts.items() if not host.down]
+
+    def converged(self) -> bool:
+        """Every running node sees every other running node up, and no more."""
+        running = self.running()
+        return all(self.up_views[a] == len(running) - 1 for a in running)
+
+    def sees_dead(self, victim: str) -> bool:
+        """Every running node holds ``victim`` dead."""
+        for address in self.running():
+            member = self.nodes[address].members.get(victim)
+            if member is not None and member.state is not MemberState.DEAD:
+                return False
+        return True
+
+    def received_bytes(self) -> dict[str, int]:
+        return {a: host.bytes_in for a, host in self.network.hosts.items()}
