@@ -195,8 +195,18 @@ class ProbeTests(SynchronousTestCase):
         self.assertEqual(harness.output.sent(), [("addr-b", ACK, "", 6)])
 
     def test_a_ping_to_a_suspect_member_carries_its_suspicion(self) -> None:
-        harness = SwimHarness(members="b")
+        # Each update is gossiped once, at once: by the time b is probed its
+        # suspicion has left the queue, and only the buddy system sends it.
+        config = SwimConfig(
+            push_pull_interval=1e6, rejoin_interval=1e6, retransmit_mult=1, gossip_interval=0.001
+        )
+        harness = SwimHarness(config, members="b")
         harness.receive("c", packet(PacketKind.GOSSIP, "c", 0, Update(SUSPECT, 1, "b", "c")))
+        harness.advance(0.002)
+        gossip = [e[2] for e in harness.output.take() if e[0] == "send"]
+        self.assertEqual(
+            [(p.kind, p.updates) for p in gossip], [(PacketKind.GOSSIP, (Update(SUSPECT, 1, "b", "c"),))]
+        )
         for _ in range(100):
             harness.advance(0.05)
             pings = [e[2] for e in harness.output.take() if e[0] == "send" and e[2].kind is PING]
