@@ -326,9 +326,11 @@ class SyncAndJoinTests(SynchronousTestCase):
                 break
             now = deadline
             swim.tick(now)
-        # Joined: no more retries (seeds are next contacted on the rejoin interval).
-        syncs = [e for e in output.take() if e[0] == "send" and e[2].kind is PacketKind.SYNC]
-        self.assertEqual(syncs, [])
+        # Joined: no more retries (seeds are next contacted on the rejoin
+        # interval), but one more exchange with a member within 3 periods,
+        # for those that joined at the same time.
+        syncs = [(e[1], e[2].kind) for e in output.take() if e[0] == "send" and e[2].kind is PacketKind.SYNC]
+        self.assertEqual(syncs, [("seed:1", PacketKind.SYNC)])
 
 
 class DisseminationTests(SynchronousTestCase):

@@ -161,6 +161,8 @@ class Cluster:
         self.up_views: dict[str, int] = {}
         self.changes: list[tuple[float, str, str, str]] = []
         self.listeners: list[Callable[[str, SwimMember, MemberState | None], None]] = []
+        self.started: set[str] = set()
+        self.killed: set[str] = set()
         for index in range(size):
             address = f"n{index}"
             node = Swim(
@@ -169,14 +171,19 @@ class Cluster:
             self.nodes[address] = node
             self.up_views[address] = 0
             self.network.add(address, node.receive, node.tick, node.next_deadline)
+            # Not started: nothing listens there yet, packets to it are lost.
+            self.network.hosts[address].down = True
 
     def start(self, address: str, seeds: tuple[str, ...] = ()) -> None:
+        self.network.hosts[address].down = False
+        self.started.add(address)
         self.nodes[address].start(self.network.now, seeds)
         self.network.arm(self.network.hosts[address])
 
     def kill(self, address: str) -> None:
         """The node stops at once: no packets out or in, no timers (a crash)."""
         self.network.hosts[address].down = True
+        self.killed.add(address)
 
     def changed(self, observer: str, member: SwimMember, previous: MemberState | None) -> None:
         was_up = previous is not None and previous is not MemberState.DEAD
@@ -187,10 +194,12 @@ class Cluster:
             listener(observer, member, previous)
 
     def running(self) -> list[str]:
-        return [a for a, host in self.network.hosts.items() if not host.down]
+        return [a for a in self.nodes if a in self.started and a not in self.killed]
 
     def converged(self) -> bool:
-        """Every running node sees every other running node up, and no more."""
+        """All nodes started, and every running one sees every other running one up, and no more."""
+        if len(self.started) < len(self.nodes):
+            return False
         running = self.running()
         return all(self.up_views[a] == len(running) - 1 for a in running)
 
