@@ -105,6 +105,8 @@ class SwimMember:
     state: MemberState = MemberState.ALIVE
     #: When the state last changed (the node's clock).
     since: float = 0.0
+    #: What it says of itself (with its alive state; the p2p topology: its stream endpoints).
+    meta: str = ""
     #: The member said it left (dead by its own word).
     left: bool = False
     suspicion: _Suspicion | None = None
@@ -112,12 +114,10 @@ class SwimMember:
     def update(self) -> Update:
         """This member's state as gossip."""
         if self.state is MemberState.ALIVE:
-            extra = self.address
-        elif self.suspicion is not None:
-            extra = self.suspicion.accuser
-        else:
-            extra = self.node_id if self.left else ""
-        return Update(self.state, self.incarnation, self.node_id, extra)
+            return Update(self.state, self.incarnation, self.node_id, self.address, self.meta)
+        if self.suspicion is not None:
+            return Update(self.state, self.incarnation, self.node_id, self.suspicion.accuser)
+        return Update(self.state, self.incarnation, self.node_id, self.node_id if self.left else "")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -126,6 +126,7 @@ class SwimMember:
             "state": "left" if self.left else self.state.name.lower(),
             "incarnation": self.incarnation,
             "since": self.since,
+            "meta": self.meta,
         }
 
 
@@ -191,9 +192,14 @@ class Swim:
         config: SwimConfig,
         output: ISwimOutput,
         rng: random.Random,
+        meta: str = "",
     ) -> None:
         self.node_id = node_id
         self.address = address
+        if len(meta.encode()) > 255:
+            raise ValueError("a member's meta is at most 255 bytes of UTF-8")
+        #: What this node says of itself to the others.
+        self.meta = meta
         self.incarnation = incarnation
         self.config = config
         self.output = output
@@ -442,7 +448,7 @@ class Swim:
         if member is None:
             if not update.extra:
                 return
-            member = SwimMember(update.node_id, update.extra, update.incarnation, since=now)
+            member = SwimMember(update.node_id, update.extra, update.incarnation, since=now, meta=update.meta)
             self.members[update.node_id] = member
             # New members join the probe order at a random place.
             self._probe_order.insert(self.rng.randint(0, len(self._probe_order)), member.node_id)
@@ -455,6 +461,7 @@ class Swim:
         member.incarnation = update.incarnation
         if update.extra:
             member.address = update.extra
+        member.meta = update.meta
         member.left = False
         self._set_state(member, MemberState.ALIVE, previous)
 
@@ -534,7 +541,10 @@ class Swim:
         self.incarnation = max(self.incarnation, incarnation) + 1
         self.counts["refutations"] += 1
         self._aware(1)
-        self._queue_update(Update(MemberState.ALIVE, self.incarnation, self.node_id, self.address))
+        self._queue_update(self._self_update())
+
+    def _self_update(self) -> Update:
+        return Update(MemberState.ALIVE, self.incarnation, self.node_id, self.address, self.meta)
 
     def _set_state(self, member: SwimMember, state: MemberState, previous: MemberState) -> None:
         if state is not MemberState.SUSPECT and member.suspicion is not None:
@@ -609,7 +619,7 @@ class Swim:
     def _send_state(self, address: str, kind: PacketKind) -> None:
         """Our whole view (ourselves included), in packets of at most max_packet bytes."""
         self.counts["syncs"] += 1
-        state = [Update(MemberState.ALIVE, self.incarnation, self.node_id, self.address)]
+        state = [self._self_update()]
         state += [member.update() for member in self.members.values()]
         room = self.config.max_packet - PACKET_HEADER - len(self.node_id.encode())
         chunk: list[Update] = []

@@ -153,11 +153,12 @@ class SwimPort(DatagramProtocol):
 
     # Life
 
-    def begin(self, seeds: Sequence[str] = (), advertise: str | None = None) -> Swim:
+    def begin(self, seeds: Sequence[str] = (), advertise: str | None = None, meta: str = "") -> Swim:
         """
         Start the protocol once listening; join through ``seeds`` (``host:port``,
         names allowed). ``advertise``: this node's address as the others reach
         it (default: the socket's, which must then be bound to one address).
+        ``meta``: what the others learn of this node with its state.
         """
         for seed in seeds:
             parse_address(seed)
@@ -168,7 +169,7 @@ class SwimPort(DatagramProtocol):
                 raise ValueError("listening on every interface: say which address to advertise")
             advertise = format_address(host.host, host.port)
         parse_address(advertise)
-        self.swim = Swim(self.node_id, advertise, self.incarnation, self.config, self, self.rng)
+        self.swim = Swim(self.node_id, advertise, self.incarnation, self.config, self, self.rng, meta)
         self.swim.start(self.reactor.seconds(), seeds)
         self._arm()
         return self.swim

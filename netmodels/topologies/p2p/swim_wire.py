@@ -14,11 +14,12 @@ that restarted under another id at the same address does not answer for the
 old one) and PING_REQ (whom to probe on the sender's behalf). Each update is
 one member's state as the sender knows it::
 
-    state (1) | incarnation (8) | node id (1 + n) | extra (1 + n)
+    state (1) | incarnation (8) | node id (1 + n) | extra (1 + n) | meta (1 + n)
 
 where ``extra`` is the member's address for ``alive``, and the accuser's
 node id for ``suspect`` and ``dead`` (a member that declares itself dead has
-left). Strings are UTF-8, at most 255 bytes. Anything else raises
+left); ``meta`` is what the member says of itself with ``alive`` (the p2p
+topology: its stream endpoints), empty otherwise. Strings are UTF-8, at most 255 bytes. Anything else raises
 :class:`MalformedPacket`.
 """
 
@@ -77,6 +78,8 @@ class Update:
     node_id: str
     #: The address (``alive``) or the accuser's node id (``suspect``, ``dead``).
     extra: str
+    #: What the member says of itself (``alive`` only).
+    meta: str = ""
 
 
 @frozen
@@ -99,7 +102,11 @@ _MAX_UPDATES: Final = 255
 
 def update_size(update: Update) -> int:
     """Bytes ``update`` takes in a packet."""
-    return _UPDATE_HEAD.size + 2 + len(update.node_id.encode()) + len(update.extra.encode())
+    return (
+        _UPDATE_HEAD.size
+        + 3
+        + sum(len(text.encode()) for text in (update.node_id, update.extra, update.meta))
+    )
 
 
 def _string(text: str) -> bytes:
@@ -126,6 +133,7 @@ def encode_packet(packet: Packet) -> bytes:
             _UPDATE_HEAD.pack(update.state, update.incarnation),
             _string(update.node_id),
             _string(update.extra),
+            _string(update.meta),
         )
     return b"".join(parts)
 
@@ -180,7 +188,8 @@ def decode_packet(data: bytes) -> Packet:
         node_id = reader.string("member id")
         if not node_id:
             raise MalformedPacket("empty member id")
-        updates.append(Update(state, incarnation, node_id, reader.string("update extra")))
+        extra = reader.string("update extra")
+        updates.append(Update(state, incarnation, node_id, extra, reader.string("update meta")))
     if reader.position != len(data):
         raise MalformedPacket(f"{len(data) - reader.position} bytes after the last update")
     return Packet(kind, sender, sequence, target, target_address, tuple(updates))
