@@ -105,6 +105,20 @@ ERRORS: list[tuple[tuple[str, ...], str]] = [
     (("-t", "p2p", *LISTEN, "--nodes", "0"), "--nodes: must be at least 1, not '0'"),
     (("-t", "p2p", *LISTEN, "--nodes", "-3"), "--nodes: must be at least 1, not '-3'"),
     (("-t", "p2p", *LISTEN, "--peer", "garbage"), "--peer: bad endpoint 'garbage': ..."),
+    (("-t", "p2p", *LISTEN, "--swim", "garbage"), "--swim: expected udp:PORT[:interface=IP], not 'garbage'"),
+    (
+        ("-t", "p2p", *LISTEN, "--swim", "udp:7946:interface=eth0"),
+        "--swim: expected udp:PORT[:interface=IP], not 'udp:7946:interface=eth0'",
+    ),
+    (
+        ("-t", "p2p", *LISTEN, "--swim", "udp:7946"),
+        "--swim-advertise: --swim listens on every interface: say which address the others reach",
+    ),
+    (
+        ("-t", "p2p", *LISTEN, "--swim", "udp:7946:interface=127.0.0.1", "--swim-seed", "nowhere"),
+        "--swim-seed: 'nowhere': expected HOST:PORT",
+    ),
+    (("-t", "p2p", *LISTEN, "--swim-seed", "10.0.0.1:7946"), "--swim-seed: only with --swim"),
     (("-t", "p2p", *LISTEN, "--app", "chat"), "--app: chat runs on the many-to-one topology, not p2p"),
     # many-to-one
     (

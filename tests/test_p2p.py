@@ -1388,6 +1388,7 @@ class StatusTests(SynchronousTestCase):
                 "direct": 2,
                 "known": 3,
                 "by_state": {"alive": 2, "suspect": 0, "dead": 0, "left": 1},
+                "membership": "gossip",
             },
         )
         self.assertEqual(

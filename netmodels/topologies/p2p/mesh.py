@@ -64,6 +64,9 @@ from netmodels.topologies.p2p.messages import (
     encode_broadcast,
 )
 from netmodels.topologies.p2p.options import P2POptions, P2PSettings
+from netmodels.topologies.p2p.swim import SwimConfig, SwimMember
+from netmodels.topologies.p2p.swim_port import SwimPort, parse_address
+from netmodels.topologies.p2p.swim_wire import MemberState
 
 __all__ = [
     "BroadcastApplication",
@@ -72,6 +75,7 @@ __all__ = [
     "PeerState",
     "PeerToPeer",
     "RemoteNode",
+    "SwimSetup",
     "first_endpoint",
     "mesh_of",
 ]
@@ -90,12 +94,31 @@ INCARNATIONS_KEPT = 4
 MAX_MEMBERS = 1024
 
 
+@define
+class SwimSetup:
+    """Where and how a node runs SWIM (``--swim``)."""
+
+    port: int
+    interface: str
+    #: ``host:port`` addresses, or callables returning one (or ``None``: not yet).
+    seeds: list[str | Callable[[], str | None]] = field(factory=list)
+    advertise: str | None = None
+    config: SwimConfig = field(factory=SwimConfig)
+
+
 class PeerState(enum.StrEnum):
     ALIVE = "alive"
     SUSPECT = "suspect"
     DEAD = "dead"
     LEFT = "left"
 
+
+#: What SWIM's member states are here.
+_SWIM_STATES = {
+    MemberState.ALIVE: PeerState.ALIVE,
+    MemberState.SUSPECT: PeerState.SUSPECT,
+    MemberState.DEAD: PeerState.DEAD,
+}
 
 #: Same incarnation: the later state in this order wins (SWIM's precedence).
 _PRECEDENCE = {PeerState.ALIVE: 0, PeerState.SUSPECT: 1, PeerState.DEAD: 2, PeerState.LEFT: 3}
@@ -220,6 +243,7 @@ class Mesh:
         tick: float = TICK,
         client_endpoint: Callable[[str], IStreamClientEndpoint] | None = None,
         endpoints: tuple[str, ...] | None = None,
+        swim: SwimSetup | None = None,
     ) -> None:
         """
         :param bootstrap: endpoints to dial until joined through each, and
@@ -230,6 +254,8 @@ class Mesh:
             tests pass a memory network's).
         :param endpoints: what to advertise (default: the node's listeners,
             once they listen).
+        :param swim: run SWIM membership (:mod:`.swim_port`): members and
+            their states come from it, not from connections and PEERS gossip.
         """
         self.node = node
         self.clock = node.clock
@@ -260,6 +286,10 @@ class Mesh:
             draw,
         )
         self._stopping = False
+        self.swim_setup = swim
+        #: The SWIM membership, while it runs.
+        self.membership: SwimPort | None = None
+        self._membership_port: Any = None
         self.counters = {"sent": 0, "delivered": 0, "duplicates": 0, "forwarded": 0, "relayed": 0}
         node.add_handler(PEERS, self._peers_received)
         node.add_handler(BROADCAST, self._broadcast_received)
@@ -267,6 +297,8 @@ class Mesh:
         node.manager.subscribe(self._connection_event)
         node.add_status_section("peers", lambda: [m.as_dict() for m in self.members.values()])
         node.add_status_section("mesh", self.status)
+        if swim is not None:
+            node.add_status_section("swim", self._swim_status)
         node.add_metrics(self.metrics)
 
     # Life
@@ -281,12 +313,41 @@ class Mesh:
             self.endpoints = self._fixed_endpoints
         else:
             self.endpoints = tuple(_dialable(listener) for listener in self.node.listeners if listener.port)
+        if self.swim_setup is not None:
+            self._start_swim(self.swim_setup)
         self._loop = LoopingCall(self._maintain)
         self._loop.clock = self.clock
         self._loop.start(self.tick, now=True)
 
+    def _start_swim(self, setup: SwimSetup) -> None:
+        membership = SwimPort(
+            self.node.reactor,
+            self.node_id,
+            self.incarnation,
+            setup.config,
+            self.node.config.cluster_keys,
+            random.Random(),
+            self._swim_changed,
+        )
+        # The datagram reactor: real UDP, or a test's in-memory network.
+        datagrams = self.node.datagram_reactor
+        self._membership_port = datagrams.listenUDP(setup.port, membership, interface=setup.interface)
+        seeds = [seed() if callable(seed) else seed for seed in setup.seeds]
+        membership.begin([seed for seed in seeds if seed], setup.advertise, " ".join(self.endpoints))
+        self.membership = membership
+
+    @property
+    def swim_address(self) -> str | None:
+        """This node's SWIM address, once SWIM runs."""
+        swim = None if self.membership is None else self.membership.swim
+        return None if swim is None else swim.address
+
     def stop(self) -> None:
         self._stopping = True
+        if self.membership is not None:
+            self.membership.leave()
+            self._membership_port.stopListening()
+            self.membership = None
         self.dialling.stop()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
@@ -332,7 +393,15 @@ class Mesh:
             "known": len(self.members),
             "by_state": {str(s): states.count(s) for s in PeerState},
             "broadcasts": dict(self.counters),
+            "membership": "gossip" if self.swim_setup is None else "swim",
         }
+
+    def _swim_status(self) -> dict[str, Any]:
+        membership = self.membership
+        swim = None if membership is None else membership.swim
+        if membership is None or swim is None:
+            return {"running": False}
+        return {"running": True, "address": swim.address, **swim.status(), **membership.counts}
 
     def metrics(self) -> list[Metric]:
         """For ``GET /metrics``: members by state, and what became of broadcast copies."""
@@ -401,6 +470,8 @@ class Mesh:
         # Connected, whoever dialled: its dialer forgets failures and hold-offs.
         self.dialling.connected(peer_id)
         member.via = None
+        if self.swim_setup is not None:
+            return  # SWIM says who is alive; a connection is one link.
         self._set_state(member, PeerState.ALIVE)
         # Push-pull: the newcomer gets our whole view at once. If we (or
         # gossip) had it suspect or dead, it is told so, and refutes with a
@@ -419,6 +490,11 @@ class Mesh:
         member.session = None
         member.last_reason = None if record.reason is None else str(record.reason)
         if self._stopping:
+            return
+        if self.swim_setup is not None:
+            # A link went down; the member is what SWIM says. Redial by the reason.
+            if member.state in (PeerState.ALIVE, PeerState.SUSPECT):
+                self.dialling.lost(peer_id, record)
             return
         if session.bye_received and record.reason is CloseReason.CLEAN:
             self._set_state(member, PeerState.LEFT)
@@ -440,6 +516,8 @@ class Mesh:
         return self.node_id if outbound else (session.node_id or "")
 
     def _liveness(self, session: Session, state: str) -> None:
+        if self.swim_setup is not None:
+            return
         member = self.members.get(session.node_id or "")
         if member is not None and member.session is session:
             self._set_state(member, PeerState.SUSPECT if state == "suspect" else PeerState.ALIVE)
@@ -460,7 +538,7 @@ class Mesh:
                 break
             if self._should_dial(member, now) and self._dial(member):
                 budget -= 1
-        if direct:
+        if direct and self.swim_setup is None:
             random_peer = direct[int(self._draw() * len(direct)) % len(direct)]
             random_peer.session.write_frame(  # type: ignore[union-attr]
                 self._peers_frame(self.members.values(), include_self=True)
@@ -469,6 +547,8 @@ class Mesh:
     def _should_dial(self, member: Member, now: float) -> bool:
         """Whether membership says to dial ``member`` now (its dialer may still be holding off)."""
         if member.session is not None or not member.endpoints or member.state is PeerState.LEFT:
+            return False
+        if self.swim_setup is not None and member.state is PeerState.DEAD:
             return False
         if member.state is PeerState.DEAD and self.dialling.failures(member.node_id) == 0:
             return False  # Dead by gossip: whoever saw it die redials it.
@@ -489,6 +569,8 @@ class Mesh:
             return
         record: ConnectionRecord = failure.value.record  # type: ignore[union-attr]
         member.last_reason = None if record.reason is None else str(record.reason)
+        if self.swim_setup is not None:
+            return
         if member.state is not PeerState.LEFT and self.dialling.failures(member.node_id) >= 2:
             self._set_state(member, PeerState.DEAD)
 
@@ -538,6 +620,8 @@ class Mesh:
 
     def _announce(self, member: Member) -> None:
         """Tell direct peers about ``member`` soon, coalescing changes into one frame."""
+        if self.swim_setup is not None:
+            return
         self._changed[member.node_id] = member
         if self._gossip_call is None and not self._stopping:
             self._gossip_call = self.clock.callLater(0, self._send_changes)
@@ -569,6 +653,8 @@ class Mesh:
         return encode_frame(PEERS, json.dumps({"members": entries}).encode())
 
     def _peers_received(self, session: Session, body: bytes) -> None:
+        if self.swim_setup is not None:
+            return  # From a node without --swim: SWIM alone says who is a member.
         try:
             entries = _parse_peers(body)
         except MalformedMessage as e:
@@ -636,6 +722,19 @@ class Mesh:
         for member in self.members.values():
             if member.session is not None:
                 member.session.write_frame(frame)
+
+    def _swim_changed(self, swim_member: SwimMember, previous: MemberState | None) -> None:
+        """SWIM's word on a member: its state, incarnation and stream endpoints."""
+        member = self._member(swim_member.node_id)
+        host, _ = parse_address(swim_member.address)
+        endpoints = tuple(_fill_host(e, host) for e in swim_member.meta.split())
+        if endpoints:
+            member.endpoints = endpoints
+        member.incarnation = swim_member.incarnation
+        state = PeerState.LEFT if swim_member.left else _SWIM_STATES[swim_member.state]
+        if state is PeerState.ALIVE and member.state in (PeerState.DEAD, PeerState.LEFT):
+            self.dialling.came_back(member.node_id)
+        self._set_state(member, state)
 
     # Broadcast
 
@@ -768,7 +867,12 @@ class PeerToPeer(Topology):
     def build(self, node: Node) -> Mesh:
         for description in node.config.listen:
             node.listen(description)
-        mesh = Mesh(node, node.settings.max_peers, node.config.connect)
+        settings = node.settings
+        swim = None
+        if settings.swim is not None:
+            port, interface = settings.swim
+            swim = SwimSetup(port, interface, list(settings.swim_seeds), settings.swim_advertise)
+        mesh = Mesh(node, settings.max_peers, node.config.connect, swim=swim)
         node.on_start(mesh.start)
         node.on_stop(mesh.stop)
         return mesh
@@ -788,7 +892,17 @@ class PeerToPeer(Topology):
             )
             node = make_node(config)
             # The first node's port is known only once it listens: ask then.
-            mesh_of(node).bootstrap.append(lambda: first_endpoint(first))
+            mesh = mesh_of(node)
+            mesh.bootstrap.append(lambda: first_endpoint(first))
+            if mesh.swim_setup is not None:
+                # Its own SWIM port on loopback, joining the first node's.
+                mesh.swim_setup = attrs.evolve(
+                    mesh.swim_setup,
+                    port=0,
+                    interface="127.0.0.1",
+                    seeds=[lambda: mesh_of(first).swim_address],
+                    advertise=None,
+                )
             nodes.append(node)
         return nodes
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,6 +10,7 @@ from attrs import frozen
 from twisted.python import usage
 
 from netmodels.runtime.endpoints import check_endpoint
+from netmodels.topologies.p2p.swim_port import parse_address
 
 __all__ = ["P2POptions", "P2PSettings"]
 
@@ -19,24 +21,69 @@ class P2PSettings:
     max_peers: int = 32
     #: How many nodes to run in this process (``--nodes``), meshed on loopback.
     nodes: int = 1
+    #: SWIM membership on this UDP port and interface (``--swim``); ``None``: membership
+    #: from the connections and full-view gossip.
+    swim: tuple[int, str] | None = None
+    #: Where to join SWIM (``--swim-seed``, ``host:port``, DNS names allowed).
+    swim_seeds: tuple[str, ...] = ()
+    #: This node's SWIM address as the others reach it (``--swim-advertise``).
+    swim_advertise: str | None = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> P2PSettings:
+        swim = options.get("swim")
         return cls(
             max_peers=_whole("max-peers", options.get("max-peers", "32")),
             nodes=_whole("nodes", options.get("nodes", "1")),
+            swim=None if swim is None else parse_swim_listen(swim),
+            swim_seeds=tuple(options.get("swim-seed", ())),
+            swim_advertise=options.get("swim-advertise"),
         )
+
+
+def parse_swim_listen(description: str) -> tuple[int, str]:
+    """``udp:PORT[:interface=IP]`` as (port, interface); ``ValueError`` naming ``--swim``."""
+    scheme, _, rest = description.partition(":")
+    port_text, _, option = rest.partition(":")
+    interface = ""
+    if option:
+        name, equals, interface = option.partition("=")
+        if name != "interface" or not equals or not _is_ip(interface):
+            raise ValueError(f"--swim: expected udp:PORT[:interface=IP], not {description!r}")
+    if scheme != "udp" or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"--swim: expected udp:PORT[:interface=IP], not {description!r}")
+    return int(port_text), interface
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 class P2POptions(usage.Options):
     optParameters = [
         ["max-peers", None, "32", "The most peers a node dials; beyond, a partial mesh."],
         ["nodes", None, "1", "Run N nodes in this process on ephemeral loopback ports, meshed."],
+        ["swim", None, None, "SWIM membership on this UDP endpoint, e.g. udp:7946 (see docs/p2p-scale.rst)."],
+        [
+            "swim-advertise",
+            None,
+            None,
+            "This node's SWIM address as others reach it, HOST:PORT (needed when --swim has no interface).",
+        ],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["peer"] = []
+        self["swim-seed"] = []
+
+    def opt_swim_seed(self, address: str) -> None:
+        """A SWIM member to join through, HOST:PORT (repeatable; a DNS name stands for all its addresses)."""
+        self["swim-seed"].append(address)
 
     def opt_peer(self, description: str) -> None:
         """A bootstrap peer to dial, e.g. tcp:127.0.0.1:8760 (repeatable; as --connect)."""
@@ -57,7 +104,34 @@ class P2POptions(usage.Options):
             raise usage.UsageError(str(e)) from None
         if nodes > 1 and not self["listen"]:
             self["listen"] = [f"{self['transport']}:0:interface=127.0.0.1"]
+        self._check_swim()
         super().postOptions()
+
+    def _check_swim(self) -> None:
+        for option, addresses in (
+            ("swim-seed", self["swim-seed"]),
+            ("swim-advertise", [self["swim-advertise"]]),
+        ):
+            for address in addresses:
+                if address is None:
+                    continue
+                try:
+                    parse_address(address)
+                except ValueError as e:
+                    raise usage.UsageError(f"--{option}: {e}") from None
+        if self["swim"] is None:
+            for option in ("swim-seed", "swim-advertise"):
+                if self[option]:
+                    raise usage.UsageError(f"--{option}: only with --swim")
+            return
+        try:
+            _, interface = parse_swim_listen(self["swim"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        if interface in ("", "0.0.0.0", "::") and self["swim-advertise"] is None:
+            raise usage.UsageError(
+                "--swim-advertise: --swim listens on every interface: say which address the others reach"
+            )
 
 
 def _whole(option: str, text: object) -> int:
