@@ -8,16 +8,23 @@ stream endpoints each member advertises with its state. Every wait polls
 
 from __future__ import annotations
 
+import re
 import signal
+import urllib.request
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.trial.unittest import TestCase
 
 from tests._support import spawn_twistd, status_port, unique_id
 from tests.test_integration_p2p import CONVERGE, FAST_KEEPALIVE, LISTEN_ANY_PORT, get_json, poll
 
 SWIM_LOOPBACK = "udp:0:interface=127.0.0.1"
+
+
+def fetch_text(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        return str(response.read().decode())
 
 
 def swim_view(document: dict[str, Any]) -> dict[str, tuple[str, bool]]:
@@ -76,6 +83,13 @@ class SwimNodesTests(TestCase):
             self.assertEqual(swim["members"], {"alive": 3, "suspect": 0, "dead": 0, "left": 0})
             self.assertTrue(swim["address"].startswith("127.0.0.1:"))
             self.assertEqual(swim["malformed"], 0)
+        metrics = yield threads.deferToThread(fetch_text, status, "/metrics")
+        received = re.search(
+            r'^netmodels_swim_packets_total\{direction="received"[^}]*\} (\S+)$', metrics, re.M
+        )
+        self.assertIsNotNone(received, metrics)
+        assert received is not None
+        self.assertGreater(float(received.group(1)), 0)
         self.assertNotIn("Traceback", child.text)
 
     def test_tcp(self) -> Any:

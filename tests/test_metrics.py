@@ -30,6 +30,7 @@ from netmodels.topologies.callback.topology import Callback
 from netmodels.topologies.client_server import ClientServer
 from netmodels.topologies.many_to_one.topology import ManyToOne
 from netmodels.topologies.p2p.mesh import PeerToPeer
+from netmodels.topologies.p2p.options import P2PSettings
 from tests.test_callback import RETRY
 from tests.test_callback import Star as CallbackStar
 from tests.test_many_to_one import DEADLINE, MAX_BACKLOG, MESSAGE
@@ -452,6 +453,7 @@ class DocumentationTests(SynchronousTestCase):
             (ClientServer(), "server", {}),
             (ClientServer(), "server", {"transport": "udp"}),
             (PeerToPeer(), "peer", {}),
+            (PeerToPeer(), "peer", {"settings": P2PSettings(swim=(0, "127.0.0.1"))}),
             (ManyToOne(), "server", {}),
             (Callback(), "server", {}),
             (Callback(), "client", {"connect": ("tcp:127.0.0.1:9",)}),

@@ -424,7 +424,52 @@ class Mesh:
         )
         for event, count in self.counters.items():
             copies.add_metric([event], count)
-        return [members, direct, copies]
+        if self.swim_setup is None:
+            return [members, direct, copies]
+        return [members, direct, copies, *self._swim_metrics()]
+
+    def _swim_metrics(self) -> list[Metric]:
+        membership = self.membership
+        swim = None if membership is None else membership.swim
+        counts = {} if swim is None else swim.counts
+        dropped_counts = {} if membership is None else membership.counts
+
+        def counter(name: str, text: str, value: int) -> CounterMetricFamily:
+            return CounterMetricFamily(f"netmodels_swim_{name}", text, value=value)
+
+        packets = CounterMetricFamily(
+            "netmodels_swim_packets", "SWIM packets sent and received.", labels=["direction"]
+        )
+        octets = CounterMetricFamily(
+            "netmodels_swim_bytes", "SWIM bytes sent and received.", labels=["direction"]
+        )
+        for direction in ("sent", "received"):
+            packets.add_metric([direction], counts.get(f"packets_{direction}", 0))
+            octets.add_metric([direction], counts.get(f"bytes_{direction}", 0))
+        dropped = CounterMetricFamily(
+            "netmodels_swim_dropped",
+            "SWIM packets dropped: malformed, or sealed with no key of ours (unsealed).",
+            labels=["why"],
+        )
+        dropped.add_metric(["malformed"], counts.get("malformed", 0))
+        dropped.add_metric(["unsealed"], dropped_counts.get("unsealed_dropped", 0))
+        awareness = GaugeMetricFamily(
+            "netmodels_swim_awareness",
+            "Lifeguard's local health score: 0 healthy; each point stretches probe timeouts by a period.",
+            value=0 if swim is None else swim.awareness,
+        )
+        return [
+            packets,
+            octets,
+            dropped,
+            counter("probes", "Members this node probed.", counts.get("probes", 0)),
+            counter(
+                "probes_failed", "Probes with no ACK, direct or indirect.", counts.get("probes_failed", 0)
+            ),
+            counter("suspicions", "Suspicions this node started or heard.", counts.get("suspicions", 0)),
+            counter("refutations", "Suspicions of this node it refuted.", counts.get("refutations", 0)),
+            awareness,
+        ]
 
     # Connections
 
