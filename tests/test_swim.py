@@ -4,6 +4,7 @@ The SWIM membership core (netmodels.topologies.p2p.swim): recorded events, simul
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -219,8 +220,15 @@ class ProbeTests(SynchronousTestCase):
 
 class SuspicionTests(SynchronousTestCase):
     def config(self) -> SwimConfig:
-        # 5 members: the minimum is 4 periods (log10(5) < 1), the maximum 24.
-        return SwimConfig(push_pull_interval=1e6, rejoin_interval=1e6, suspicion_mult=4, suspicion_max_mult=6)
+        # 5 members: the minimum is 4 periods (log10(5) < 1), the maximum 24,
+        # reached after 2 confirmations (memberlist's LAN profile).
+        return SwimConfig(
+            push_pull_interval=1e6,
+            rejoin_interval=1e6,
+            suspicion_mult=4,
+            suspicion_max_mult=6,
+            suspicion_confirmations=2,
+        )
 
     def dead_at(self, harness: SwimHarness, member: str) -> float:
         """When ``member`` is declared dead; every PING is answered meanwhile, so no probe accuses."""
@@ -242,6 +250,15 @@ class SuspicionTests(SynchronousTestCase):
         harness.output.take()
         start = harness.now
         self.assertLessEqual(abs(self.dead_at(harness, "b") - start - 24.0), 0.02)
+
+    def test_one_confirmation_of_two_shrinks_it_part_way(self) -> None:
+        harness = SwimHarness(self.config(), members="bcde")
+        start = harness.now
+        for accuser in "cd":
+            harness.receive(accuser, packet(PacketKind.GOSSIP, accuser, 0, Update(SUSPECT, 1, "b", accuser)))
+        # Lifeguard: max - (max - min) * log(1 + 1) / log(2 + 1).
+        expected = 24.0 - 20.0 * math.log(2) / math.log(3)
+        self.assertLessEqual(abs(self.dead_at(harness, "b") - start - expected), 0.02)
 
     def test_confirmations_shrink_it_to_the_minimum(self) -> None:
         harness = SwimHarness(self.config(), members="bcde")

@@ -74,12 +74,16 @@ class SwimConfig:
     protocol_period: float = 1.0
     probe_timeout: float = 0.5
     indirect_probes: int = 3
-    #: The shortest suspicion lasts this many periods times log10(n). 3, not
-    #: memberlist's 4: in simulation (benchmarks/p2p_scale.py) 1,000 nodes
-    #: then see a crash within 15 s, and 5 % loss and 2 s stalls still kill nobody.
-    suspicion_mult: float = 3.0
-    #: The longest (no confirmation) lasts this many times the shortest.
+    #: The shortest suspicion lasts this many periods times log10(n) (Lifeguard's
+    #: alpha). 2.5, not memberlist's 4: in simulation (benchmarks/p2p_scale.py)
+    #: 1,000 nodes then see a crash within 15 s, and 5 % loss with 2 s stalls
+    #: still kills nobody.
+    suspicion_mult: float = 2.5
+    #: The longest (no confirmation) lasts this many times the shortest (beta).
     suspicion_max_mult: float = 6.0
+    #: Independent accusations besides the first that bring a suspicion down to
+    #: the shortest (K; memberlist: its multiplier - 2).
+    suspicion_confirmations: int = 1
     retransmit_mult: int = 4
     gossip_interval: float = 0.2
     gossip_fanout: int = 3
@@ -495,7 +499,7 @@ class Swim:
             self._now,
             minimum,
             minimum * config.suspicion_max_mult,
-            max(0, round(config.suspicion_mult) - 2),
+            config.suspicion_confirmations,
             {accuser},
         )
         member.incarnation = incarnation
