@@ -119,6 +119,22 @@ ERRORS: list[tuple[tuple[str, ...], str]] = [
         "--swim-seed: 'nowhere': expected HOST:PORT",
     ),
     (("-t", "p2p", *LISTEN, "--swim-seed", "10.0.0.1:7946"), "--swim-seed: only with --swim"),
+    (("-t", "p2p", *LISTEN, "--high-water", "8"), "--high-water: only with --swim"),
+    (
+        (
+            "-t",
+            "p2p",
+            *LISTEN,
+            "--swim",
+            "udp:0:interface=127.0.0.1",
+            "--max-peers",
+            "8",
+            "--high-water",
+            "4",
+        ),
+        "--high-water: must be at least --max-peers (8), not 4",
+    ),
+    (("-t", "p2p", *LISTEN, "--high-water", "lots"), "--high-water: expected a whole number, not 'lots'"),
     (("-t", "p2p", *LISTEN, "--app", "chat"), "--app: chat runs on the many-to-one topology, not p2p"),
     # many-to-one
     (

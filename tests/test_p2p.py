@@ -44,7 +44,7 @@ from netmodels.core.reasons import CloseReason, Initiator
 from netmodels.daemon.tap import Options, makeService
 from netmodels.runtime.node import Node, NodeConfig
 from netmodels.runtime.session import Session, decode_bye, encode_bye
-from netmodels.testing import MemoryLink, MemoryNetwork
+from netmodels.testing import DatagramNetwork, MemoryLink, MemoryNetwork
 from netmodels.topologies.p2p import mesh as p2p
 from netmodels.topologies.p2p.mesh import (
     DIAL_GRACE,
@@ -55,6 +55,7 @@ from netmodels.topologies.p2p.mesh import (
     PeerState,
     PeerToPeer,
     RemoteNode,
+    SwimSetup,
     first_endpoint,
     mesh_of,
 )
@@ -168,10 +169,18 @@ class MemoryMesh:
         latency: float = 0.0,
         connect_timeout: float = 30.0,
         draw: Callable[[], float] = lambda: 0.0,
+        swim: bool = False,
+        high_water: int | None = None,
+        trim_grace: float = 30.0,
     ) -> None:
         self.testcase = testcase
         self.clock = Clock()
         self.network = MemoryNetwork(self.clock, latency, connect_timeout)
+        #: With ``swim``: SWIM's UDP, in memory on the same clock; node ``n<i>`` at 10.9.0.<i + 1>:7946.
+        self.swim = swim
+        self.datagrams = DatagramNetwork(self.clock, seed=1)
+        self.high_water = high_water
+        self.trim_grace = trim_grace
         self.max_peers = max_peers
         self.keepalive = keepalive
         self.draw = draw
@@ -221,13 +230,21 @@ class MemoryMesh:
             )
             MemoryListener(self.network, listening, factory).setServiceParent(node)
         targets = [address(name(b)) if isinstance(b, int) else b for b in bootstrap]
+        swim = None
+        if self.swim:
+            node.datagram_reactor = self.datagrams
+            seeds: list[str | Callable[[], str | None]] = ["10.9.0.1:7946"] if index else []
+            swim = SwimSetup(7946, f"10.9.0.{index + 1}", seeds, seed=index)
         mesh = Mesh(
             node,
             config.settings.max_peers,
-            targets,
+            [] if self.swim else targets,
             draw=self.draw,
             client_endpoint=lambda target, me=node_id: _RecordedEndpoint(self, target, me),
             endpoints=(where,),
+            swim=swim,
+            high_water=self.high_water,
+            trim_grace=self.trim_grace,
         )
         node.topology_state = mesh
         node.start_hooks.append(mesh.start)
@@ -1389,6 +1406,8 @@ class StatusTests(SynchronousTestCase):
                 "known": 3,
                 "by_state": {"alive": 2, "suspect": 0, "dead": 0, "left": 1},
                 "membership": "gossip",
+                "high_water": None,
+                "trimmed": 0,
             },
         )
         self.assertEqual(
@@ -1656,4 +1675,54 @@ class StartOrderTests(SynchronousTestCase):
         dials = len([d for d in mesh.dials if d[1:] == ("n02", "n00:1")])
         mesh.advance(10)
         self.assertEqual(len([d for d in mesh.dials if d[1:] == ("n02", "n00:1")]), dials)
+        mesh.stop_all()
+
+
+class SwimMeshTests(SynchronousTestCase):
+    """The mesh with SWIM membership on memory networks and a Clock: links spread, trimmed above the mark."""
+
+    def direct(self, mesh: MemoryMesh) -> dict[str, int]:
+        return {n: mesh.mesh(n).status()["direct"] for n in sorted(mesh.running)}
+
+    def test_members_from_swim_links_spread_and_trimmed_above_high_water(self) -> None:
+        mesh = MemoryMesh(self, max_peers=2, swim=True, high_water=3, trim_grace=5.0)
+        mesh.build(16)
+        mesh.start()
+        everyone = set(mesh.nodes)
+        mesh.advance_until(
+            lambda: all(set(mesh.mesh(n).alive()) == everyone - {n} for n in everyone), 30.0, "SWIM members"
+        )
+        # Trimmed peers hold off (5 s, then longer) and link elsewhere: it settles.
+        mesh.advance(40.0)
+        links = self.direct(mesh)
+        self.assertLessEqual(max(links.values()), 3, links)
+        self.assertGreaterEqual(min(links.values()), 1, links)
+        self.assertGreater(sum(mesh.mesh(n).trimmed for n in everyone), 0)
+        # What was trimmed was a link, not a member: everyone is still alive everywhere.
+        self.assertTrue(all(set(mesh.mesh(n).alive()) == everyone - {n} for n in everyone))
+        # And the links still carry a broadcast to every node, once.
+        mesh.mesh("n05").broadcast(b"after trimming")
+        mesh.advance(2.0)
+        for node_id in everyone - {"n05"}:
+            self.assertEqual(mesh.received(node_id), [("n05", b"after trimming")], node_id)
+        mesh.stop_all()
+
+    def test_a_stopped_node_is_dead_by_swim_and_not_redialled(self) -> None:
+        mesh = MemoryMesh(self, max_peers=4, swim=True)
+        mesh.build(6)
+        mesh.start()
+        everyone = set(mesh.nodes)
+        mesh.advance_until(
+            lambda: all(set(mesh.mesh(n).alive()) == everyone - {n} for n in everyone), 30.0, "SWIM members"
+        )
+        mesh.stop("n03")
+        survivors = everyone - {"n03"}
+        mesh.advance_until(
+            lambda: all(mesh.mesh(n).members["n03"].state is PeerState.LEFT for n in survivors),
+            10.0,
+            "n03 left",
+        )
+        dials = len([d for d in mesh.dials if d[2] == address("n03")])
+        mesh.advance(20.0)
+        self.assertEqual(len([d for d in mesh.dials if d[2] == address("n03")]), dials)
         mesh.stop_all()

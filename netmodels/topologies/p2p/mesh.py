@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import hashlib
 import json
 import random
 from collections.abc import Callable, Iterable, Mapping
@@ -92,6 +93,8 @@ SEEN_WINDOW = 4096
 INCARNATIONS_KEPT = 4
 #: Most members one PEERS frame may carry.
 MAX_MEMBERS = 1024
+#: With SWIM, a connection younger than this is never trimmed (libp2p's grace period).
+TRIM_GRACE = 30.0
 
 
 @define
@@ -104,6 +107,8 @@ class SwimSetup:
     seeds: list[str | Callable[[], str | None]] = field(factory=list)
     advertise: str | None = None
     config: SwimConfig = field(factory=SwimConfig)
+    #: Seeds SWIM's random choices (tests); ``None``: from the system.
+    seed: int | None = None
 
 
 class PeerState(enum.StrEnum):
@@ -136,6 +141,8 @@ class Member:
     since: float = 0.0
     #: The live, ready connection to it, if any.
     session: Session | None = None
+    #: When that connection became ready (reactor time).
+    linked_at: float = 0.0
     #: Who told us of it, when we learned it from gossip.
     via: str | None = None
     #: When we first learned of it (monotonic reactor time).
@@ -244,6 +251,8 @@ class Mesh:
         client_endpoint: Callable[[str], IStreamClientEndpoint] | None = None,
         endpoints: tuple[str, ...] | None = None,
         swim: SwimSetup | None = None,
+        high_water: int | None = None,
+        trim_grace: float = TRIM_GRACE,
     ) -> None:
         """
         :param bootstrap: endpoints to dial until joined through each, and
@@ -256,6 +265,9 @@ class Mesh:
             once they listen).
         :param swim: run SWIM membership (:mod:`.swim_port`): members and
             their states come from it, not from connections and PEERS gossip.
+        :param high_water: with SWIM, above this many connections (default
+            twice ``max_peers``) the least used inbound ones older than
+            ``trim_grace`` seconds are closed, down to ``max_peers``.
         """
         self.node = node
         self.clock = node.clock
@@ -287,6 +299,10 @@ class Mesh:
         )
         self._stopping = False
         self.swim_setup = swim
+        self.high_water = 2 * max_peers if high_water is None else high_water
+        self.trim_grace = trim_grace
+        #: Connections closed for being over the high-water mark.
+        self.trimmed = 0
         #: The SWIM membership, while it runs.
         self.membership: SwimPort | None = None
         self._membership_port: Any = None
@@ -326,7 +342,7 @@ class Mesh:
             self.incarnation,
             setup.config,
             self.node.config.cluster_keys,
-            random.Random(),
+            random.Random(setup.seed),
             self._swim_changed,
         )
         # The datagram reactor: real UDP, or a test's in-memory network.
@@ -394,6 +410,8 @@ class Mesh:
             "by_state": {str(s): states.count(s) for s in PeerState},
             "broadcasts": dict(self.counters),
             "membership": "gossip" if self.swim_setup is None else "swim",
+            "high_water": self.high_water if self.swim_setup is not None else None,
+            "trimmed": self.trimmed,
         }
 
     def _swim_status(self) -> dict[str, Any]:
@@ -512,6 +530,7 @@ class Mesh:
             return
         before = member.gossip()
         member.session = session
+        member.linked_at = self.clock.seconds()
         # Connected, whoever dialled: its dialer forgets failures and hold-offs.
         self.dialling.connected(peer_id)
         member.via = None
@@ -578,16 +597,46 @@ class Mesh:
             1 for m in self.members.values() if m.session is None and self.dialling.busy(m.node_id)
         )
         budget = self.max_peers - len(direct) - in_flight
-        for member in sorted(self.members.values(), key=lambda m: m.node_id):
+        for member in sorted(self.members.values(), key=self._dial_order):
             if budget <= 0:
                 break
             if self._should_dial(member, now) and self._dial(member):
                 budget -= 1
+        if self.swim_setup is not None:
+            self._trim(direct)
         if direct and self.swim_setup is None:
             random_peer = direct[int(self._draw() * len(direct)) % len(direct)]
             random_peer.session.write_frame(  # type: ignore[union-attr]
                 self._peers_frame(self.members.values(), include_self=True)
             )
+
+    def _dial_order(self, member: Member) -> Any:
+        if self.swim_setup is None:
+            return member.node_id
+        # Each node ranks the members by a hash of both ids (rendezvous
+        # hashing): a spread of links, and no member everyone dials.
+        return hashlib.blake2s(f"{self.node_id}/{member.node_id}".encode(), digest_size=8).digest()
+
+    def _trim(self, direct: list[Member]) -> None:
+        """Above the high-water mark, close the least used inbound links, down to max_peers."""
+        excess = len(direct) - self.high_water
+        if excess <= 0:
+            return
+        now = self.clock.seconds()
+        candidates = []
+        for member in direct:
+            record = None if member.session is None else member.session.record
+            if record is None or record.direction is not Direction.INBOUND:
+                continue
+            if now - member.linked_at >= self.trim_grace:
+                candidates.append((record.messages_in + record.messages_out, member.node_id, member))
+        candidates.sort(key=lambda candidate: candidate[:2])
+        detail = f"trimmed: {len(direct)} connections, over the high-water mark of {self.high_water}"
+        for _, _, member in candidates[: len(direct) - self.max_peers]:
+            assert member.session is not None
+            self.trimmed += 1
+            # Non-fatal "rejected": the peer holds off before it dials us again, and dials others.
+            member.session.end(CloseReason.REJECTED, detail)
 
     def _should_dial(self, member: Member, now: float) -> bool:
         """Whether membership says to dial ``member`` now (its dialer may still be holding off)."""
@@ -917,7 +966,7 @@ class PeerToPeer(Topology):
         if settings.swim is not None:
             port, interface = settings.swim
             swim = SwimSetup(port, interface, list(settings.swim_seeds), settings.swim_advertise)
-        mesh = Mesh(node, settings.max_peers, node.config.connect, swim=swim)
+        mesh = Mesh(node, settings.max_peers, node.config.connect, swim=swim, high_water=settings.high_water)
         node.on_start(mesh.start)
         node.on_stop(mesh.stop)
         return mesh

@@ -28,6 +28,9 @@ class P2PSettings:
     swim_seeds: tuple[str, ...] = ()
     #: This node's SWIM address as the others reach it (``--swim-advertise``).
     swim_advertise: str | None = None
+    #: With SWIM, above this many connections (inbound included) the least used
+    #: inbound ones are trimmed down to ``max_peers`` (``--high-water``; ``None``: twice it).
+    high_water: int | None = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> P2PSettings:
@@ -38,6 +41,9 @@ class P2PSettings:
             swim=None if swim is None else parse_swim_listen(swim),
             swim_seeds=tuple(options.get("swim-seed", ())),
             swim_advertise=options.get("swim-advertise"),
+            high_water=None
+            if options.get("high-water") is None
+            else _whole("high-water", options["high-water"]),
         )
 
 
@@ -67,6 +73,12 @@ class P2POptions(usage.Options):
     optParameters = [
         ["max-peers", None, "32", "The most peers a node dials; beyond, a partial mesh."],
         ["nodes", None, "1", "Run N nodes in this process on ephemeral loopback ports, meshed."],
+        [
+            "high-water",
+            None,
+            None,
+            "With --swim: above N connections, trim the least used inbound to --max-peers (default 2 x).",
+        ],
         ["swim", None, None, "SWIM membership on this UDP endpoint, e.g. udp:7946 (see docs/p2p-scale.rst)."],
         [
             "swim-advertise",
@@ -105,6 +117,16 @@ class P2POptions(usage.Options):
         if nodes > 1 and not self["listen"]:
             self["listen"] = [f"{self['transport']}:0:interface=127.0.0.1"]
         self._check_swim()
+        if self["high-water"] is not None:
+            try:
+                high = _whole("high-water", self["high-water"])
+                low = _whole("max-peers", self["max-peers"])
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
+            if self["swim"] is None:
+                raise usage.UsageError("--high-water: only with --swim")
+            if high < low:
+                raise usage.UsageError(f"--high-water: must be at least --max-peers ({low}), not {high}")
         super().postOptions()
 
     def _check_swim(self) -> None:
