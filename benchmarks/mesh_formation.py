@@ -63,8 +63,8 @@ def child(count: int, max_peers: int) -> None:
 
     from netmodels.daemon.tap import build_node
     from netmodels.runtime.node import NodeConfig
-    from netmodels.topologies.p2p.mesh import first_endpoint, mesh_of
     from netmodels.topologies.p2p.options import P2PSettings
+    from netmodels.topologies.p2p.topology import first_endpoint, mesh_of
     from twisted.internet import reactor
     from twisted.internet.task import LoopingCall
 

@@ -29,7 +29,7 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.trial.unittest import TestCase
 
 from netmodels.runtime.node import NodeConfig
-from netmodels.topologies.p2p.mesh import mesh_of
+from netmodels.topologies.p2p.topology import mesh_of
 
 from ._support import (
     LISTEN_ANY_PORT,

@@ -18,7 +18,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SkipTest, TestCase
 
 from netmodels.runtime.node import NodeConfig
-from netmodels.topologies.p2p.mesh import mesh_of
+from netmodels.topologies.p2p.topology import mesh_of
 
 from . import test_integration_p2p
 from ._support import (

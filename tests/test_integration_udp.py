@@ -32,7 +32,7 @@ from twisted.trial.unittest import TestCase
 
 from netmodels.core.reasons import CloseReason, Initiator
 from netmodels.runtime.node import NodeConfig
-from netmodels.topologies.p2p.mesh import mesh_of
+from netmodels.topologies.p2p.topology import mesh_of
 
 from ._support import (
     LISTEN_ANY_PORT,

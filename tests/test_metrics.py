@@ -29,8 +29,8 @@ from netmodels.runtime.node import Node, NodeConfig
 from netmodels.topologies.callback.topology import Callback
 from netmodels.topologies.client_server import ClientServer
 from netmodels.topologies.many_to_one.topology import ManyToOne
-from netmodels.topologies.p2p.mesh import PeerToPeer
 from netmodels.topologies.p2p.options import P2PSettings
+from netmodels.topologies.p2p.topology import PeerToPeer
 from tests.test_callback import RETRY
 from tests.test_callback import Star as CallbackStar
 from tests.test_many_to_one import DEADLINE, MAX_BACKLOG, MESSAGE

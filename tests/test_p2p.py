@@ -49,18 +49,15 @@ from netmodels.topologies.p2p import mesh as p2p
 from netmodels.topologies.p2p.mesh import (
     DIAL_GRACE,
     TICK,
-    BroadcastApplication,
     Member,
     Mesh,
     PeerState,
-    PeerToPeer,
     RemoteNode,
     SwimSetup,
-    first_endpoint,
-    mesh_of,
 )
 from netmodels.topologies.p2p.messages import BROADCAST, PEERS, Broadcast, encode_broadcast
 from netmodels.topologies.p2p.options import P2PSettings
+from netmodels.topologies.p2p.topology import BroadcastApplication, PeerToPeer, first_endpoint, mesh_of
 from tests.test_testing import CLOSE_DEADLINE, RawPeer, WireTap, advance_by, advance_to, raw_hello
 
 # --- Constants --------------------------------------------------------------

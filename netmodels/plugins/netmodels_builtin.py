@@ -6,7 +6,7 @@ from netmodels.topologies.callback.topology import Callback
 from netmodels.topologies.client_server import ClientServer, EchoApplication
 from netmodels.topologies.many_to_one.chat import ChatApplication
 from netmodels.topologies.many_to_one.topology import ManyToOne
-from netmodels.topologies.p2p.mesh import BroadcastApplication, PeerToPeer
+from netmodels.topologies.p2p.topology import BroadcastApplication, PeerToPeer
 
 client_server = ClientServer()
 p2p = PeerToPeer()

@@ -27,17 +27,13 @@ de-duplication.
 
 from __future__ import annotations
 
-import collections
-import enum
 import hashlib
 import json
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
-import attrs
 from attrs import define, field
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
@@ -49,36 +45,31 @@ from netmodels.core.backoff import DEFAULT_RECONNECT_POLICY, ReconnectPolicy
 from netmodels.core.connection import ConnectionRecord, Direction
 from netmodels.core.frames import MalformedMessage, ProtocolError, encode_frame
 from netmodels.core.reasons import CloseReason
-from netmodels.runtime.application import Application
 from netmodels.runtime.interfaces import IPeer
 from netmodels.runtime.manager import ConnectFailed, ManagedConnection
-from netmodels.runtime.node import Node, NodeConfig
+from netmodels.runtime.node import Node
 from netmodels.runtime.session import Session
-from netmodels.runtime.topology import Topology
 from netmodels.topologies.p2p.dialling import Dialling
+from netmodels.topologies.p2p.members import PRECEDENCE, Member, PeerState
 from netmodels.topologies.p2p.messages import (
     BROADCAST,
-    MESSAGE_TYPES,
     PEERS,
     Broadcast,
     decode_broadcast,
     encode_broadcast,
 )
-from netmodels.topologies.p2p.options import P2POptions, P2PSettings
+from netmodels.topologies.p2p.metrics import mesh_metrics
 from netmodels.topologies.p2p.swim import SwimConfig, SwimMember
 from netmodels.topologies.p2p.swim_port import SwimPort, parse_address
 from netmodels.topologies.p2p.swim_wire import MemberState
 
 __all__ = [
-    "BroadcastApplication",
     "Member",
     "Mesh",
     "PeerState",
-    "PeerToPeer",
     "RemoteNode",
     "SwimSetup",
-    "first_endpoint",
-    "mesh_of",
+    "dialable_endpoint",
 ]
 
 _log = Logger(namespace="netmodels.p2p")
@@ -111,63 +102,12 @@ class SwimSetup:
     seed: int | None = None
 
 
-class PeerState(enum.StrEnum):
-    ALIVE = "alive"
-    SUSPECT = "suspect"
-    DEAD = "dead"
-    LEFT = "left"
-
-
 #: What SWIM's member states are here.
 _SWIM_STATES = {
     MemberState.ALIVE: PeerState.ALIVE,
     MemberState.SUSPECT: PeerState.SUSPECT,
     MemberState.DEAD: PeerState.DEAD,
 }
-
-#: Same incarnation: the later state in this order wins (SWIM's precedence).
-_PRECEDENCE = {PeerState.ALIVE: 0, PeerState.SUSPECT: 1, PeerState.DEAD: 2, PeerState.LEFT: 3}
-
-
-@define(eq=False)
-class Member:
-    """What this node knows of another node."""
-
-    node_id: str
-    endpoints: tuple[str, ...] = ()
-    incarnation: int = 0
-    state: PeerState = PeerState.ALIVE
-    #: Unix time the state last changed.
-    since: float = 0.0
-    #: The live, ready connection to it, if any.
-    session: Session | None = None
-    #: When that connection became ready (reactor time).
-    linked_at: float = 0.0
-    #: Who told us of it, when we learned it from gossip.
-    via: str | None = None
-    #: When we first learned of it (monotonic reactor time).
-    known_since: float = 0.0
-    last_reason: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.node_id,
-            "endpoints": list(self.endpoints),
-            "state": str(self.state),
-            "since": self.since,
-            "incarnation": self.incarnation,
-            "connected": self.session is not None,
-            "via": self.via,
-            "last_reason": self.last_reason,
-        }
-
-    def gossip(self) -> dict[str, Any]:
-        return {
-            "id": self.node_id,
-            "endpoints": list(self.endpoints),
-            "incarnation": self.incarnation,
-            "state": str(self.state),
-        }
 
 
 @define
@@ -315,7 +255,7 @@ class Mesh:
         node.add_status_section("mesh", self.status)
         if swim is not None:
             node.add_status_section("swim", self._swim_status)
-        node.add_metrics(self.metrics)
+        node.add_metrics(lambda: mesh_metrics(self))
 
     # Life
 
@@ -328,7 +268,8 @@ class Mesh:
         if self._fixed_endpoints is not None:
             self.endpoints = self._fixed_endpoints
         else:
-            self.endpoints = tuple(_dialable(listener) for listener in self.node.listeners if listener.port)
+            listening = [listener for listener in self.node.listeners if listener.port]
+            self.endpoints = tuple(dialable_endpoint(listener) for listener in listening)
         if self.swim_setup is not None:
             self._start_swim(self.swim_setup)
         self._loop = LoopingCall(self._maintain)
@@ -420,74 +361,6 @@ class Mesh:
         if membership is None or swim is None:
             return {"running": False}
         return {"running": True, "address": swim.address, **swim.status(), **membership.counts}
-
-    def metrics(self) -> list[Metric]:
-        """For ``GET /metrics``: members by state, and what became of broadcast copies."""
-        members = GaugeMetricFamily(
-            "netmodels_p2p_members", "Other nodes of the mesh this node knows, by state.", labels=["state"]
-        )
-        states = collections.Counter(m.state for m in self.members.values())
-        for state in PeerState:
-            members.add_metric([str(state)], states[state])
-        direct = GaugeMetricFamily(
-            "netmodels_p2p_direct_peers",
-            "Members with a ready connection to this node.",
-            value=sum(1 for m in self.members.values() if m.session is not None),
-        )
-        copies = CounterMetricFamily(
-            "netmodels_p2p_broadcast_copies",
-            "Broadcast copies: sent and relayed (started here), delivered (first copy, to the "
-            "application), duplicates (a copy seen before, dropped), forwarded (copies sent on to peers).",
-            labels=["event"],
-        )
-        for event, count in self.counters.items():
-            copies.add_metric([event], count)
-        if self.swim_setup is None:
-            return [members, direct, copies]
-        return [members, direct, copies, *self._swim_metrics()]
-
-    def _swim_metrics(self) -> list[Metric]:
-        membership = self.membership
-        swim = None if membership is None else membership.swim
-        counts = {} if swim is None else swim.counts
-        dropped_counts = {} if membership is None else membership.counts
-
-        def counter(name: str, text: str, value: int) -> CounterMetricFamily:
-            return CounterMetricFamily(f"netmodels_swim_{name}", text, value=value)
-
-        packets = CounterMetricFamily(
-            "netmodels_swim_packets", "SWIM packets sent and received.", labels=["direction"]
-        )
-        octets = CounterMetricFamily(
-            "netmodels_swim_bytes", "SWIM bytes sent and received.", labels=["direction"]
-        )
-        for direction in ("sent", "received"):
-            packets.add_metric([direction], counts.get(f"packets_{direction}", 0))
-            octets.add_metric([direction], counts.get(f"bytes_{direction}", 0))
-        dropped = CounterMetricFamily(
-            "netmodels_swim_dropped",
-            "SWIM packets dropped: malformed, or sealed with no key of ours (unsealed).",
-            labels=["why"],
-        )
-        dropped.add_metric(["malformed"], counts.get("malformed", 0))
-        dropped.add_metric(["unsealed"], dropped_counts.get("unsealed_dropped", 0))
-        awareness = GaugeMetricFamily(
-            "netmodels_swim_awareness",
-            "Lifeguard's local health score: 0 healthy; each point stretches probe timeouts by a period.",
-            value=0 if swim is None else swim.awareness,
-        )
-        return [
-            packets,
-            octets,
-            dropped,
-            counter("probes", "Members this node probed.", counts.get("probes", 0)),
-            counter(
-                "probes_failed", "Probes with no ACK, direct or indirect.", counts.get("probes_failed", 0)
-            ),
-            counter("suspicions", "Suspicions this node started or heard.", counts.get("suspicions", 0)),
-            counter("refutations", "Suspicions of this node it refuted.", counts.get("refutations", 0)),
-            awareness,
-        ]
 
     # Connections
 
@@ -805,7 +678,7 @@ class Mesh:
                     self._set_state(member, PeerState.ALIVE)
             return
         newer = incarnation > member.incarnation
-        stronger = incarnation == member.incarnation and _PRECEDENCE[state] > _PRECEDENCE[member.state]
+        stronger = incarnation == member.incarnation and PRECEDENCE[state] > PRECEDENCE[member.state]
         if newer or stronger:
             member.incarnation = incarnation
             member.via = via
@@ -883,10 +756,6 @@ class Mesh:
         return float(self.node.manager._wall_clock())
 
 
-def _because(member: Member, state: PeerState) -> str:
-    return f" ({member.last_reason})" if member.last_reason and state is not PeerState.ALIVE else ""
-
-
 def _parse_peers(body: bytes) -> list[tuple[str, tuple[str, ...], int, PeerState]]:
     try:
         document = json.loads(body)
@@ -912,7 +781,7 @@ def _parse_peers(body: bytes) -> list[tuple[str, tuple[str, ...], int, PeerState
         raise MalformedMessage(f"PEERS: {e}") from None
 
 
-def _dialable(listener: Any) -> str:
+def dialable_endpoint(listener: Any) -> str:
     """A client endpoint string for a listener; ``*`` stands for the address peers see us at."""
     host = listener.port.getHost()
     address = getattr(host, "host", None)
@@ -924,119 +793,7 @@ def _dialable(listener: Any) -> str:
     return f"{scheme}:host={address.replace(':', chr(92) + ':')}:port={host.port}"
 
 
-def first_endpoint(node: Node) -> str | None:
-    """A dialable endpoint of ``node``'s first listener, once it listens."""
-    listeners = [listener for listener in node.listeners if listener.port is not None]
-    return _dialable(listeners[0]).replace("host=*", "host=127.0.0.1") if listeners else None
-
-
 def _fill_host(endpoint: str, observed: str | None) -> str:
     if "host=*" in endpoint and observed:
         return endpoint.replace("host=*", "host=" + observed.replace(":", chr(92) + ":"))
     return endpoint
-
-
-class PeerToPeer(Topology):
-    """Every node listens and dials; see the module docstring."""
-
-    name = "p2p"
-    description = "every node listens and dials; peer exchange, membership, broadcast"
-    roles = ("peer",)
-    default_app = "broadcast"
-    options = P2POptions
-    message_types = MESSAGE_TYPES
-    data_message_types = frozenset({"BROADCAST"})
-
-    def settings(self, options: Mapping[str, Any]) -> P2PSettings:
-        return P2PSettings.from_options(options)
-
-    def validate(self, config: NodeConfig) -> None:
-        super().validate(config)
-        if not config.listen:
-            raise ValueError("--listen: a p2p node needs an endpoint to listen on (tcp:0 for any port)")
-
-    def check_peer(self, our_role: str, peer_role: str) -> str | None:
-        return None if peer_role == "peer" else f"a p2p node talks to peers, and the peer is a {peer_role}"
-
-    def build(self, node: Node) -> Mesh:
-        for description in node.config.listen:
-            node.listen(description)
-        settings = node.settings
-        swim = None
-        if settings.swim is not None:
-            port, interface = settings.swim
-            swim = SwimSetup(port, interface, list(settings.swim_seeds), settings.swim_advertise)
-        mesh = Mesh(node, settings.max_peers, node.config.connect, swim=swim, high_water=settings.high_water)
-        node.on_start(mesh.start)
-        node.on_stop(mesh.stop)
-        return mesh
-
-    def more_nodes(self, first: Node, make_node: Callable[[NodeConfig], Node]) -> list[Node]:
-        """``--nodes N``: N - 1 more nodes on ephemeral loopback ports, bootstrapping from ``first``."""
-        nodes = []
-        for index in range(1, first.settings.nodes):
-            config = attrs.evolve(
-                first.config,
-                node_id=f"{first.config.node_id}-{index}",
-                # Each node its own key: --identity is the first node's.
-                identity_key=None,
-                listen=(f"{first.config.transport}:0:interface=127.0.0.1",),
-                connect=(),
-                status=None,
-            )
-            node = make_node(config)
-            # The first node's port is known only once it listens: ask then.
-            mesh = mesh_of(node)
-            mesh.bootstrap.append(lambda: first_endpoint(first))
-            if mesh.swim_setup is not None:
-                # Its own SWIM port on loopback, joining the first node's.
-                mesh.swim_setup = attrs.evolve(
-                    mesh.swim_setup,
-                    port=0,
-                    interface="127.0.0.1",
-                    seeds=[lambda: mesh_of(first).swim_address],
-                    advertise=None,
-                )
-            nodes.append(node)
-        return nodes
-
-
-def mesh_of(node: Node) -> Mesh:
-    """The p2p engine of ``node``, a node of the p2p topology."""
-    mesh = node.topology_state
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"{node!r} is not a p2p node")
-    return mesh
-
-
-class BroadcastApplication(Application):
-    """
-    The p2p demo: every ``--interval`` seconds a node floods a line to the
-    mesh, and it logs every line it receives, with its origin.
-    """
-
-    def __init__(self, config: NodeConfig) -> None:
-        self.interval = config.interval
-        self.received: list[tuple[str, bytes]] = []
-        self._count = 0
-
-    def start(self, node: Node) -> None:
-        super().start(node)
-        self.repeat(self.interval, self._say)
-
-    def message_received(self, peer: IPeer, payload: bytes) -> None:
-        self.received.append((peer.node_id, payload))
-        node_id = self.node.config.node_id if self.node is not None else "?"
-        _log.info(
-            "[{node}] from {origin}: {text}",
-            node=node_id,
-            origin=peer.node_id,
-            text=payload.decode("utf-8", "replace"),
-        )
-
-    def _say(self) -> None:
-        mesh = None if self.node is None else self.node.topology_state
-        if not isinstance(mesh, Mesh):
-            return
-        self._count += 1
-        mesh.broadcast(f"hello #{self._count} from {mesh.node_id}".encode())
