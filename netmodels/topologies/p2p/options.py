@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,7 +9,7 @@ from attrs import frozen
 from twisted.python import usage
 
 from netmodels.runtime.endpoints import check_endpoint
-from netmodels.topologies.p2p.swim_port import parse_address
+from netmodels.topologies.p2p.swim_port import is_ip_address, parse_address
 
 __all__ = ["P2POptions", "P2PSettings"]
 
@@ -54,19 +53,11 @@ def parse_swim_listen(description: str) -> tuple[int, str]:
     interface = ""
     if option:
         name, equals, interface = option.partition("=")
-        if name != "interface" or not equals or not _is_ip(interface):
+        if name != "interface" or not equals or not is_ip_address(interface):
             raise ValueError(f"--swim: expected udp:PORT[:interface=IP], not {description!r}")
     if scheme != "udp" or not port_text.isdigit() or int(port_text) > 65535:
         raise ValueError(f"--swim: expected udp:PORT[:interface=IP], not {description!r}")
     return int(port_text), interface
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 class P2POptions(usage.Options):

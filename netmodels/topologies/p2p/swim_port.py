@@ -34,7 +34,7 @@ from zope.interface import implementer
 from netmodels.topologies.p2p.swim import ISwimOutput, Swim, SwimConfig, SwimMember
 from netmodels.topologies.p2p.swim_wire import MemberState
 
-__all__ = ["PacketSeal", "SwimPort", "format_address", "parse_address"]
+__all__ = ["PacketSeal", "SwimPort", "format_address", "is_ip_address", "parse_address"]
 
 _log = Logger(namespace="netmodels.swim")
 
@@ -87,7 +87,8 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _is_ip(host: str) -> bool:
+def is_ip_address(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address (not a name)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -206,7 +207,7 @@ class SwimPort(DatagramProtocol):
     def send(self, address: str, packet: bytes) -> None:
         data = packet if self.seal is None else self.seal.seal(packet)
         host, port = parse_address(address)
-        if _is_ip(host):
+        if is_ip_address(host):
             self.write_to(data, (host, port))
         else:
             self.reactor.nameResolver.resolveHostName(_Resolution(self, host, data), host, port)
