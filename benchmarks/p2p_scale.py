@@ -15,7 +15,12 @@ Phases, in simulated time:
    nodes each stalled for 2 s at a random moment (their packets wait, their
    timers fire late); at its start one node is killed. failure_detect_s:
    until every running node holds it dead. false_positives: members declared
-   dead by anyone in this phase other than the killed one.
+   dead by anyone in this phase other than the killed one. Meanwhile
+   MESSAGES broadcasts from random running nodes go through the overlay
+   (netmodels.topologies.p2p.gossipsub); broadcast_delivery_ratio: the
+   deliveries to running nodes over what exactly-once delivery to each
+   gives, BROADCAST_SETTLE_S after the phase; duplicates_per_node: copies of
+   a message a node receives, on average (the one delivered included).
 
     python benchmarks/p2p_scale.py --nodes 1000 [--json] [--seed 1]
 """
@@ -41,6 +46,8 @@ DISTURBED_S = 60.0
 LOSS = 0.05
 STALLED_FRACTION = 0.10
 STALL_S = 2.0
+MESSAGES = 50
+BROADCAST_SETTLE_S = 10.0
 
 
 def simulate(nodes: int, seed: int = 1, config: SwimConfig | None = None) -> dict[str, Any]:
@@ -83,10 +90,21 @@ def simulate(nodes: int, seed: int = 1, config: SwimConfig | None = None) -> dic
             false_positives.append((network.now - phase_start, observer, member.node_id))
 
     cluster.listeners.append(watch)
+    publishers = [a for a in addresses if a != victim]
+    for number in range(MESSAGES):
+        moment = phase_start + rng.uniform(5.0, DISTURBED_S - 15.0)
+        publisher = rng.choice(publishers)
+        network.at(moment, lambda n=number, a=publisher: _publish(cluster, a, n))
     detected = network.run_until(phase_start + DISTURBED_S, lambda: cluster.sees_dead(victim))
     failure_detect_s = network.now - phase_start if detected else None
-    network.run_until(phase_start + DISTURBED_S)
+    network.run_until(phase_start + DISTURBED_S + BROADCAST_SETTLE_S)
     counts = [node.counts for node in cluster.nodes.values()]
+    receivers = [a for a in addresses if a != victim]
+    delivered = sum(len(cluster.simulated[a].delivered) for a in receivers)
+    expected = MESSAGES * (len(receivers) - 1)
+    copies = sum(
+        cluster.overlays[a].counts["delivered"] + cluster.overlays[a].counts["duplicates"] for a in receivers
+    )
     return {
         "nodes": nodes,
         "seed": seed,
@@ -95,6 +113,8 @@ def simulate(nodes: int, seed: int = 1, config: SwimConfig | None = None) -> dic
         "bytes_per_node_per_s": round(statistics.median(rates), 1),
         "bytes_per_node_per_s_max": round(max(rates), 1),
         "false_positives": len(false_positives),
+        "broadcast_delivery_ratio": round(delivered / expected, 4),
+        "duplicates_per_node": round(copies / expected, 2),
         "suspicions": sum(c["suspicions"] for c in counts),
         "refutations": sum(c["refutations"] for c in counts),
         "malformed": sum(c["malformed"] for c in counts),
@@ -102,6 +122,16 @@ def simulate(nodes: int, seed: int = 1, config: SwimConfig | None = None) -> dic
         "cpu_s": round(time.process_time() - started, 1),
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
     }
+
+
+def _publish(cluster: Cluster, address: str, number: int) -> None:
+    """Broadcast from ``address`` now, or when it resumes if it is stalled."""
+    network = cluster.network
+    resumes = network.hosts[address].stalled_until
+    if network.now < resumes:
+        network.at(resumes + 1e-6, lambda: _publish(cluster, address, number))
+        return
+    cluster.overlays[address].publish(f"message {number}".encode(), network.now)
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 """
-A cluster of SWIM nodes on a simulated network with a simulated clock: no sockets, no threads.
+A cluster of SWIM nodes (each with a broadcast overlay) on a simulated network and clock: no sockets.
 
 :class:`SimulatedNetwork` delivers packets after a random latency, drops a
 given fraction, and can stall a node (as SIGSTOP does: its packets wait,
@@ -14,10 +14,12 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Callable
+from typing import Final
 
 from attrs import define, field
 from zope.interface import implementer
 
+from netmodels.topologies.p2p.gossipsub import IOverlayOutput, Overlay, OverlayConfig
 from netmodels.topologies.p2p.swim import ISwimOutput, Swim, SwimConfig, SwimMember
 from netmodels.topologies.p2p.swim_wire import MemberState
 
@@ -131,17 +133,70 @@ class SimulatedNetwork:
         return False
 
 
+_SWIM: Final = b"\x00"
+_OVERLAY: Final = b"\x01"
+
+
 @implementer(ISwimOutput)
-class _NodeOutput:
-    def __init__(self, cluster: Cluster, address: str) -> None:
+class _SimulatedNode:
+    """One node: SWIM, and a broadcast overlay on the same address (a first byte tells them apart)."""
+
+    def __init__(self, cluster: Cluster, address: str, seed: int) -> None:
         self.cluster = cluster
         self.address = address
+        self.swim = Swim(address, address, 1, cluster.config, self, random.Random(seed))
+        self.overlay = Overlay(
+            address, 1, cluster.overlay_config, _OverlayOutput(self), random.Random(seed + 1)
+        )
+        self.heartbeat_at: float | None = None
+        #: Messages handed to this node's application: (origin, payload).
+        self.delivered: list[tuple[str, bytes]] = []
+
+    def start(self, now: float, seeds: tuple[str, ...]) -> None:
+        self.swim.start(now, seeds)
+        self.heartbeat_at = now + self.cluster.rng.uniform(0, self.cluster.overlay_config.heartbeat)
+
+    def receive(self, source: str, data: bytes, now: float) -> None:
+        if data[:1] == _SWIM:
+            self.swim.receive(source, data[1:], now)
+        else:
+            self.overlay.receive(source, data[1:], now)
+
+    def tick(self, now: float) -> None:
+        self.swim.tick(now)
+        if self.heartbeat_at is not None and now >= self.heartbeat_at:
+            self.overlay.heartbeat(now)
+            self.heartbeat_at = now + self.cluster.overlay_config.heartbeat
+
+    def next_deadline(self) -> float | None:
+        deadlines = [d for d in (self.swim.next_deadline(), self.heartbeat_at) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    # ISwimOutput
 
     def send(self, address: str, packet: bytes) -> None:
-        self.cluster.network.send(self.address, address, packet)
+        self.cluster.network.send(self.address, address, _SWIM + packet)
 
     def member_changed(self, member: SwimMember, previous: MemberState | None) -> None:
+        if member.state is MemberState.DEAD:
+            self.overlay.peer_down(member.node_id)
+        else:
+            self.overlay.peer_up(member.node_id)
         self.cluster.changed(self.address, member, previous)
+
+
+@implementer(IOverlayOutput)
+class _OverlayOutput:
+    """A node's overlay sends to node ids, which are addresses here."""
+
+    def __init__(self, node: _SimulatedNode) -> None:
+        self.node = node
+
+    def send(self, peer_id: str, packet: bytes) -> None:
+        self.node.cluster.network.send(self.node.address, peer_id, _OVERLAY + packet)
+
+    def deliver(self, origin: str, payload: bytes) -> None:
+        self.node.delivered.append((origin, payload))
 
 
 class Cluster:
@@ -153,11 +208,17 @@ class Cluster:
     ``(time, observer, member, state)`` in :attr:`changes`.
     """
 
-    def __init__(self, size: int, config: SwimConfig, seed: int = 1) -> None:
+    def __init__(
+        self, size: int, config: SwimConfig, seed: int = 1, overlay: OverlayConfig | None = None
+    ) -> None:
         self.rng = random.Random(seed)
         self.network = SimulatedNetwork(random.Random(seed + 1))
         self.config = config
+        self.overlay_config = overlay or OverlayConfig()
         self.nodes: dict[str, Swim] = {}
+        #: Each node's overlay, by address.
+        self.overlays: dict[str, Overlay] = {}
+        self.simulated: dict[str, _SimulatedNode] = {}
         self.up_views: dict[str, int] = {}
         self.changes: list[tuple[float, str, str, str]] = []
         self.listeners: list[Callable[[str, SwimMember, MemberState | None], None]] = []
@@ -165,10 +226,10 @@ class Cluster:
         self.killed: set[str] = set()
         for index in range(size):
             address = f"n{index}"
-            node = Swim(
-                address, address, 1, config, _NodeOutput(self, address), random.Random(seed * 7919 + index)
-            )
-            self.nodes[address] = node
+            node = _SimulatedNode(self, address, seed * 7919 + index)
+            self.simulated[address] = node
+            self.nodes[address] = node.swim
+            self.overlays[address] = node.overlay
             self.up_views[address] = 0
             self.network.add(address, node.receive, node.tick, node.next_deadline)
             # Not started: nothing listens there yet, packets to it are lost.
@@ -177,7 +238,7 @@ class Cluster:
     def start(self, address: str, seeds: tuple[str, ...] = ()) -> None:
         self.network.hosts[address].down = False
         self.started.add(address)
-        self.nodes[address].start(self.network.now, seeds)
+        self.simulated[address].start(self.network.now, seeds)
         self.network.arm(self.network.hosts[address])
 
     def kill(self, address: str) -> None:
