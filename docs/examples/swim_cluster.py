@@ -50,8 +50,7 @@ cluster.overlays["n5"].publish(b"hello from n5", network.now)
 network.run_until(network.now + 5.0)
 got = [a for a, node in cluster.simulated.items() if ("n5", b"hello from n5") in node.delivered]
 copies = sum(o.counts["delivered"] + o.counts["duplicates"] for a, o in cluster.overlays.items() if a in got)
-print(
-    f"{network.now:6.2f} s  n5 broadcasts at 5 % loss: {len(got)} of 38 got it, {copies / len(got):.1f} copies each"
-)
+each = copies / len(got)
+print(f"{network.now:6.2f} s  n5 broadcasts, 5 % loss: {len(got)} of 38 got it, {each:.1f} copies each")
 sent = sum(node.counts["bytes_sent"] for node in cluster.nodes.values())
 print(f"{'':6}    {sent / 39 / network.now:.0f} bytes/s of membership sent per node on average, all included")
