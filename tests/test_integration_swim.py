@@ -59,7 +59,7 @@ class SwimNodesTests(TestCase):
                 "--status",
                 LISTEN_ANY_PORT,
                 "--interval",
-                "0",
+                "0.5",
             ],
         )
         status = yield status_port(child)
@@ -83,6 +83,18 @@ class SwimNodesTests(TestCase):
             self.assertEqual(swim["members"], {"alive": 3, "suspect": 0, "dead": 0, "left": 0})
             self.assertTrue(swim["address"].startswith("127.0.0.1:"))
             self.assertEqual(swim["malformed"], 0)
+
+        @defer.inlineCallbacks
+        def broadcasts_heard() -> Any:
+            # The demo application broadcasts every 0.5 s; with SWIM it goes through the overlay.
+            documents = yield get_json(status, "/status/all")
+            overlays = [d["swim"]["overlay"] for d in documents]
+            return overlays if all(o["delivered"] >= 6 for o in overlays) else False
+
+        overlays = yield poll(broadcasts_heard, CONVERGE, "broadcasts delivered through the overlay")
+        for overlay in overlays:
+            self.assertEqual(overlay["malformed"], 0)
+            self.assertLessEqual(len(overlay["mesh"]), 3)
         metrics = yield threads.deferToThread(fetch_text, status, "/metrics")
         received = re.search(
             r'^netmodels_swim_packets_total\{direction="received"[^}]*\} (\S+)$', metrics, re.M

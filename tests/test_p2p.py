@@ -1682,7 +1682,7 @@ class SwimMeshTests(SynchronousTestCase):
         return {n: mesh.mesh(n).status()["direct"] for n in sorted(mesh.running)}
 
     def test_members_from_swim_links_spread_and_trimmed_above_high_water(self) -> None:
-        mesh = MemoryMesh(self, max_peers=2, swim=True, high_water=3, trim_grace=5.0)
+        mesh = MemoryMesh(self, max_peers=2, swim=True, high_water=4, trim_grace=5.0)
         mesh.build(16)
         mesh.start()
         everyone = set(mesh.nodes)
@@ -1692,7 +1692,7 @@ class SwimMeshTests(SynchronousTestCase):
         # Trimmed peers hold off (5 s, then longer) and link elsewhere: it settles.
         mesh.advance(40.0)
         links = self.direct(mesh)
-        self.assertLessEqual(max(links.values()), 3, links)
+        self.assertLessEqual(max(links.values()), 4, links)
         self.assertGreaterEqual(min(links.values()), 1, links)
         self.assertGreater(sum(mesh.mesh(n).trimmed for n in everyone), 0)
         # What was trimmed was a link, not a member: everyone is still alive everywhere.

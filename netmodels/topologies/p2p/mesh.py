@@ -50,9 +50,11 @@ from netmodels.runtime.manager import ConnectFailed, ManagedConnection
 from netmodels.runtime.node import Node
 from netmodels.runtime.session import Session
 from netmodels.topologies.p2p.dialling import Dialling
+from netmodels.topologies.p2p.gossipsub import IOverlayOutput, Overlay, OverlayConfig
 from netmodels.topologies.p2p.members import PRECEDENCE, Member, PeerState
 from netmodels.topologies.p2p.messages import (
     BROADCAST,
+    OVERLAY,
     PEERS,
     Broadcast,
     decode_broadcast,
@@ -246,9 +248,12 @@ class Mesh:
         #: The SWIM membership, while it runs.
         self.membership: SwimPort | None = None
         self._membership_port: Any = None
+        #: With SWIM, broadcasts go through this overlay over the links (flooding without).
+        self.overlay: Overlay | None = None
         self.counters = {"sent": 0, "delivered": 0, "duplicates": 0, "forwarded": 0, "relayed": 0}
         node.add_handler(PEERS, self._peers_received)
         node.add_handler(BROADCAST, self._broadcast_received)
+        node.add_handler(OVERLAY, self._overlay_received)
         node.on_liveness(self._liveness)
         node.manager.subscribe(self._connection_event)
         node.add_status_section("peers", lambda: [m.as_dict() for m in self.members.values()])
@@ -277,6 +282,12 @@ class Mesh:
         self._loop.start(self.tick, now=True)
 
     def _start_swim(self, setup: SwimSetup) -> None:
+        self.overlay = Overlay(
+            self.node_id, self._epoch, OverlayConfig(), _OverlayLinks(self), random.Random(setup.seed)
+        )
+        for member in self.members.values():
+            if member.session is not None:
+                self.overlay.peer_up(member.node_id)
         membership = SwimPort(
             self.node.reactor,
             self.node_id,
@@ -316,10 +327,14 @@ class Mesh:
 
     def broadcast(self, payload: bytes) -> int:
         """Flood ``payload`` to every node of the mesh; returns the peers it went to at first."""
+        self.counters["sent"] += 1
+        if self.overlay is not None:
+            peers = len(self.overlay.mesh) or min(len(self.overlay.peers), self.overlay.config.degree)
+            self.overlay.publish(payload, self.clock.seconds())
+            return peers
         self._sequence += 1
         message = Broadcast(self.node_id, self._epoch, self._sequence, payload)
         self._seen_window(message).add(message.sequence)
-        self.counters["sent"] += 1
         return self._flood(encode_broadcast(message), exclude=None)
 
     def send_to(self, node_id: str, payload: bytes) -> None:
@@ -355,12 +370,30 @@ class Mesh:
             "trimmed": self.trimmed,
         }
 
+    def _overlay_received(self, session: Session, body: bytes) -> None:
+        if self.overlay is not None and session.node_id is not None:
+            self.overlay.receive(session.node_id, body, self.clock.seconds())
+
+    def _overlay_delivered(self, origin: str, payload: bytes) -> None:
+        self.counters["delivered"] += 1
+        try:
+            self.node.application.message_received(RemoteNode(self, origin), payload)
+        except Exception:
+            _log.failure("application failed on a broadcast from {origin}", origin=origin)
+
     def _swim_status(self) -> dict[str, Any]:
         membership = self.membership
         swim = None if membership is None else membership.swim
         if membership is None or swim is None:
             return {"running": False}
-        return {"running": True, "address": swim.address, **swim.status(), **membership.counts}
+        overlay = None if self.overlay is None else self.overlay.status()
+        return {
+            "running": True,
+            "address": swim.address,
+            **swim.status(),
+            **membership.counts,
+            "overlay": overlay,
+        }
 
     # Connections
 
@@ -408,7 +441,10 @@ class Mesh:
         self.dialling.connected(peer_id)
         member.via = None
         if self.swim_setup is not None:
-            return  # SWIM says who is alive; a connection is one link.
+            # SWIM says who is alive; a connection is one link, and the overlay's to use.
+            if self.overlay is not None:
+                self.overlay.peer_up(peer_id)
+            return
         self._set_state(member, PeerState.ALIVE)
         # Push-pull: the newcomer gets our whole view at once. If we (or
         # gossip) had it suspect or dead, it is told so, and refutes with a
@@ -429,6 +465,8 @@ class Mesh:
         if self._stopping:
             return
         if self.swim_setup is not None:
+            if self.overlay is not None:
+                self.overlay.peer_down(peer_id)
             # A link went down; the member is what SWIM says. Redial by the reason.
             if member.state in (PeerState.ALIVE, PeerState.SUSPECT):
                 self.dialling.lost(peer_id, record)
@@ -477,6 +515,8 @@ class Mesh:
                 budget -= 1
         if self.swim_setup is not None:
             self._trim(direct)
+            if self.overlay is not None:
+                self.overlay.heartbeat(now)
         if direct and self.swim_setup is None:
             random_peer = direct[int(self._draw() * len(direct)) % len(direct)]
             random_peer.session.write_frame(  # type: ignore[union-attr]
@@ -491,23 +531,39 @@ class Mesh:
         return hashlib.blake2s(f"{self.node_id}/{member.node_id}".encode(), digest_size=8).digest()
 
     def _trim(self, direct: list[Member]) -> None:
-        """Above the high-water mark, close the least used inbound links, down to max_peers."""
-        excess = len(direct) - self.high_water
-        if excess <= 0:
+        """
+        Above the high-water mark, close the least used inbound links, down to
+        max_peers: links outside the broadcast overlay's mesh first, and never
+        so many of its links that it falls under its low mark.
+        """
+        if len(direct) <= self.high_water:
             return
         now = self.clock.seconds()
+        overlay = self.overlay
         candidates = []
         for member in direct:
             record = None if member.session is None else member.session.record
             if record is None or record.direction is not Direction.INBOUND:
                 continue
             if now - member.linked_at >= self.trim_grace:
-                candidates.append((record.messages_in + record.messages_out, member.node_id, member))
-        candidates.sort(key=lambda candidate: candidate[:2])
+                in_mesh = overlay is not None and member.node_id in overlay.mesh
+                traffic = record.messages_in + record.messages_out
+                candidates.append((in_mesh, traffic, member.node_id, member))
+        candidates.sort(key=lambda candidate: candidate[:3])
+        overlay_links = 0 if overlay is None else len(overlay.mesh)
+        floor = 0 if overlay is None else overlay.config.degree_low
+        to_close = len(direct) - self.max_peers
         detail = f"trimmed: {len(direct)} connections, over the high-water mark of {self.high_water}"
-        for _, _, member in candidates[: len(direct) - self.max_peers]:
+        for in_mesh, _, _, member in candidates:
+            if to_close <= 0:
+                break
+            if in_mesh:
+                if overlay_links <= floor:
+                    break
+                overlay_links -= 1
             assert member.session is not None
             self.trimmed += 1
+            to_close -= 1
             # Non-fatal "rejected": the peer holds off before it dials us again, and dials others.
             member.session.end(CloseReason.REJECTED, detail)
 
@@ -797,3 +853,19 @@ def _fill_host(endpoint: str, observed: str | None) -> str:
     if "host=*" in endpoint and observed:
         return endpoint.replace("host=*", "host=" + observed.replace(":", chr(92) + ":"))
     return endpoint
+
+
+@implementer(IOverlayOutput)
+class _OverlayLinks:
+    """The overlay's packets go over the mesh's links; what it delivers, to the application."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+
+    def send(self, peer_id: str, packet: bytes) -> None:
+        member = self.mesh.members.get(peer_id)
+        if member is not None and member.session is not None:
+            member.session.write_frame(encode_frame(OVERLAY, packet))
+
+    def deliver(self, origin: str, payload: bytes) -> None:
+        self.mesh._overlay_delivered(origin, payload)

@@ -11,7 +11,15 @@ from attrs import frozen
 
 from netmodels.core.frames import MalformedMessage, encode_frame, register_message_types
 
-__all__ = ["BROADCAST", "MESSAGE_TYPES", "PEERS", "Broadcast", "decode_broadcast", "encode_broadcast"]
+__all__ = [
+    "BROADCAST",
+    "MESSAGE_TYPES",
+    "OVERLAY",
+    "PEERS",
+    "Broadcast",
+    "decode_broadcast",
+    "encode_broadcast",
+]
 
 #: Peer exchange: a JSON list of members and their endpoints.
 PEERS: Final = 0x09
@@ -19,7 +27,9 @@ PEERS: Final = 0x09
 BROADCAST: Final = 0x0A
 #: The p2p topology's message types, registered on import so that any
 #: decoder (a test's too) accepts them.
-MESSAGE_TYPES: Final = {"PEERS": PEERS, "BROADCAST": BROADCAST}
+#: With SWIM: one packet of the broadcast overlay (:mod:`.gossipsub`) over a link.
+OVERLAY: Final = 0x0E
+MESSAGE_TYPES: Final = {"PEERS": PEERS, "BROADCAST": BROADCAST, "OVERLAY": OVERLAY}
 register_message_types("topology p2p", MESSAGE_TYPES)
 
 

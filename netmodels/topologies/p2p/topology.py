@@ -38,7 +38,7 @@ class PeerToPeer(Topology):
     default_app = "broadcast"
     options = P2POptions
     message_types = MESSAGE_TYPES
-    data_message_types = frozenset({"BROADCAST"})
+    data_message_types = frozenset({"BROADCAST", "OVERLAY"})
 
     def settings(self, options: Mapping[str, Any]) -> P2PSettings:
         return P2PSettings.from_options(options)
