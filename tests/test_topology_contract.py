@@ -89,7 +89,9 @@ class MessageTypeRegistryTests(SynchronousTestCase):
 
     def test_built_in_topologies_register_theirs(self) -> None:
         installed = topologies()
-        self.assertEqual(dict(installed["p2p"].message_types), {"PEERS": 0x09, "BROADCAST": 0x0A})
+        self.assertEqual(
+            dict(installed["p2p"].message_types), {"PEERS": 0x09, "BROADCAST": 0x0A, "OVERLAY": 0x0E}
+        )
         self.assertEqual(frames._REGISTERED[0x0B], ("topology callback", "REGISTER"))
         for topology in installed.values():
             self.assertTrue(ITopology.providedBy(topology))
