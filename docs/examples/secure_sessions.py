@@ -107,10 +107,22 @@ def settled(port):
     raise SystemExit(f"the client with status port {port} never connected")
 
 
+def server_records(names):
+    """The server's record of each connection by peer id, once it has accepted every one of ``names``."""
+    for _ in range(200):
+        on_server = {record["peer_id"]: record for record in status(STATUS)["connections"]}
+        if all(name in on_server for name in names):
+            return on_server
+        time.sleep(0.05)
+    raise SystemExit(f"the server never accepted {sorted(set(names) - set(on_server))}")
+
+
 records = {name: settled(port) for name, port in clients.items()}
 time.sleep(0.3)  # a rejected client would have redialled by now, were the rejection not fatal
 print("\nwhat each client recorded of its connection to the server:")
-on_server = {record["peer_id"]: record for record in status(STATUS)["connections"]}
+# A client is open once it has the server's HELLO, which may come before the
+# server has read the client's: wait for the server's side too.
+on_server = server_records([n.replace(" ", "-") for n, r in records.items() if r["state"] == "open"])
 for name, port in clients.items():
     record = records[name]
     if record["state"] == "open":
