@@ -228,6 +228,7 @@ class SuspicionTests(SynchronousTestCase):
             suspicion_mult=4,
             suspicion_max_mult=6,
             suspicion_confirmations=2,
+            suspicion_floor=0.0,
         )
 
     def dead_at(self, harness: SwimHarness, member: str) -> float:

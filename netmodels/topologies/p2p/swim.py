@@ -79,6 +79,11 @@ class SwimConfig:
     #: 1,000 nodes then see a crash within 15 s, and 5 % loss with 2 s stalls
     #: still kills nobody.
     suspicion_mult: float = 2.5
+    #: ... but never shorter than this many periods: in a small cluster a
+    #: member stalled for a couple of seconds (a GC pause, SIGSTOP) must have
+    #: time to hear of its suspicion and refute it. From 100 members up
+    #: (2.5 x log10(100) = 5) it changes nothing.
+    suspicion_floor: float = 5.0
     #: The longest (no confirmation) lasts this many times the shortest (beta).
     suspicion_max_mult: float = 6.0
     #: Independent accusations besides the first that bring a suspicion down to
@@ -493,7 +498,8 @@ class Swim:
                 suspicion.timer.cancelled = True
         config = self.config
         size = len(self.members) + 1
-        minimum = config.suspicion_mult * max(1.0, math.log10(size)) * config.protocol_period
+        periods = max(config.suspicion_floor, config.suspicion_mult * max(1.0, math.log10(size)))
+        minimum = periods * config.protocol_period
         suspicion = _Suspicion(
             accuser,
             self._now,
