@@ -154,6 +154,11 @@ class _MachineTestCase(SynchronousTestCase):
 
 
 class HandshakeTests(_MachineTestCase):
+    def test_close_before_start_says_no_bye(self) -> None:
+        # An encrypted session is closed while it still exchanges keys: nothing to say BYE over.
+        self.machine.close(CloseReason.CLEAN)
+        self.assertEqual(self.output.take(), [ending(CloseReason.CLEAN)])
+
     def test_handshake_ok(self) -> None:
         """Our HELLO goes out at once; the peer's opens the session and lowers our frame limit to its own."""
         self.start()

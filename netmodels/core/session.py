@@ -167,6 +167,7 @@ class SessionMachine(RequestTable):
         "ping_sequence",
         "record",
         "rules",
+        "started",
         "suspect",
         "timer_at",
     )
@@ -194,11 +195,14 @@ class SessionMachine(RequestTable):
         #: A check of the peer's HELLO that only this connection can make
         #: (its node id against the key it proved): ``None`` or why not.
         self.peer_check: Callable[[Hello], str | None] | None = None
+        #: start() was called (an encrypted session starts after its key exchange).
+        self.started = False
         # ``record`` and ``keepalive`` are set by start().
 
     def start(self, record: ConnectionRecord, now: float) -> None:
         """The connection is up: send our HELLO and start the handshake deadline."""
         self.record = record
+        self.started = True
         self.keepalive = KeepaliveTracker(self.rules.keepalive, now)
         self._control(self.rules.hello_frame)
         self.handshake_deadline = now + self.rules.handshake_timeout
@@ -289,7 +293,8 @@ class SessionMachine(RequestTable):
         """Say BYE (why), then close by the close policy. Nothing once closing."""
         if self.phase is _CLOSING or self.phase is _CLOSED:
             return
-        self._control(encode_bye(reason, detail, fatal))
+        if self.started:
+            self._control(encode_bye(reason, detail, fatal))
         self._end(reason, detail, fatal, None)
 
     def protocol_error(self, detail: str, fatal: bool = False) -> None:
