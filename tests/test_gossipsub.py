@@ -113,6 +113,23 @@ class MessageTests(SynchronousTestCase):
         node.receive(PEERS[1], packet, 1.1)
         self.assertEqual(output.take()[0], ("deliver", "far", b"lost"))
 
+    def test_a_small_cluster_announces_to_mesh_peers_so_a_late_link_catches_up(self) -> None:
+        # Two peers: a message arrives from one before the other's link is up;
+        # then both are in the mesh and none outside it. The late one hears of it.
+        node, output = overlay(["early"])
+        node.heartbeat(0.0)
+        node.receive("early", message_from("early", 1, b"first"), 0.5)
+        node.peer_up("late")
+        output.take()
+        node.heartbeat(1.0)
+        events = output.take()
+        self.assertIn(("late", GRAFT), [(e[1], e[2]) for e in events])
+        announced = sorted(e[1] for e in events if e[2] == IHAVE)
+        self.assertEqual(announced, ["early", "late"])
+        request = IWANT.to_bytes(1, "big") + (1).to_bytes(2, "big") + message_from("early", 1, b"")[1:]
+        node.receive("late", request, 1.1)
+        self.assertEqual([(e[1], e[2]) for e in output.take()], [("late", MESSAGE)])
+
     def test_iwant_is_served_from_the_cache_until_it_ages_out(self) -> None:
         node, output = overlay()
         node.publish(b"mine", 0.0)

@@ -8,8 +8,8 @@ members its membership says are up, and:
 - **eager push**: a new message goes to every mesh peer (but the one it came
   from, and its origin), so it crosses each mesh link about once;
 - **lazy pull**: each heartbeat, the ids of the messages of the last few
-  heartbeats are announced (IHAVE) to ``lazy_degree`` peers outside the mesh,
-  which ask (IWANT) for those they have not seen, from the announcer, and
+  heartbeats are announced (IHAVE) to ``lazy_degree`` peers outside the mesh
+  (topped up from the mesh when fewer are outside it), which ask (IWANT) for those they have not seen, from the announcer, and
   from another one if the first does not answer by the next heartbeat.
   That repairs what loss or a broken mesh link dropped;
 - **mesh upkeep**: each heartbeat a node under ``degree_low`` grafts random
@@ -267,7 +267,11 @@ class Overlay:
         recent = [i for window in list(self._windows)[: config.history_gossip] for i in window]
         if recent:
             announcement = _ids_packet(_Kind.IHAVE, recent[-config.max_ids :])
-            for peer in self._sample(self.peers - self.mesh, config.lazy_degree):
+            outside = self._sample(self.peers - self.mesh, config.lazy_degree)
+            # With too few peers outside the mesh (a small cluster), mesh peers hear it
+            # too: one whose link came up after a message went by would never get it.
+            inside = self._sample(self.mesh, config.lazy_degree - len(outside))
+            for peer in outside + inside:
                 self.output.send(peer, announcement)
         self._retry()
         self._windows.appendleft([])
