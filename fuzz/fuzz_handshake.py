@@ -49,6 +49,7 @@ from netmodels.core.reasons import CloseReason, Initiator
 from netmodels.runtime.manager import ManagedConnection
 from netmodels.runtime.node import Node, NodeConfig
 from netmodels.runtime.registry import applications, topologies
+from netmodels.topologies.p2p.options import P2PSettings
 
 #: The node under test: (topology, our role, the role of the peer it expects).
 NODES = (
@@ -140,6 +141,9 @@ def make_node(index: int, clock: MemoryReactorClock) -> Node:
         listen=("tcp:8750:interface=10.0.0.1",) if role != "client" else (),
         connect=("tcp:10.0.0.1:8750",) if role == "client" else (),
         interval=0.0,
+        # p2p by connections (--swim off): its PEERS frames are what a peer can feed here
+        # (SWIM runs over UDP, which this reactor has not; its packets have their own tests).
+        settings=P2PSettings(swim=None) if topology_name == "p2p" else None,
     )
     node = Node(config, topology, _APPLICATIONS[config.app](config), clock)
     topology.build(node)

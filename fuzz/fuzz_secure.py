@@ -60,6 +60,7 @@ from netmodels.runtime.application import Application
 from netmodels.runtime.manager import ManagedConnection
 from netmodels.runtime.node import Node, NodeConfig
 from netmodels.runtime.registry import topologies
+from netmodels.topologies.p2p.options import P2PSettings
 
 MODES = ("raw", "after-handshake", "sealed", "sealed-unreliable")
 #: (topology, our role, the peer's role).
@@ -106,6 +107,8 @@ def make_node(index: int, clock: MemoryReactorClock, application: Application) -
         connect=("tcp:10.0.0.1:8750",) if role == "client" else (),
         interval=0.0,
         cluster_keys=(KEY,),
+        # p2p by connections (--swim off): the stream is what this reactor carries (no UDP).
+        settings=P2PSettings(swim=None) if topology_name == "p2p" else None,
     )
     node = Node(config, topologies()[topology_name], application, clock)
     node.build()

@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from typing import Any
+from typing import Any, Literal
 
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SkipTest, TestCase
 
 from netmodels.runtime.node import NodeConfig
+from netmodels.topologies.p2p.options import P2PSettings
 from netmodels.topologies.p2p.topology import mesh_of
 
 from . import test_integration_p2p
@@ -130,6 +131,9 @@ class WrongKeyTests(TestCase):
 class EncryptedBroadcastTests(test_integration_p2p.BroadcastExactlyOnceTests):
     """The four-node p2p mesh and its 400 broadcasts, exactly once, with every session encrypted."""
 
+    #: Membership: by connections (flooding), as the base class; SWIM in one test.
+    swim: Literal["auto"] | None = None
+
     def start_peer(self, index: int, bootstrap: RunningNode | None) -> RunningNode:
         config = NodeConfig(
             topology="p2p",
@@ -140,8 +144,40 @@ class EncryptedBroadcastTests(test_integration_p2p.BroadcastExactlyOnceTests):
             node_id=unique_id(f"secure{index}"),
             interval=0,
             cluster_keys=(KEY,),
+            settings=P2PSettings(swim=self.swim),
         )
         return start_node(self, config)
+
+    @defer.inlineCallbacks
+    def test_overlay_broadcasts_exactly_once(self) -> Any:
+        """With SWIM (sealed packets) and its overlay (OVERLAY frames in encrypted sessions): each once."""
+        self.swim = "auto"
+        first = self.start_peer(0, None)
+        nodes = [first] + [self.start_peer(i, first) for i in range(1, self.COUNT)]
+        meshes = [mesh_of(n.node) for n in nodes]
+        yield poll(
+            lambda: all(len(mesh.alive()) == self.COUNT - 1 for mesh in meshes), CONVERGE, "four nodes joined"
+        )
+        for mesh in meshes:
+            for i in range(20):
+                mesh.broadcast(f"{mesh.node_id} #{i}".encode())
+        expected = 20 * (self.COUNT - 1)
+        yield poll(
+            lambda: all(len(n.node.application.received) >= expected for n in nodes),  # type: ignore[attr-defined]
+            CONVERGE,
+            "every broadcast delivered",
+        )
+        for running, mesh in zip(nodes, meshes, strict=True):
+            received = running.node.application.received  # type: ignore[attr-defined]
+            self.assertEqual(len(received), expected)
+            wanted = {
+                (other.node_id, f"{other.node_id} #{i}".encode())
+                for other in meshes
+                if other is not mesh
+                for i in range(20)
+            }
+            self.assertEqual(set(received), wanted)
+            self.assertEqual(mesh.membership.counts["unsealed_dropped"], 0)  # type: ignore[union-attr]
 
     @defer.inlineCallbacks
     def test_an_outsider_never_joins(self) -> Any:

@@ -32,6 +32,7 @@ from twisted.trial.unittest import TestCase
 
 from netmodels.core.reasons import CloseReason, Initiator
 from netmodels.runtime.node import NodeConfig
+from netmodels.topologies.p2p.options import P2PSettings
 from netmodels.topologies.p2p.topology import mesh_of
 
 from ._support import (
@@ -336,7 +337,8 @@ class P2PUDPTests(TestCase):
     """
     Four in-process p2p nodes over UDP: a mesh from one bootstrap peer (each
     dials the others at the ``udp:`` endpoints they advertise), and a flood
-    of broadcasts from each.
+    of broadcasts from each: membership by connections (``--swim off``), so
+    every copy is counted (SWIM over UDP: tests/test_integration_swim.py).
     """
 
     timeout = 30
@@ -353,6 +355,7 @@ class P2PUDPTests(TestCase):
             node_id=unique_id(f"ud{index}"),
             interval=0,
             reliable=reliable,
+            settings=P2PSettings(swim=None),
         )
         return start_node(self, config)
 

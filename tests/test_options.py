@@ -105,21 +105,29 @@ ERRORS: list[tuple[tuple[str, ...], str]] = [
     (("-t", "p2p", *LISTEN, "--nodes", "0"), "--nodes: must be at least 1, not '0'"),
     (("-t", "p2p", *LISTEN, "--nodes", "-3"), "--nodes: must be at least 1, not '-3'"),
     (("-t", "p2p", *LISTEN, "--peer", "garbage"), "--peer: bad endpoint 'garbage': ..."),
-    (("-t", "p2p", *LISTEN, "--swim", "garbage"), "--swim: expected udp:PORT[:interface=IP], not 'garbage'"),
     (
-        ("-t", "p2p", *LISTEN, "--swim", "udp:7946:interface=eth0"),
-        "--swim: expected udp:PORT[:interface=IP], not 'udp:7946:interface=eth0'",
+        ("-t", "p2p", *LISTEN, "--swim", "garbage"),
+        "--swim: expected auto, off or udp:PORT[:interface=IP], not 'garbage'",
     ),
     (
-        ("-t", "p2p", *LISTEN, "--swim", "udp:7946"),
-        "--swim-advertise: --swim listens on every interface: say which address the others reach",
+        ("-t", "p2p", *LISTEN, "--swim", "udp:7946:interface=eth0"),
+        "--swim: expected auto, off or udp:PORT[:interface=IP], not 'udp:7946:interface=eth0'",
     ),
     (
         ("-t", "p2p", *LISTEN, "--swim", "udp:7946:interface=127.0.0.1", "--swim-seed", "nowhere"),
         "--swim-seed: 'nowhere': expected HOST:PORT",
     ),
-    (("-t", "p2p", *LISTEN, "--swim-seed", "10.0.0.1:7946"), "--swim-seed: only with --swim"),
-    (("-t", "p2p", *LISTEN, "--high-water", "8"), "--high-water: only with --swim"),
+    (("-t", "p2p", *LISTEN, "--swim-advertise", "here"), "--swim-advertise: 'here': expected HOST:PORT"),
+    (
+        ("-t", "p2p", *LISTEN, "--swim", "off", "--swim-seed", "10.0.0.1:7946"),
+        "--swim-seed: not with --swim off",
+    ),
+    (("-t", "p2p", *LISTEN, "--swim", "off", "--high-water", "8"), "--high-water: not with --swim off"),
+    (
+        ("-t", "p2p", "--listen", "unix:/run/nm.sock"),
+        "--swim: auto puts SWIM beside the first --listen, which has no port ('unix:/run/nm.sock'); "
+        "give --swim udp:PORT or --swim off",
+    ),
     (
         (
             "-t",

@@ -400,6 +400,20 @@ class ClusterTests(SynchronousTestCase):
         self.assertEqual(wrongly_dead, set())
         self.assertTrue(cluster.converged())
 
+    def test_sync_with_a_member_held_dead_sends_our_whole_state(self) -> None:
+        harness = SwimHarness()
+        swim = harness.swim
+        harness.receive("x", packet(PacketKind.GOSSIP, "x", 0, Update(DEAD, 1, "b", "x")))
+        harness.receive("x", packet(PacketKind.GOSSIP, "x", 0, Update(DEAD, 9, "e", "e")))  # e left
+        harness.output.take()
+        self.assertEqual([swim.sync_with(m, harness.now) for m in ("c", "e", "nobody")], [False] * 3)
+        self.assertEqual(harness.output.sent(), [])
+        self.assertTrue(swim.sync_with("b", harness.now))
+        sent = [e for e in harness.output.take() if e[0] == "send"]
+        self.assertEqual([(e[1], e[2].kind, e[2].sequence) for e in sent], [("addr-b", PacketKind.SYNC, 0)])
+        sent = [e[2] for e in sent]
+        self.assertEqual({u.node_id for u in sent[0].updates}, {"a", "b", "c", "d", "e"})
+
     def test_a_partition_heals_into_one_cluster(self) -> None:
         config = SwimConfig(rejoin_interval=10.0)
         cluster = Cluster(20, config, seed=9)

@@ -17,7 +17,13 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from netmodels.topologies.p2p.swim import Swim, SwimConfig
-from netmodels.topologies.p2p.swim_port import PacketSeal, SwimPort, format_address, parse_address
+from netmodels.topologies.p2p.swim_port import (
+    PacketSeal,
+    SwimPort,
+    format_address,
+    parse_address,
+    routed_source,
+)
 from tests.test_integration_p2p import poll
 
 FAST = SwimConfig(
@@ -103,6 +109,17 @@ class SwimPortTests(TestCase):
         _, number = parse_address(first.address)
         second = self.start("named-1", (f"localhost:{number}",))
         yield poll(lambda: self.meshed([first, second]), DEADLINE, "joined through localhost")
+
+    def test_bound_to_every_interface_it_advertises_the_source_routed_to_its_seed(self) -> None:
+        seed = self.start("a")
+        port = SwimPort(reactor, "b", 1, FAST, (), random.Random(0))
+        listening = reactor.listenUDP(0, port, interface="0.0.0.0")  # type: ignore[attr-defined]
+        self.addCleanup(listening.stopListening)
+        self.addCleanup(port.halt)
+        swim = port.begin([seed.address])
+        self.assertEqual(swim.address, format_address("127.0.0.1", listening.getHost().port))
+        self.assertEqual(routed_source(["127.0.0.1:1", "10.9.9.9:1"]), "127.0.0.1")
+        self.assertEqual(routed_source(["[::1]:1"], socket.AF_INET6), "::1")
 
     @defer.inlineCallbacks
     def test_sealed_packets_hide_everything_and_cleartext_does_not(self) -> Any:

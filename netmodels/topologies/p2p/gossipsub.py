@@ -9,8 +9,9 @@ members its membership says are up, and:
   from, and its origin), so it crosses each mesh link about once;
 - **lazy pull**: each heartbeat, the ids of the messages of the last few
   heartbeats are announced (IHAVE) to ``lazy_degree`` peers outside the mesh
-  (topped up from the mesh when fewer are outside it), which ask (IWANT) for those they have not seen, from the announcer, and
-  from another one if the first does not answer by the next heartbeat.
+  (topped up from the mesh when fewer are outside it), which ask (IWANT) for
+  those they have not seen, from the announcer, and from another one if the
+  first does not answer by the next heartbeat.
   That repairs what loss or a broken mesh link dropped;
 - **mesh upkeep**: each heartbeat a node under ``degree_low`` grafts random
   up peers (GRAFT; the peer adds it back, or answers PRUNE when it is over

@@ -2,27 +2,24 @@
 The peer-to-peer topology: every node listens and dials, and the nodes form a
 mesh.
 
-A node given one bootstrap peer (``--peer``) learns the others through peer
-exchange (PEERS frames) and dials them, up to ``--max-peers``; beyond that it
-keeps a partial mesh, and broadcasts still reach every node by flooding with
-de-duplication.
-
+- **Membership** (:class:`Member`): by default SWIM's (:mod:`.swim_port`,
+  :doc:`p2p-scale`): members, states and stream endpoints come from it, and
+  connections are links dialled to alive members, up to ``--max-peers``,
+  trimmed above ``--high-water``; broadcasts go through the overlay
+  (:mod:`.gossipsub`) as OVERLAY frames. With ``--swim off``, membership is
+  by connections and driven by the shared keepalive: ``alive``; ``suspect``
+  once a probe went unanswered for an interval; ``dead`` when the connection
+  ended for any reason other than the peer's own BYE; ``left`` when it said
+  BYE; nodes learn the others through peer exchange (PEERS frames), and
+  broadcasts flood the links with de-duplication. Each node has an
+  *incarnation* (its start time in ms): news about a node is ordered by
+  incarnation, and a node that hears itself called suspect or dead refutes
+  it with a new one.
 - **One connection per pair.** When two nodes dial each other at once, both
   keep the connection dialled by the smaller node id and close the other
-  (BYE, detail "duplicate"). To make that rare, a node dials peers with
-  greater ids at once and smaller ids only if they have not dialled it first.
-- **Membership** (:class:`Member`) is SWIM-like and driven by the shared
-  keepalive: ``alive``; ``suspect`` once a probe went unanswered for an
-  interval; ``dead`` when the connection ended for any reason other than the
-  peer's own BYE (reset, timeout, a bare FIN from a killed process); ``left``
-  when it said BYE. Dead members are redialled by the close-reason policy;
-  left ones are not, until they come back. Each node has an *incarnation*
-  (its start time in ms): gossip about a node is ordered by incarnation, and
-  a node that hears itself called suspect or dead refutes it with a new one.
-- **Broadcast**: each message carries ``(origin, incarnation, sequence)``;
-  every node delivers it once and forwards it to its other peers. A direct
-  message to a node id goes straight over its connection, or is relayed the
-  same way when there is none.
+  (BYE, detail "duplicate").
+- **Direct sends** to a node id go straight over its connection, or are
+  relayed (a BROADCAST frame with a destination) when there is none.
 """
 
 from __future__ import annotations
@@ -72,6 +69,7 @@ __all__ = [
     "RemoteNode",
     "SwimSetup",
     "dialable_endpoint",
+    "swim_port_beside",
 ]
 
 _log = Logger(namespace="netmodels.p2p")
@@ -92,10 +90,14 @@ TRIM_GRACE = 30.0
 
 @define
 class SwimSetup:
-    """Where and how a node runs SWIM (``--swim``)."""
+    """
+    Where and how a node runs SWIM (``--swim``). ``port`` ``None`` (``--swim
+    auto``): on the first listener's interface and port number, plus one when
+    that listener is UDP (the port is then the stream transport's).
+    """
 
-    port: int
-    interface: str
+    port: int | None = None
+    interface: str = ""
     #: ``host:port`` addresses, or callables returning one (or ``None``: not yet).
     seeds: list[str | Callable[[], str | None]] = field(factory=list)
     advertise: str | None = None
@@ -297,9 +299,12 @@ class Mesh:
             random.Random(setup.seed),
             self._swim_changed,
         )
+        port, interface = setup.port, setup.interface
+        if port is None:
+            port, interface = swim_port_beside(self.node.listeners[0].port)
         # The datagram reactor: real UDP, or a test's in-memory network.
         datagrams = self.node.datagram_reactor
-        self._membership_port = datagrams.listenUDP(setup.port, membership, interface=setup.interface)
+        self._membership_port = datagrams.listenUDP(port, membership, interface=interface)
         seeds = [seed() if callable(seed) else seed for seed in setup.seeds]
         membership.begin([seed for seed in seeds if seed], setup.advertise, " ".join(self.endpoints))
         self.membership = membership
@@ -444,6 +449,9 @@ class Mesh:
             # SWIM says who is alive; a connection is one link, and the overlay's to use.
             if self.overlay is not None:
                 self.overlay.peer_up(peer_id)
+            if member.state is PeerState.DEAD and self.membership is not None:
+                # It answers, yet SWIM holds it dead (a healed partition): compare notes now.
+                self.membership.sync_with(peer_id)
             return
         self._set_state(member, PeerState.ALIVE)
         # Push-pull: the newcomer gets our whole view at once. If we (or
@@ -677,7 +685,7 @@ class Mesh:
 
     def _peers_received(self, session: Session, body: bytes) -> None:
         if self.swim_setup is not None:
-            return  # From a node without --swim: SWIM alone says who is a member.
+            return  # From a node with --swim off: SWIM alone says who is a member.
         try:
             entries = _parse_peers(body)
         except MalformedMessage as e:
@@ -847,6 +855,14 @@ def dialable_endpoint(listener: Any) -> str:
         address = "*"
     scheme = "udp" if getattr(host, "type", "TCP") == "UDP" else "tcp"
     return f"{scheme}:host={address.replace(':', chr(92) + ':')}:port={host.port}"
+
+
+def swim_port_beside(port: Any) -> tuple[int, str]:
+    """``--swim auto``: SWIM's (port, interface) beside a listening ``port``: its number (+1 over UDP)."""
+    host = port.getHost()
+    if getattr(host, "host", None) is None:
+        raise ValueError(f"--swim auto: SWIM needs a TCP or UDP listener to sit beside, not {host}")
+    return host.port + (1 if getattr(host, "type", "TCP") == "UDP" else 0), host.host
 
 
 def _fill_host(endpoint: str, observed: str | None) -> str:

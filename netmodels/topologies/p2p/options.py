@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from attrs import frozen
 from twisted.python import usage
@@ -20,9 +20,10 @@ class P2PSettings:
     max_peers: int = 32
     #: How many nodes to run in this process (``--nodes``), meshed on loopback.
     nodes: int = 1
-    #: SWIM membership on this UDP port and interface (``--swim``); ``None``: membership
-    #: from the connections and full-view gossip.
-    swim: tuple[int, str] | None = None
+    #: Membership (``--swim``): SWIM on this UDP port and interface; ``"auto"``: SWIM on
+    #: the first listener's port (see :class:`~.mesh.SwimSetup`); ``None`` (``off``):
+    #: membership from the connections and full-view gossip.
+    swim: tuple[int, str] | Literal["auto"] | None = "auto"
     #: Where to join SWIM (``--swim-seed``, ``host:port``, DNS names allowed).
     swim_seeds: tuple[str, ...] = ()
     #: This node's SWIM address as the others reach it (``--swim-advertise``).
@@ -33,17 +34,20 @@ class P2PSettings:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> P2PSettings:
-        swim = options.get("swim")
+        swim = options.get("swim", "auto")
         return cls(
             max_peers=_whole("max-peers", options.get("max-peers", "32")),
             nodes=_whole("nodes", options.get("nodes", "1")),
-            swim=None if swim is None else parse_swim_listen(swim),
+            swim=None if swim == "off" else "auto" if swim == "auto" else parse_swim_listen(swim),
             swim_seeds=tuple(options.get("swim-seed", ())),
             swim_advertise=options.get("swim-advertise"),
             high_water=None
             if options.get("high-water") is None
             else _whole("high-water", options["high-water"]),
         )
+
+
+_SWIM_FORMS = "expected auto, off or udp:PORT[:interface=IP]"
 
 
 def parse_swim_listen(description: str) -> tuple[int, str]:
@@ -54,9 +58,9 @@ def parse_swim_listen(description: str) -> tuple[int, str]:
     if option:
         name, equals, interface = option.partition("=")
         if name != "interface" or not equals or not is_ip_address(interface):
-            raise ValueError(f"--swim: expected udp:PORT[:interface=IP], not {description!r}")
+            raise ValueError(f"--swim: {_SWIM_FORMS}, not {description!r}")
     if scheme != "udp" or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"--swim: expected udp:PORT[:interface=IP], not {description!r}")
+        raise ValueError(f"--swim: {_SWIM_FORMS}, not {description!r}")
     return int(port_text), interface
 
 
@@ -68,14 +72,20 @@ class P2POptions(usage.Options):
             "high-water",
             None,
             None,
-            "With --swim: above N connections, trim the least used inbound to --max-peers (default 2 x).",
+            "Above N connections, trim the least used inbound to --max-peers (default 2 x; SWIM only).",
         ],
-        ["swim", None, None, "SWIM membership on this UDP endpoint, e.g. udp:7946 (see docs/p2p-scale.rst)."],
+        [
+            "swim",
+            None,
+            "auto",
+            "SWIM membership: auto (UDP, the first --listen port; +1 over --transport udp), "
+            "udp:PORT[:interface=IP], or off (membership by connections; see docs/p2p-scale.rst).",
+        ],
         [
             "swim-advertise",
             None,
             None,
-            "This node's SWIM address as others reach it, HOST:PORT (needed when --swim has no interface).",
+            "This node's SWIM address as others reach it, HOST:PORT (default: the source routed to a seed).",
         ],
     ]
 
@@ -85,7 +95,7 @@ class P2POptions(usage.Options):
         self["swim-seed"] = []
 
     def opt_swim_seed(self, address: str) -> None:
-        """A SWIM member to join through, HOST:PORT (repeatable; a DNS name stands for all its addresses)."""
+        """A SWIM member to join, HOST:PORT (repeatable; a DNS name: all its addresses; default: --peer's)."""
         self["swim-seed"].append(address)
 
     def opt_peer(self, description: str) -> None:
@@ -114,8 +124,8 @@ class P2POptions(usage.Options):
                 low = _whole("max-peers", self["max-peers"])
             except ValueError as e:
                 raise usage.UsageError(str(e)) from None
-            if self["swim"] is None:
-                raise usage.UsageError("--high-water: only with --swim")
+            if self["swim"] == "off":
+                raise usage.UsageError("--high-water: not with --swim off")
             if high < low:
                 raise usage.UsageError(f"--high-water: must be at least --max-peers ({low}), not {high}")
         super().postOptions()
@@ -132,19 +142,16 @@ class P2POptions(usage.Options):
                     parse_address(address)
                 except ValueError as e:
                     raise usage.UsageError(f"--{option}: {e}") from None
-        if self["swim"] is None:
+        if self["swim"] == "off":
             for option in ("swim-seed", "swim-advertise"):
                 if self[option]:
-                    raise usage.UsageError(f"--{option}: only with --swim")
+                    raise usage.UsageError(f"--{option}: not with --swim off")
             return
-        try:
-            _, interface = parse_swim_listen(self["swim"])
-        except ValueError as e:
-            raise usage.UsageError(str(e)) from None
-        if interface in ("", "0.0.0.0", "::") and self["swim-advertise"] is None:
-            raise usage.UsageError(
-                "--swim-advertise: --swim listens on every interface: say which address the others reach"
-            )
+        if self["swim"] != "auto":
+            try:
+                parse_swim_listen(self["swim"])
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
 
 
 def _whole(option: str, text: object) -> int:

@@ -322,6 +322,22 @@ class Swim:
         self._left = True
         self._timers.clear()
 
+    def sync_with(self, node_id: str, now: float) -> bool:
+        """
+        A hint from outside SWIM that ``node_id`` is reachable (a stream link to it
+        just opened). If we hold it dead, exchange whole states with it now: a
+        member declared dead while cut off (and we, in its view) then refute at
+        once instead of at the next rejoin round. ``True`` if a SYNC went out.
+        """
+        member = self.members.get(node_id)
+        if not self._started or self._left or member is None or member.left:
+            return False
+        if member.state is not MemberState.DEAD:
+            return False
+        self._now = now
+        self._send_state(member.address, PacketKind.SYNC)
+        return True
+
     # What it knows
 
     def alive(self) -> list[str]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import random
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -34,7 +35,7 @@ from zope.interface import implementer
 from netmodels.topologies.p2p.swim import ISwimOutput, Swim, SwimConfig, SwimMember
 from netmodels.topologies.p2p.swim_wire import MemberState
 
-__all__ = ["PacketSeal", "SwimPort", "format_address", "is_ip_address", "parse_address"]
+__all__ = ["PacketSeal", "SwimPort", "format_address", "is_ip_address", "parse_address", "routed_source"]
 
 _log = Logger(namespace="netmodels.swim")
 
@@ -94,6 +95,29 @@ def is_ip_address(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+#: Where to route when there is no seed to route to: documentation addresses (RFC 5737,
+#: RFC 3849). Nothing is sent: connecting a UDP socket only asks the kernel for a route.
+_ANYWHERE: Final[dict[int, str]] = {socket.AF_INET: "192.0.2.1", socket.AF_INET6: "2001:db8::1"}
+
+
+def routed_source(seeds: Sequence[str], family: int = socket.AF_INET) -> str | None:
+    """
+    The local address the kernel would send from to the first seed given as an
+    address (else to anywhere, by the default route): what a node bound to every
+    interface advertises. ``None`` if there is no route at all.
+    """
+    hosts = [host for host, _ in map(parse_address, seeds) if is_ip_address(host)]
+    for host in [*hosts, _ANYWHERE[family]]:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect((host, 9))
+            except OSError:
+                continue
+            source: str = probe.getsockname()[0]
+            return source
+    return None
 
 
 @implementer(IResolutionReceiver)
@@ -158,7 +182,8 @@ class SwimPort(DatagramProtocol):
         """
         Start the protocol once listening; join through ``seeds`` (``host:port``,
         names allowed). ``advertise``: this node's address as the others reach
-        it (default: the socket's, which must then be bound to one address).
+        it (default: the socket's; bound to every interface, the local address
+        routed to the first seed, see :func:`routed_source`, or loopback).
         ``meta``: what the others learn of this node with its state.
         """
         for seed in seeds:
@@ -166,14 +191,25 @@ class SwimPort(DatagramProtocol):
         if advertise is None:
             assert self.transport is not None, "begin() once listening"
             host = self.transport.getHost()
-            if host.host in ("0.0.0.0", "::", ""):
-                raise ValueError("listening on every interface: say which address to advertise")
-            advertise = format_address(host.host, host.port)
+            address = host.host
+            if address in ("0.0.0.0", "::", ""):
+                family = socket.AF_INET6 if address == "::" else socket.AF_INET
+                # No route anywhere: this host reaches only itself.
+                address = routed_source(seeds, family) or (
+                    "::1" if family == socket.AF_INET6 else "127.0.0.1"
+                )
+                _log.info("SWIM advertises {address} (pass --swim-advertise to choose)", address=address)
+            advertise = format_address(address, host.port)
         parse_address(advertise)
         self.swim = Swim(self.node_id, advertise, self.incarnation, self.config, self, self.rng, meta)
         self.swim.start(self.reactor.seconds(), seeds)
         self._arm()
         return self.swim
+
+    def sync_with(self, node_id: str) -> None:
+        """A stream link to ``node_id`` opened: see :meth:`.Swim.sync_with`."""
+        if not self._stopped and self.swim is not None:
+            self.swim.sync_with(node_id, self.reactor.seconds())
 
     def leave(self) -> None:
         """Tell a few members this node leaves, then stop."""

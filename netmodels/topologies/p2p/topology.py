@@ -4,7 +4,7 @@ The p2p topology as a plugin: its options, how it builds a node's mesh, ``--node
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -12,15 +12,19 @@ from twisted.logger import Logger
 
 from netmodels.runtime.application import Application
 from netmodels.runtime.interfaces import IPeer
-from netmodels.runtime.node import Node, NodeConfig
+from netmodels.runtime.node import Node, NodeConfig, endpoint_label
 from netmodels.runtime.topology import Topology
 from netmodels.topologies.p2p.mesh import Mesh, SwimSetup, dialable_endpoint
 from netmodels.topologies.p2p.messages import MESSAGE_TYPES
 from netmodels.topologies.p2p.options import P2POptions, P2PSettings
+from netmodels.topologies.p2p.swim_port import format_address
 
-__all__ = ["BroadcastApplication", "PeerToPeer", "first_endpoint", "mesh_of"]
+__all__ = ["BroadcastApplication", "PeerToPeer", "first_endpoint", "mesh_of", "swim_seeds_of"]
 
 _log = Logger(namespace="netmodels.p2p")
+
+#: Listeners with a port number, which ``--swim auto`` can sit beside.
+_PORT_SCHEMES = frozenset({"tcp", "tcp6", "udp", "udp6", "ssl", "tls", "mtls"})
 
 
 def first_endpoint(node: Node) -> str | None:
@@ -47,6 +51,13 @@ class PeerToPeer(Topology):
         super().validate(config)
         if not config.listen:
             raise ValueError("--listen: a p2p node needs an endpoint to listen on (tcp:0 for any port)")
+        settings = config.settings if config.settings is not None else P2PSettings()
+        if settings.swim == "auto" and config.listen[0].partition(":")[0] not in _PORT_SCHEMES:
+            raise ValueError(
+                f"--swim: auto puts SWIM beside the first --listen, which has no port "
+                f"({config.listen[0]!r}); "
+                "give --swim udp:PORT or --swim off"
+            )
 
     def check_peer(self, our_role: str, peer_role: str) -> str | None:
         return None if peer_role == "peer" else f"a p2p node talks to peers, and the peer is a {peer_role}"
@@ -57,8 +68,9 @@ class PeerToPeer(Topology):
         settings = node.settings
         swim = None
         if settings.swim is not None:
-            port, interface = settings.swim
-            swim = SwimSetup(port, interface, list(settings.swim_seeds), settings.swim_advertise)
+            port, interface = (None, "") if settings.swim == "auto" else settings.swim
+            seeds = settings.swim_seeds or swim_seeds_of(node.config.connect, node.config.transport, port)
+            swim = SwimSetup(port, interface, list(seeds), settings.swim_advertise)
         mesh = Mesh(node, settings.max_peers, node.config.connect, swim=swim, high_water=settings.high_water)
         node.on_start(mesh.start)
         node.on_stop(mesh.stop)
@@ -92,6 +104,23 @@ class PeerToPeer(Topology):
                 )
             nodes.append(node)
         return nodes
+
+
+def swim_seeds_of(peers: Iterable[str], transport: str, swim_port: int | None) -> list[str]:
+    """
+    SWIM seeds from ``--peer`` endpoints: each one's host, at its SWIM port (``swim_port``, as
+    ours, or with ``--swim auto`` the peer's own port, plus one over UDP). A DNS name stays one:
+    SWIM resolves it each time, and every address it has is a seed.
+    """
+    seeds = []
+    for description in peers:
+        label = endpoint_label(description)
+        if label == description:
+            continue  # Not host and port (a unix: endpoint): nothing SWIM can reach.
+        host, _, port = label.rpartition(":")
+        theirs = int(port) + (1 if transport == "udp" else 0) if swim_port is None else swim_port
+        seeds.append(format_address(host.strip("[]").replace("\\", ""), theirs))
+    return seeds
 
 
 def mesh_of(node: Node) -> Mesh:
