@@ -1,9 +1,9 @@
 """
 The fault lab, p2p with SWIM membership: 20 ``twistd`` processes in 4 network namespaces.
 
-Five processes per lab host, each ``twistd netmodels --topology p2p --swim``
-with its own SWIM port and status port, all seeded to one process of host 1
-that starts last. One run, in phases, each with its bound:
+Five processes per lab host, each ``twistd netmodels --topology p2p`` with
+the default membership (SWIM on UDP beside its TCP port) and its own status
+port, all given as ``--peer`` one process of host 1 that starts last. One run, in phases, each with its bound:
 
 1. any start order: one cluster (every process sees the 19 others alive);
 2. 4 processes SIGSTOPped for 2 s, less than the shortest suspicion: nobody dead;
@@ -36,7 +36,6 @@ else:
 
 HOSTS = 4
 PER_HOST = 5
-SWIM_PORT = 7946
 STREAM_PORT = 8760
 STATUS_PORT = 9460
 #: Seconds the whole cluster may take to agree after its last process started.
@@ -54,7 +53,8 @@ class SwimNode:
         self.host = host
         self.slot = slot
         self.name = f"swim-{host.index}-{slot}"
-        self.swim_address = f"{host.address}:{SWIM_PORT + slot}"
+        #: Its TCP listener; SWIM runs on UDP at the same port number.
+        self.endpoint = f"tcp:{host.address}:{STREAM_PORT + slot}"
         self.status_port = STATUS_PORT + slot
         self.process: LabProcess | None = None
 
@@ -67,15 +67,13 @@ class SwimNode:
             self.name,
             "--listen",
             f"tcp:{STREAM_PORT + self.slot}:interface={self.host.address}",
-            "--swim",
-            f"udp:{SWIM_PORT + self.slot}:interface={self.host.address}",
             "--status",
             f"tcp:{self.status_port}:interface=127.0.0.1",
             "--interval",
             "0",
         ]
         if seed is not None:
-            args += ["--swim-seed", seed]
+            args += ["--peer", seed]
         self.process = self.host.spawn_twistd(args, self.name)
 
     def states(self) -> dict[str, str] | None:
@@ -129,7 +127,7 @@ class SwimClusterTests(SynchronousTestCase):
         nodes = self.nodes
         seed = nodes[0]
         for node in nodes[1:]:
-            node.start(seed.swim_address)
+            node.start(seed.endpoint)
         # The seed starts last: everyone has tried it and found nobody.
         time.sleep(3.0)
         seed.start(None)
