@@ -11,7 +11,9 @@ gossip. Time runs (``time.monotonic``) from just before the first
 At that moment the run also counts the TCP connections open (each once), the
 connect attempts made, the duplicate connections closed by the one-per-pair
 rule, and the bytes exchanged (the sum of every connection record's
-``bytes_in`` over all nodes, so each byte is counted once, at its receiver).
+``bytes_in`` and of SWIM's bytes received over all nodes, so each byte is
+counted once, at its receiver). The nodes run the default membership, SWIM
+(``--mesh-swim off``: membership by connections and PEERS gossip).
 
 Each size runs 3 times, each run in a fresh process; the table shows medians.
 There is no raw Twisted equivalent (raw Twisted has no membership); the
@@ -19,6 +21,7 @@ per-node figure (formation time / N) is given instead.
 
     python benchmarks/mesh_formation.py                   # 10, 20 and 50 nodes, 3 runs each
     python benchmarks/mesh_formation.py --mesh-sizes 10,100 --reps 5 --mesh-max-peers 8
+    python benchmarks/mesh_formation.py --mesh-swim off      # membership by connections
 """
 
 from __future__ import annotations
@@ -49,13 +52,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mesh-max-peers", type=int, default=32, help="--max-peers of every mesh node (default 32)"
     )
+    parser.add_argument(
+        "--mesh-swim",
+        choices=("auto", "off"),
+        default="auto",
+        help="the nodes' --swim: auto (SWIM, the default) or off (membership by connections)",
+    )
 
 
 # --------------------------------------------------------------------------
 # The measured process
 
 
-def child(count: int, max_peers: int) -> None:
+def child(count: int, max_peers: int, swim: str) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = min(hard, max(soft, 4 * count * min(count, max_peers + 1) + 256))
     resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
@@ -77,7 +86,7 @@ def child(count: int, max_peers: int) -> None:
             interval=0,
             listen=("tcp:0:interface=127.0.0.1",),
             node_id=f"m{index:03d}",
-            settings=P2PSettings(max_peers=max_peers),
+            settings=P2PSettings(max_peers=max_peers, swim=None if swim == "off" else "auto"),
         )
         nodes.append(build_node(config, reactor))
     first = nodes[0]
@@ -100,6 +109,11 @@ def child(count: int, max_peers: int) -> None:
             for node in nodes
         )
 
+    def swim_bytes(node: Any) -> int:
+        membership = mesh_of(node).membership
+        swim = None if membership is None else membership.swim
+        return 0 if swim is None else swim.counts["bytes_received"]
+
     def snapshot(elapsed: float | None) -> dict[str, Any]:
         records = [record for node in nodes for record in node.manager.records()]
         return {
@@ -107,7 +121,7 @@ def child(count: int, max_peers: int) -> None:
             "connections": sum(len(node.manager.live) for node in nodes) // 2,
             "connect_attempts": sum(node.manager.counters["connect_attempts"] for node in nodes),
             "duplicates": sum(1 for r in records if "duplicate" in r.detail) // 2,
-            "bytes": sum(r.bytes_in for r in records),
+            "bytes": sum(r.bytes_in for r in records) + sum(swim_bytes(node) for node in nodes),
             "min_direct": min(mesh_of(node).status()["direct"] for node in nodes),
             "max_direct": max(mesh_of(node).status()["direct"] for node in nodes),
         }
@@ -144,14 +158,14 @@ def child(count: int, max_peers: int) -> None:
 # The orchestrator
 
 
-def measure(count: int, max_peers: int, reps: int) -> list[dict[str, Any]]:
+def measure(count: int, max_peers: int, swim: str, reps: int) -> list[dict[str, Any]]:
     results = []
     for rep in range(reps):
         common.progress(f"mesh formation: {count} nodes, run {rep + 1}/{reps}")
         with common.Children() as children:
             process = children.start(
                 f"mesh-{count}",
-                common.python_command("mesh_formation.py", "child", str(count), str(max_peers)),
+                common.python_command("mesh_formation.py", "child", str(count), str(max_peers), swim),
             )
             results.append(process.result(DEADLINE + 30))
     return results
@@ -160,11 +174,12 @@ def measure(count: int, max_peers: int, reps: int) -> list[dict[str, Any]]:
 def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
     sizes = [int(n) for n in str(getattr(args, "mesh_sizes", ",".join(map(str, SIZES)))).split(",") if n]
     max_peers = getattr(args, "mesh_max_peers", 32)
+    swim = getattr(args, "mesh_swim", "auto")
     reps = args.reps
     rows: list[Row] = []
     notes: list[str] = []
     for count in sizes:
-        results = measure(count, max_peers, reps)
+        results = measure(count, max_peers, swim, reps)
         kind = "full mesh" if count - 1 <= max_peers else f"partial mesh, max-peers {max_peers}"
         for milestone, title in (("alive", "all alive"), ("dialled", "dialling done")):
             runs = [r[milestone] for r in results if r[milestone]["seconds"] is not None]
@@ -210,7 +225,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "child":
-        child(int(sys.argv[2]), int(sys.argv[3]))
+        child(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
         return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -16,6 +16,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.protocol import DatagramProtocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from netmodels.topologies.p2p.mesh import swim_seed_of
 from netmodels.topologies.p2p.swim import Swim, SwimConfig
 from netmodels.topologies.p2p.swim_port import (
     PacketSeal,
@@ -168,6 +169,15 @@ class PacketSealTests(SynchronousTestCase):
         sealed = seal.seal(b"membership")
         for data in (sealed[:-1] + bytes((sealed[-1] ^ 1,)), sealed[:20], b"", b"\x02" + sealed[1:]):
             self.assertIsNone(seal.open(data))
+
+    def test_seeds_from_bootstrap_peers(self) -> None:
+        self.assertEqual(swim_seed_of("tcp:127.0.0.1:8760", "tcp", None), "127.0.0.1:8760")
+        # A name stays a name (resolved on each contact); over UDP sessions SWIM is one port up.
+        self.assertEqual(swim_seed_of("tcp:host=nm.svc:port=8750", "tcp", None), "nm.svc:8750")
+        self.assertEqual(swim_seed_of("udp:10.0.0.1:9000", "udp", None), "10.0.0.1:9001")
+        # --swim udp:PORT: the peers are taken to run SWIM on the same port as we do.
+        self.assertEqual(swim_seed_of("tcp:10.0.0.1:8760", "tcp", 7946), "10.0.0.1:7946")
+        self.assertIsNone(swim_seed_of("unix:path=/run/nm.sock", "tcp", None))
 
     def test_addresses(self) -> None:
         self.assertEqual(parse_address("10.0.0.1:7946"), ("10.0.0.1", 7946))

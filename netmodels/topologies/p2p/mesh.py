@@ -44,7 +44,7 @@ from netmodels.core.frames import MalformedMessage, ProtocolError, encode_frame
 from netmodels.core.reasons import CloseReason
 from netmodels.runtime.interfaces import IPeer
 from netmodels.runtime.manager import ConnectFailed, ManagedConnection
-from netmodels.runtime.node import Node
+from netmodels.runtime.node import Node, endpoint_label
 from netmodels.runtime.session import Session
 from netmodels.topologies.p2p.dialling import Dialling
 from netmodels.topologies.p2p.gossipsub import IOverlayOutput, Overlay, OverlayConfig
@@ -59,7 +59,7 @@ from netmodels.topologies.p2p.messages import (
 )
 from netmodels.topologies.p2p.metrics import mesh_metrics
 from netmodels.topologies.p2p.swim import SwimConfig, SwimMember
-from netmodels.topologies.p2p.swim_port import SwimPort, parse_address
+from netmodels.topologies.p2p.swim_port import SwimPort, format_address, parse_address
 from netmodels.topologies.p2p.swim_wire import MemberState
 
 __all__ = [
@@ -70,6 +70,7 @@ __all__ = [
     "SwimSetup",
     "dialable_endpoint",
     "swim_port_beside",
+    "swim_seed_of",
 ]
 
 _log = Logger(namespace="netmodels.p2p")
@@ -98,7 +99,8 @@ class SwimSetup:
 
     port: int | None = None
     interface: str = ""
-    #: ``host:port`` addresses, or callables returning one (or ``None``: not yet).
+    #: ``host:port`` addresses, or callables returning one (or ``None``: not yet);
+    #: none: the bootstrap peers' hosts, at their SWIM ports (:func:`swim_seed_of`).
     seeds: list[str | Callable[[], str | None]] = field(factory=list)
     advertise: str | None = None
     config: SwimConfig = field(factory=SwimConfig)
@@ -305,7 +307,12 @@ class Mesh:
         # The datagram reactor: real UDP, or a test's in-memory network.
         datagrams = self.node.datagram_reactor
         self._membership_port = datagrams.listenUDP(port, membership, interface=interface)
-        seeds = [seed() if callable(seed) else seed for seed in setup.seeds]
+        if setup.seeds:
+            seeds = [seed() if callable(seed) else seed for seed in setup.seeds]
+        else:
+            transport = self.node.config.transport
+            peers = [peer() if callable(peer) else peer for peer in self.bootstrap]
+            seeds = [swim_seed_of(peer, transport, setup.port) for peer in peers if peer]
         membership.begin([seed for seed in seeds if seed], setup.advertise, " ".join(self.endpoints))
         self.membership = membership
 
@@ -863,6 +870,21 @@ def swim_port_beside(port: Any) -> tuple[int, str]:
     if getattr(host, "host", None) is None:
         raise ValueError(f"--swim auto: SWIM needs a TCP or UDP listener to sit beside, not {host}")
     return host.port + (1 if getattr(host, "type", "TCP") == "UDP" else 0), host.host
+
+
+def swim_seed_of(peer: str, transport: str, swim_port: int | None) -> str | None:
+    """
+    The SWIM seed of a bootstrap peer's endpoint: its host, at its SWIM port
+    (``swim_port``, as ours; with ``--swim auto``, the peer's own port, plus one
+    over UDP). A DNS name stays one: SWIM resolves it each time, and every
+    address it has is a seed. ``None`` for an endpoint with no host and port.
+    """
+    label = endpoint_label(peer)
+    if label == peer:
+        return None
+    host, _, port = label.rpartition(":")
+    theirs = int(port) + (1 if transport == "udp" else 0) if swim_port is None else swim_port
+    return format_address(host.strip("[]").replace("\\", ""), theirs)
 
 
 def _fill_host(endpoint: str, observed: str | None) -> str:

@@ -4,7 +4,7 @@ The p2p topology as a plugin: its options, how it builds a node's mesh, ``--node
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -12,14 +12,13 @@ from twisted.logger import Logger
 
 from netmodels.runtime.application import Application
 from netmodels.runtime.interfaces import IPeer
-from netmodels.runtime.node import Node, NodeConfig, endpoint_label
+from netmodels.runtime.node import Node, NodeConfig
 from netmodels.runtime.topology import Topology
 from netmodels.topologies.p2p.mesh import Mesh, SwimSetup, dialable_endpoint
 from netmodels.topologies.p2p.messages import MESSAGE_TYPES
 from netmodels.topologies.p2p.options import P2POptions, P2PSettings
-from netmodels.topologies.p2p.swim_port import format_address
 
-__all__ = ["BroadcastApplication", "PeerToPeer", "first_endpoint", "mesh_of", "swim_seeds_of"]
+__all__ = ["BroadcastApplication", "PeerToPeer", "first_endpoint", "mesh_of"]
 
 _log = Logger(namespace="netmodels.p2p")
 
@@ -69,8 +68,7 @@ class PeerToPeer(Topology):
         swim = None
         if settings.swim is not None:
             port, interface = (None, "") if settings.swim == "auto" else settings.swim
-            seeds = settings.swim_seeds or swim_seeds_of(node.config.connect, node.config.transport, port)
-            swim = SwimSetup(port, interface, list(seeds), settings.swim_advertise)
+            swim = SwimSetup(port, interface, list(settings.swim_seeds), settings.swim_advertise)
         mesh = Mesh(node, settings.max_peers, node.config.connect, swim=swim, high_water=settings.high_water)
         node.on_start(mesh.start)
         node.on_stop(mesh.stop)
@@ -104,23 +102,6 @@ class PeerToPeer(Topology):
                 )
             nodes.append(node)
         return nodes
-
-
-def swim_seeds_of(peers: Iterable[str], transport: str, swim_port: int | None) -> list[str]:
-    """
-    SWIM seeds from ``--peer`` endpoints: each one's host, at its SWIM port (``swim_port``, as
-    ours, or with ``--swim auto`` the peer's own port, plus one over UDP). A DNS name stays one:
-    SWIM resolves it each time, and every address it has is a seed.
-    """
-    seeds = []
-    for description in peers:
-        label = endpoint_label(description)
-        if label == description:
-            continue  # Not host and port (a unix: endpoint): nothing SWIM can reach.
-        host, _, port = label.rpartition(":")
-        theirs = int(port) + (1 if transport == "udp" else 0) if swim_port is None else swim_port
-        seeds.append(format_address(host.strip("[]").replace("\\", ""), theirs))
-    return seeds
 
 
 def mesh_of(node: Node) -> Mesh:
