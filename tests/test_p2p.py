@@ -55,7 +55,7 @@ from netmodels.topologies.p2p.mesh import (
     RemoteNode,
     SwimSetup,
 )
-from netmodels.topologies.p2p.messages import BROADCAST, PEERS, Broadcast, encode_broadcast
+from netmodels.topologies.p2p.messages import BROADCAST, MAX_MEMBERS, PEERS, Broadcast, encode_broadcast
 from netmodels.topologies.p2p.options import P2PSettings
 from netmodels.topologies.p2p.topology import BroadcastApplication, PeerToPeer, first_endpoint, mesh_of
 from tests.test_testing import CLOSE_DEADLINE, RawPeer, WireTap, advance_by, advance_to, raw_hello
@@ -1205,7 +1205,7 @@ class MalformedFrameTests(SynchronousTestCase):
         (PEERS, b'{"members": [{"id": "x", "endpoints": [1]}]}', "bad endpoints"),
         (
             PEERS,
-            json.dumps({"members": [{"id": f"m{i}"} for i in range(p2p.MAX_MEMBERS + 1)]}).encode(),
+            json.dumps({"members": [{"id": f"m{i}"} for i in range(MAX_MEMBERS + 1)]}).encode(),
             "PEERS",
         ),
         (BROADCAST, b"\x00", "shorter than its header"),

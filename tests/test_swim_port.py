@@ -16,7 +16,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.protocol import DatagramProtocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from netmodels.topologies.p2p.mesh import swim_seed_of
+from netmodels.topologies.p2p.addresses import swim_seed_of
 from netmodels.topologies.p2p.swim import Swim, SwimConfig
 from netmodels.topologies.p2p.swim_port import (
     PacketSeal,

@@ -54,7 +54,8 @@ def twistd(*args):
 
 
 def status(port):
-    for _ in range(100):
+    # A twistd start takes a second or two, many more on a busy machine.
+    for _ in range(600):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as response:
                 return json.load(response)

@@ -44,22 +44,25 @@ from netmodels.core.frames import MalformedMessage, ProtocolError, encode_frame
 from netmodels.core.reasons import CloseReason
 from netmodels.runtime.interfaces import IPeer
 from netmodels.runtime.manager import ConnectFailed, ManagedConnection
-from netmodels.runtime.node import Node, endpoint_label
+from netmodels.runtime.node import Node
 from netmodels.runtime.session import Session
+from netmodels.topologies.p2p.addresses import dialable_endpoint, fill_host, swim_port_beside, swim_seed_of
 from netmodels.topologies.p2p.dialling import Dialling
 from netmodels.topologies.p2p.gossipsub import IOverlayOutput, Overlay, OverlayConfig
 from netmodels.topologies.p2p.members import PRECEDENCE, Member, PeerState
 from netmodels.topologies.p2p.messages import (
     BROADCAST,
+    MAX_MEMBERS,
     OVERLAY,
     PEERS,
     Broadcast,
     decode_broadcast,
+    decode_peers,
     encode_broadcast,
 )
 from netmodels.topologies.p2p.metrics import mesh_metrics
 from netmodels.topologies.p2p.swim import SwimConfig, SwimMember
-from netmodels.topologies.p2p.swim_port import SwimPort, format_address, parse_address
+from netmodels.topologies.p2p.swim_port import SwimPort, parse_address
 from netmodels.topologies.p2p.swim_wire import MemberState
 
 __all__ = [
@@ -68,9 +71,6 @@ __all__ = [
     "PeerState",
     "RemoteNode",
     "SwimSetup",
-    "dialable_endpoint",
-    "swim_port_beside",
-    "swim_seed_of",
 ]
 
 _log = Logger(namespace="netmodels.p2p")
@@ -83,8 +83,6 @@ DIAL_GRACE = 2.0
 SEEN_WINDOW = 4096
 #: Broadcast windows kept per origin, one per incarnation it broadcast under.
 INCARNATIONS_KEPT = 4
-#: Most members one PEERS frame may carry.
-MAX_MEMBERS = 1024
 #: With SWIM, a connection younger than this is never trimmed (libp2p's grace period).
 TRIM_GRACE = 30.0
 
@@ -694,7 +692,7 @@ class Mesh:
         if self.swim_setup is not None:
             return  # From a node with --swim off: SWIM alone says who is a member.
         try:
-            entries = _parse_peers(body)
+            entries = decode_peers(body)
         except MalformedMessage as e:
             session.protocol_error(str(e))
             return
@@ -708,7 +706,7 @@ class Mesh:
                     self._send_self()
                 continue
             if node_id == sender:
-                endpoints = tuple(_fill_host(e, observed_host) for e in endpoints)
+                endpoints = tuple(fill_host(e, observed_host) for e in endpoints)
             self._merge(node_id, endpoints, incarnation, state, via=sender)
 
     def _merge(
@@ -765,7 +763,7 @@ class Mesh:
         """SWIM's word on a member: its state, incarnation and stream endpoints."""
         member = self._member(swim_member.node_id)
         host, _ = parse_address(swim_member.address)
-        endpoints = tuple(_fill_host(e, host) for e in swim_member.meta.split())
+        endpoints = tuple(fill_host(e, host) for e in swim_member.meta.split())
         if endpoints:
             member.endpoints = endpoints
         member.incarnation = swim_member.incarnation
@@ -825,72 +823,6 @@ class Mesh:
 
     def _wall(self) -> float:
         return float(self.node.manager._wall_clock())
-
-
-def _parse_peers(body: bytes) -> list[tuple[str, tuple[str, ...], int, PeerState]]:
-    try:
-        document = json.loads(body)
-        members = document["members"]
-        if not isinstance(members, list) or len(members) > MAX_MEMBERS:
-            raise ValueError("members must be a list")
-        entries = []
-        for entry in members:
-            node_id = entry["id"]
-            endpoints = entry.get("endpoints", [])
-            incarnation = entry.get("incarnation", 0)
-            if not isinstance(node_id, str) or not 0 < len(node_id) <= 128:
-                raise ValueError("bad id")
-            if not isinstance(endpoints, list) or len(endpoints) > 16:
-                raise ValueError("bad endpoints")
-            if not all(isinstance(e, str) and len(e) <= 512 for e in endpoints):
-                raise ValueError("bad endpoints")
-            if not isinstance(incarnation, int) or isinstance(incarnation, bool) or incarnation < 0:
-                raise ValueError("bad incarnation")
-            entries.append((node_id, tuple(endpoints), incarnation, PeerState(entry.get("state", "alive"))))
-        return entries
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
-        raise MalformedMessage(f"PEERS: {e}") from None
-
-
-def dialable_endpoint(listener: Any) -> str:
-    """A client endpoint string for a listener; ``*`` stands for the address peers see us at."""
-    host = listener.port.getHost()
-    address = getattr(host, "host", None)
-    if address is None:
-        return f"unix:path={host.name}"
-    if address in ("0.0.0.0", "::", ""):
-        address = "*"
-    scheme = "udp" if getattr(host, "type", "TCP") == "UDP" else "tcp"
-    return f"{scheme}:host={address.replace(':', chr(92) + ':')}:port={host.port}"
-
-
-def swim_port_beside(port: Any) -> tuple[int, str]:
-    """``--swim auto``: SWIM's (port, interface) beside a listening ``port``: its number (+1 over UDP)."""
-    host = port.getHost()
-    if getattr(host, "host", None) is None:
-        raise ValueError(f"--swim auto: SWIM needs a TCP or UDP listener to sit beside, not {host}")
-    return host.port + (1 if getattr(host, "type", "TCP") == "UDP" else 0), host.host
-
-
-def swim_seed_of(peer: str, transport: str, swim_port: int | None) -> str | None:
-    """
-    The SWIM seed of a bootstrap peer's endpoint: its host, at its SWIM port
-    (``swim_port``, as ours; with ``--swim auto``, the peer's own port, plus one
-    over UDP). A DNS name stays one: SWIM resolves it each time, and every
-    address it has is a seed. ``None`` for an endpoint with no host and port.
-    """
-    label = endpoint_label(peer)
-    if label == peer:
-        return None
-    host, _, port = label.rpartition(":")
-    theirs = int(port) + (1 if transport == "udp" else 0) if swim_port is None else swim_port
-    return format_address(host.strip("[]").replace("\\", ""), theirs)
-
-
-def _fill_host(endpoint: str, observed: str | None) -> str:
-    if "host=*" in endpoint and observed:
-        return endpoint.replace("host=*", "host=" + observed.replace(":", chr(92) + ":"))
-    return endpoint
 
 
 @implementer(IOverlayOutput)

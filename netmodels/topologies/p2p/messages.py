@@ -1,23 +1,28 @@
 """
-The p2p topology's BROADCAST message: a flooded (or relayed) message and its codec.
+The p2p topology's messages: PEERS (membership by connections) and BROADCAST (a
+flooded or relayed message), and their codecs; OVERLAY's packets are :mod:`.gossipsub`'s.
 """
 
 from __future__ import annotations
 
+import json
 import struct
 from typing import Final
 
 from attrs import frozen
 
 from netmodels.core.frames import MalformedMessage, encode_frame, register_message_types
+from netmodels.topologies.p2p.members import PeerState
 
 __all__ = [
     "BROADCAST",
+    "MAX_MEMBERS",
     "MESSAGE_TYPES",
     "OVERLAY",
     "PEERS",
     "Broadcast",
     "decode_broadcast",
+    "decode_peers",
     "encode_broadcast",
 ]
 
@@ -78,3 +83,33 @@ def decode_broadcast(body: bytes) -> Broadcast:
     except UnicodeDecodeError:
         raise MalformedMessage("BROADCAST origin or destination is not UTF-8") from None
     return Broadcast(origin, incarnation, sequence, body[end:], destination)
+
+
+#: Most members one PEERS frame may carry.
+MAX_MEMBERS: Final = 1024
+
+
+def decode_peers(body: bytes) -> list[tuple[str, tuple[str, ...], int, PeerState]]:
+    """A PEERS body: (id, endpoints, incarnation, state) per member; :class:`MalformedMessage` if bad."""
+    try:
+        document = json.loads(body)
+        members = document["members"]
+        if not isinstance(members, list) or len(members) > MAX_MEMBERS:
+            raise ValueError("members must be a list")
+        entries = []
+        for entry in members:
+            node_id = entry["id"]
+            endpoints = entry.get("endpoints", [])
+            incarnation = entry.get("incarnation", 0)
+            if not isinstance(node_id, str) or not 0 < len(node_id) <= 128:
+                raise ValueError("bad id")
+            if not isinstance(endpoints, list) or len(endpoints) > 16:
+                raise ValueError("bad endpoints")
+            if not all(isinstance(e, str) and len(e) <= 512 for e in endpoints):
+                raise ValueError("bad endpoints")
+            if not isinstance(incarnation, int) or isinstance(incarnation, bool) or incarnation < 0:
+                raise ValueError("bad incarnation")
+            entries.append((node_id, tuple(endpoints), incarnation, PeerState(entry.get("state", "alive"))))
+        return entries
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise MalformedMessage(f"PEERS: {e}") from None

@@ -14,7 +14,8 @@ from netmodels.runtime.application import Application
 from netmodels.runtime.interfaces import IPeer
 from netmodels.runtime.node import Node, NodeConfig
 from netmodels.runtime.topology import Topology
-from netmodels.topologies.p2p.mesh import Mesh, SwimSetup, dialable_endpoint
+from netmodels.topologies.p2p.addresses import dialable_endpoint
+from netmodels.topologies.p2p.mesh import Mesh, SwimSetup
 from netmodels.topologies.p2p.messages import MESSAGE_TYPES
 from netmodels.topologies.p2p.options import P2POptions, P2PSettings
 
