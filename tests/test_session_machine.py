@@ -434,6 +434,37 @@ class KeepaliveTests(_MachineTestCase):
         self.assertEqual(self.output.take(), [])
 
 
+class LongIdleTests(_MachineTestCase):
+    """Keepalive's idle longer than the handshake deadline (as in the defaults, 15 s and 10 s)."""
+
+    rules = attrs.evolve(RULES, keepalive=KeepaliveSettings(HANDSHAKE_TIMEOUT + 5, INTERVAL, PROBES))
+    idle = HANDSHAKE_TIMEOUT + 5
+
+    def test_open_moves_the_timer_to_keepalive(self) -> None:
+        """
+        Once open, the timer waits for the first keepalive probe, an idle
+        period after the HELLO, not for the handshake deadline: an idle
+        connection is woken once per idle period, never for nothing.
+        """
+        self.machine.start(self.record, START)
+        self.assertEqual(self.output.take(), [("transmit", encode_hello(OURS)), ("schedule", START + 10)])
+        self.machine.receive(encode_hello(THEIRS), START + 2)
+        self.assertEqual(self.output.take(), [("schedule", START + 2 + self.idle), ("opened", "them")])
+        self.machine.timer_due(START + 2 + self.idle)
+        self.assertEqual(
+            self.output.take(),
+            [("schedule", START + 2 + self.idle + INTERVAL), ("transmit", encode_ping(1))],
+        )
+
+    def test_traffic_after_open_still_defers_the_probe(self) -> None:
+        self.machine.start(self.record, START)
+        self.machine.receive(encode_hello(THEIRS), START + 2)
+        self.machine.receive(encode_frame(MessageType.DATA, b"busy"), START + 3)
+        self.output.take()
+        self.machine.timer_due(START + 2 + self.idle)
+        self.assertEqual(self.output.take(), [("schedule", START + 3 + self.idle)])
+
+
 class ClosingTests(_MachineTestCase):
     def test_bye_received(self) -> None:
         self.open()

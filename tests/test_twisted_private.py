@@ -10,9 +10,9 @@ import socket
 from typing import Any
 
 from twisted.internet import reactor, tcp
-from twisted.internet.protocol import DatagramProtocol, Protocol
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from netmodels.transports import _twisted_private as private
 from netmodels.transports import tcp as nm_tcp
@@ -118,3 +118,19 @@ class UdpSocketTests(SynchronousTestCase):
             self.assertIsNone(private.raw_sendto(port))
         finally:
             port.socket = sock
+
+
+class ListeningSocketTests(TestCase):
+    def test_listening_socket_of_a_tcp_port(self) -> None:
+        """``tcp.Port`` keeps its listening socket in ``socket``; without it, ``None``."""
+        port: Any = reactor.listenTCP(0, Factory(), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        sock = private.listening_socket(port)
+        assert sock is not None
+        self.assertEqual(sock.getsockname()[1], port.getHost().port)
+        del port.socket
+        try:
+            self.assertIsNone(private.listening_socket(port))
+        finally:
+            port.socket = sock
+        self.assertIsNone(private.listening_socket(object()))

@@ -387,9 +387,16 @@ class SessionMachine(RequestTable):
             self.max_data = min(self.max_data, self.max_body)
         self.phase = _OPEN
         self.record.peer_keepalive = hello.keepalive
-        # The timer waited for the handshake deadline; keepalive may be due sooner.
-        if self.timer_at > self.keepalive.next_deadline:
-            self._schedule(self.keepalive.next_deadline)
+        tracker = self.keepalive
+        if self.timer_at > tracker.next_deadline:
+            # The timer waited for the handshake deadline; keepalive is due sooner.
+            self._schedule(tracker.next_deadline)
+        elif self.timer_at < tracker.next_deadline:
+            # The timer waits for a handshake deadline sooner than keepalive's:
+            # move it to when keepalive is next due (an idle period after this
+            # HELLO), or every idle connection wakes once for nothing.
+            tracker.next_deadline = tracker.last_received + self.rules.keepalive.idle
+            self._schedule(tracker.next_deadline)
         self.output.opened(hello)
         if len(frames) > 1 and self.phase is _OPEN:
             self._dispatch(frames[1:], now)

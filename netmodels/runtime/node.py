@@ -39,6 +39,7 @@ from netmodels.runtime.secure import SessionSecurity
 from netmodels.runtime.session import DATA_TYPES, Session, SessionFactory, SessionSettings, encode_bye
 from netmodels.runtime.timers import TimerWheel
 from netmodels.runtime.topology import default_settings
+from netmodels.transports.tcp import SessionSocketOptions
 from netmodels.transports.udp import DatagramListeningPort, DatagramOptions, is_datagram, parse_endpoint
 
 if TYPE_CHECKING:
@@ -134,10 +135,18 @@ def endpoint_label(description: str) -> str:
 class ListeningService(Service):
     """Listen on one endpoint; a failure surfaces at start-up."""
 
-    def __init__(self, endpoint: Any, description: str, factory: Factory[Any]) -> None:
+    def __init__(
+        self,
+        endpoint: Any,
+        description: str,
+        factory: Factory[Any],
+        socket_options: SessionSocketOptions | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.description = description
         self.factory = factory
+        #: Set on the listening socket, for the connections it accepts to inherit.
+        self.socket_options = socket_options
         self.port: IListeningPort | None = None
 
     def startService(self) -> None:
@@ -150,6 +159,8 @@ class ListeningService(Service):
             failure = result[0]
             raise ListenFailed(f"cannot listen on {self.description}: {failure.getErrorMessage()}")
         self.port = result[0]
+        if self.socket_options is not None:
+            self.socket_options.apply_to_listener(self.port)
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
@@ -346,7 +357,13 @@ class Node(MultiService):
             factory or self.session_factory(),
             rejection_payload=rejection_payload or (lambda reason, detail: encode_bye(reason, detail)),
         )
-        listener = ListeningService(self.endpoint(description, server=True), description, wrapped)
+        listener = ListeningService(
+            self.endpoint(description, server=True),
+            description,
+            wrapped,
+            # The node's own sessions set these on each connection; set once here, inherited.
+            self.session_settings.socket_options if factory is None else None,
+        )
         listener.setServiceParent(self)
         self.listeners.append(listener)
 

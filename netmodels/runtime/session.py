@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netmodels.core.connection import CloseMode, ConnectionRecord, ConnectionState
+from netmodels.core.connection import CloseMode, ConnectionRecord, ConnectionState, Direction
 from netmodels.core.frames import Hello, MessageType
 from netmodels.core.handshake import SessionRules, decode_bye, encode_bye
 from netmodels.core.keepalive import KeepaliveSettings
@@ -38,7 +38,7 @@ from netmodels.runtime.interfaces import IApplication, ISession
 from netmodels.runtime.manager import ManagedConnection
 from netmodels.runtime.timers import TimerWheel, _WheelTimer
 from netmodels.transports.interfaces import ILivenessObserver
-from netmodels.transports.tcp import apply_kernel_keepalive, set_no_delay
+from netmodels.transports.tcp import SessionSocketOptions
 
 if TYPE_CHECKING:
     from netmodels.runtime.secure import SessionSecurity
@@ -61,6 +61,7 @@ _log = Logger(namespace="netmodels.session")
 
 _OPEN = Phase.OPEN
 _RST = CloseMode.RST
+_INBOUND = Direction.INBOUND
 #: Frames that carry application messages (limited by ``max_data_body``):
 #: DATA, and the types a topology adds (``SessionSettings.data_types``).
 DATA_TYPES = frozenset({int(MessageType.DATA)})
@@ -159,6 +160,12 @@ class SessionSettings:
         if self.data_types == DATA_TYPES:
             return _UNRELIABLE_DATA
         return _ALWAYS_UNRELIABLE | self.data_types | _REQUEST_TYPES
+
+    @cached_property
+    def socket_options(self) -> SessionSocketOptions:
+        """``TCP_NODELAY`` and kernel keepalive, for each connection (and the node's listeners)."""
+        keepalive = self.keepalive if self.kernel_keepalive else None
+        return SessionSocketOptions(keepalive, self.user_timeout)
 
     @cached_property
     def hello_frame(self) -> bytes:
@@ -390,11 +397,9 @@ class Session(SlowConsumerPolicy, Protocol):
         transport = self.transport
         self.record = transport.record
         self._unreliable = unreliable_types(transport, self.settings.unreliable_data)
-        settings = self.settings
-        set_no_delay(transport)
+        # An accepted connection inherits its options from the node's listener.
+        self.settings.socket_options.apply(transport, transport.record.direction is _INBOUND)
         transport.registerProducer(self, True)
-        if settings.kernel_keepalive:
-            apply_kernel_keepalive(transport, settings.keepalive, settings.user_timeout)
         self._begin()
 
     def _begin(self) -> None:

@@ -9,6 +9,8 @@ feature (the errno of an RST, a send without a reactor pass), never a crash:
 - its write buffer is ``dataBuffer``/``offset``/``_tempDataLen``, read by
   :func:`direct_writer` (to send around an empty buffer) and
   :func:`unsent_bytes`;
+- ``tcp.Port`` keeps its listening socket in ``socket``, where
+  :func:`listening_socket` finds it to set options its connections inherit;
 - ``udp.Port`` keeps its socket in ``socket``, which :func:`raw_sendto` uses
   to skip Twisted's per-call address validation.
 
@@ -30,6 +32,7 @@ __all__ = [
     "SOCKET_IO",
     "direct_writer",
     "io_goes_through_socket",
+    "listening_socket",
     "raw_sendto",
     "socket_of",
     "swap_socket",
@@ -63,6 +66,14 @@ def socket_of(connection: tcp.Connection) -> socket.socket | None:
     """The socket object ``connection`` does its I/O through (a proxy if swapped), if any."""
     sock = connection.__dict__.get("socket")
     return sock if sock is not None else None
+
+
+def listening_socket(port: object) -> socket.socket | None:
+    """The listening socket of a ``tcp.Port``; ``None`` for other ports (UDP, fakes)."""
+    if not isinstance(port, tcp.Port):
+        return None
+    sock = port.__dict__.get("socket")
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def swap_socket(connection: tcp.Connection, proxy: Callable[[Any], Any]) -> bool:

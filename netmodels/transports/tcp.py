@@ -25,6 +25,7 @@ from netmodels.transports.interfaces import IErrnoSource
 
 __all__ = [
     "ErrnoObserver",
+    "SessionSocketOptions",
     "apply_kernel_keepalive",
     "capture_errno",
     "direct_writer",
@@ -174,3 +175,64 @@ def apply_kernel_keepalive(
     if user_timeout:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, math.ceil(user_timeout * 1000)))
     return True
+
+
+class SessionSocketOptions:
+    """
+    The TCP options a session sets on its connection: ``TCP_NODELAY`` and,
+    with kernel keepalive, what :func:`apply_kernel_keepalive` sets.
+
+    Linux copies a listening socket's options to each connection it accepts,
+    so a node sets them once on its listener (:meth:`apply_to_listener`),
+    and each accepted connection reads one option back instead of setting
+    six (:meth:`apply`). The one read back is the one set last, and is off by
+    default: a connection that was accepted before the listener had it, or
+    on a system that does not copy options, gets them set as before.
+    """
+
+    __slots__ = ("_marker", "_options")
+
+    def __init__(self, keepalive: KeepaliveSettings | None, user_timeout: float | None) -> None:
+        options = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+        if keepalive is not None:
+            options += [
+                (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, math.ceil(keepalive.idle))),
+                (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, math.ceil(keepalive.interval))),
+                (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, keepalive.probes),
+            ]
+            if user_timeout:
+                timeout = max(1, math.ceil(user_timeout * 1000))
+                options.append((socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout))
+            options.append((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1))
+        self._options = tuple(options)
+        self._marker = options[-1]
+
+    def _set(self, sock: socket.socket) -> None:
+        for level, name, value in self._options:
+            sock.setsockopt(level, name, value)
+
+    def apply(self, transport: object, accepted: bool = False) -> bool:
+        """
+        Set the options on ``transport``'s TCP socket; for an ``accepted``
+        one, only those it did not inherit from its listener. ``False`` when
+        there is no TCP socket.
+        """
+        sock = _raw_socket(transport)
+        if sock is None:
+            return False
+        if accepted:
+            level, name, value = self._marker
+            if sock.getsockopt(level, name) == value:
+                return True
+        self._set(sock)
+        return True
+
+    def apply_to_listener(self, port: object) -> bool:
+        """Set the options on a listening TCP ``port``, for its connections to inherit."""
+        sock = private.listening_socket(port)
+        if sock is None or sock.type != socket.SOCK_STREAM:
+            return False
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return False
+        self._set(sock)
+        return True
