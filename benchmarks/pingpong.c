@@ -57,19 +57,6 @@ static double runq_wait(void) {
     return wait / 1e9;
 }
 
-static int recv_exact(int fd, unsigned char *data, size_t len) {
-    while (len > 0) {
-        ssize_t n = recv(fd, data, len, 0);
-        if (n <= 0) {
-            if (n < 0 && errno == EINTR) continue;
-            return -1;
-        }
-        data += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 static int send_all(int fd, const unsigned char *data, size_t len) {
     while (len > 0) {
         ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
@@ -83,13 +70,28 @@ static int send_all(int fd, const unsigned char *data, size_t len) {
     return 0;
 }
 
-/* One frame in, whole: returns its body length, or -1 when the peer is gone. */
+/*
+ * One frame in, whole: returns its body length, or -1 when the peer is gone.
+ * One request is in flight, so a recv() never holds more than this frame:
+ * read as much as comes (usually the whole frame in one system call).
+ */
 static long recv_frame(int fd, unsigned char *frame, size_t capacity) {
-    if (recv_exact(fd, frame, 4) < 0) return -1;
-    uint32_t length = ((uint32_t)frame[0] << 24) | ((uint32_t)frame[1] << 16) | ((uint32_t)frame[2] << 8) | frame[3];
-    if (length + 4 > capacity) return -1;
-    if (recv_exact(fd, frame + 4, length) < 0) return -1;
-    return (long)length;
+    size_t have = 0;
+    for (;;) {
+        if (have >= 4) {
+            uint32_t length =
+                ((uint32_t)frame[0] << 24) | ((uint32_t)frame[1] << 16) | ((uint32_t)frame[2] << 8) | frame[3];
+            if (length + 4 > capacity) return -1;
+            if (have == length + 4) return (long)length;
+            if (have > length + 4) return -1; /* more than one frame in flight: not this workload */
+        }
+        ssize_t n = recv(fd, frame + have, capacity - have, 0);
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR) continue;
+            return -1;
+        }
+        have += (size_t)n;
+    }
 }
 
 struct window {
