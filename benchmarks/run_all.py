@@ -73,6 +73,9 @@ def main() -> int:
     unknown = set(chosen) - set(BENCHMARKS)
     if unknown:
         parser.error(f"--only: unknown benchmark(s) {', '.join(sorted(unknown))}")
+    unknown = {name.strip() for name in args.peers.split(",") if name.strip()} - set(peers.ALL)
+    if unknown:
+        parser.error(f"--peers: unknown peer(s) {', '.join(sorted(unknown))}; known: {','.join(peers.ALL)}")
 
     try:
         import netmodels  # noqa: F401
@@ -205,8 +208,8 @@ def peers_line(args: argparse.Namespace) -> str:
     wanted = [name.strip() for name in args.peers.split(",") if name.strip()]
     parts = []
     for peer in wanted:
-        why = peers.missing(peer) if peer in peers.ALL else "unknown peer"
-        label = common.PEER_LABELS.get(peer, peer)
+        why = peers.missing(peer)
+        label = common.PEER_LABELS[peer]
         parts.append(label if why is None else f"{label} (skipped: {why})")
     versions = []
     for module in ("uvloop", "zmq"):
