@@ -5,7 +5,7 @@
 #   make lab     run only the fault lab (tests/lab: root, iproute2, iptables), under trial
 #   make lint    ruff check, ruff format --check, mypy
 #   make docs    build the HTML docs into docs/_build/html
-#   make bench   run the benchmarks
+#   make bench   run the benchmarks (installs the bench extra: uvloop, pyzmq)
 #   make fuzz    run each atheris fuzz target for FUZZ_SECONDS (installs the fuzz extra)
 #   make clean   remove build artifacts and caches (keeps .venv; see distclean)
 #
@@ -125,7 +125,9 @@ lint: setup
 docs: setup
 	$(VENV)/bin/sphinx-build -W docs docs/_build/html
 
+# The peers' libraries (the bench extra) are installed only when missing.
 bench: setup
+	$(VPY) -c "import uvloop, zmq" 2>/dev/null || $(VPY) -m pip install $(PIP_FLAGS) -e '.[bench]' --config-settings editable_mode=strict
 	$(VPY) benchmarks/run_all.py
 
 # Coverage-guided fuzzing (atheris, an optional extra) of the frame decoder and the

@@ -30,6 +30,8 @@ HERE = Path(__file__).resolve().parent
 BIN = HERE / "bin"
 LOADGEN_SOURCE = HERE / "loadgen.c"
 LOADGEN = BIN / "loadgen"
+PINGPONG_SOURCE = HERE / "pingpong.c"
+PINGPONG = BIN / "pingpong"
 HOST = "127.0.0.1"
 
 # --------------------------------------------------------------------------
@@ -125,16 +127,26 @@ def netmodels_version() -> str:
 # The C load generator
 
 
-def build_loadgen(force: bool = False) -> Path:
-    """Compile loadgen.c into bin/loadgen unless an up-to-date binary exists."""
-    if not force and LOADGEN.exists() and LOADGEN.stat().st_mtime >= LOADGEN_SOURCE.stat().st_mtime:
-        return LOADGEN
+def build_c(source: Path, binary: Path, force: bool = False) -> Path:
+    """Compile ``source`` into ``binary`` unless an up-to-date binary exists."""
+    if not force and binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return binary
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
-        raise SystemExit("benchmarks need gcc (or cc) to build the C load generator")
+        raise SystemExit(f"benchmarks need gcc (or cc) to build {source.name}")
     BIN.mkdir(exist_ok=True)
-    subprocess.run([compiler, "-O2", "-Wall", "-o", str(LOADGEN), str(LOADGEN_SOURCE)], check=True)
-    return LOADGEN
+    subprocess.run([compiler, "-O2", "-Wall", "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+def build_loadgen(force: bool = False) -> Path:
+    """Compile loadgen.c into bin/loadgen unless an up-to-date binary exists."""
+    return build_c(LOADGEN_SOURCE, LOADGEN, force)
+
+
+def build_pingpong() -> Path:
+    """Compile pingpong.c (the C ceiling of request/response) into bin/pingpong."""
+    return build_c(PINGPONG_SOURCE, PINGPONG)
 
 
 def netmodels_hello_hex(role: str = "client", node_id: str = "loadgen") -> str:
@@ -291,10 +303,11 @@ def context_switches() -> tuple[int, int]:
     return usage.ru_nvcsw, usage.ru_nivcsw
 
 
-def runqueue_wait_seconds() -> float:
-    """Seconds this (main) thread spent runnable but not running: CPU contention."""
+def runqueue_wait_seconds(thread: int | None = None) -> float:
+    """Seconds this thread (or thread id ``thread``) spent runnable but not running: CPU contention."""
+    where = "/proc/thread-self/schedstat" if thread is None else f"/proc/self/task/{thread}/schedstat"
     try:
-        fields = Path("/proc/thread-self/schedstat").read_text().split()
+        fields = Path(where).read_text().split()
         return int(fields[1]) / 1e9
     except (OSError, IndexError, ValueError):
         return 0.0
@@ -453,6 +466,19 @@ class Row:
     nm_label: str = "netmodels"
     #: The target bounds the netmodels median itself (in ``unit``), not the ratio.
     absolute: bool = False
+    #: The peers' runs (``peers.LABELS`` keys, e.g. "asyncio", "uvloop", "zmq", "c"), same unit.
+    #: A peer that is a column of the table but has no entry here shows "-" (the notes say why).
+    peers: dict[str, list[float]] = field(default_factory=dict)
+
+    def peer_ratio(self, peer: str) -> float:
+        """netmodels median / the peer's median (nan if unknown)."""
+        values = self.peers.get(peer)
+        if not values or not self.nm:
+            return float("nan")
+        theirs = median(values)
+        if not theirs or abs(self.nm_median) > 1000 * abs(theirs):
+            return float("nan")
+        return self.nm_median / theirs
 
     @property
     def raw_median(self) -> float:
@@ -508,13 +534,34 @@ def human(value: float, unit: str) -> str:
     return f"{value:.3g} {unit}"
 
 
+#: Column headers of the peers, in table order.
+PEER_LABELS = {"asyncio": "asyncio", "uvloop": "uvloop", "zmq": "pyzmq", "c": "C"}
+
+
+def peer_cell(row: Row, peer: str) -> str:
+    """A peer's median and netmodels' ratio to it: ``20.0 kRTT/s (1.45×)``."""
+    values = row.peers.get(peer)
+    if not values:
+        return "-"
+    ratio = row.peer_ratio(peer)
+    return human(median(values), row.unit) + (f" ({ratio:.2f}×)" if ratio == ratio else "")
+
+
 def format_table(
     title: str,
     rows: Sequence[Row],
     notes: Sequence[str] = (),
     columns: tuple[str, str] = ("raw median", "netmodels median"),
 ) -> str:
-    header = ("workload", *columns, "ratio", "target", "result")
+    peers = [peer for peer in PEER_LABELS if any(peer in row.peers for row in rows)]
+    header = (
+        "workload",
+        *columns,
+        "ratio",
+        "target",
+        "result",
+        *(f"{PEER_LABELS[peer]} (nm ÷)" for peer in peers),
+    )
     body = [
         (
             row.workload,
@@ -523,6 +570,7 @@ def format_table(
             f"{row.ratio:.3f}×" if row.ratio == row.ratio else "-",
             row.target_text,
             row.verdict,
+            *(peer_cell(row, peer) for peer in peers),
         )
         for row in rows
     ]
@@ -540,6 +588,16 @@ def format_table(
         out.append(
             f"  {row.workload}: {row.raw_label} runs {', '.join(human(v, row.unit) for v in row.raw)}"
             f" | {row.nm_label} runs {', '.join(human(v, row.unit) for v in row.nm)}"
+            + "".join(
+                f" | {PEER_LABELS[peer]} runs {', '.join(human(v, row.unit) for v in values)}"
+                for peer, values in row.peers.items()
+                if values
+            )
+        )
+    if peers:
+        out.append(
+            "  peers: each cell is the peer's median and, in brackets, netmodels' median divided by it "
+            "(above 1 means netmodels is ahead for rates, behind for times)"
         )
     out.extend(f"  note: {note}" for note in notes)
     return "\n".join(out)
@@ -559,6 +617,16 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         help="write a cProfile of each netmodels server's window into this folder",
     )
     parser.add_argument("--quick", action="store_true", help="short windows, 2 repetitions")
+    parser.add_argument(
+        "--no-peers",
+        action="store_true",
+        help="leave out the peers (asyncio, uvloop, pyzmq, C): raw Twisted and netmodels only",
+    )
+    parser.add_argument(
+        "--peers",
+        default="asyncio,uvloop,zmq,c",
+        help="comma-separated peers to run where a benchmark has them (default asyncio,uvloop,zmq,c)",
+    )
     parser.add_argument(
         "--retries",
         type=int,

@@ -24,6 +24,15 @@ fan-out : one server sends every message to 100 clients, framed once, as
 
           Two paces: 1 message per reactor turn, and bursts of 16 per turn.
 
+Peers (``peers.py``; ``--no-peers`` leaves them out), same generator:
+fan-in as ``ingest.py`` (asyncio and uvloop protocols, pyzmq PULL); fan-out
+with ``asyncio.Protocol`` connections on each loop, written to as raw Twisted
+does and pausing on ``pause_writing``, and pyzmq PUB/SUB: an ``XPUB`` with
+``XPUB_NODROP`` (a full subscriber queue blocks ``send`` instead of dropping,
+so the run is lossless like the others) sending in a blocking loop, each
+generator connection a SUB speaking ZMTP 3.0 (``loadgen -m read -Z``).
+pyzmq has no reactor turns: its one figure is in the 16-per-turn row.
+
     python benchmarks/fanin_fanout.py [--seconds 3] [--reps 3] [--conns 100]
 """
 
@@ -31,10 +40,12 @@ from __future__ import annotations
 
 import argparse
 import struct
+import time
 from typing import Any
 
 import common
 import ingest
+import peers
 from common import Row
 
 BODY = 64
@@ -70,9 +81,13 @@ def build_server(reactor: Any, application: Any) -> Any:
     return node
 
 
+#: The peers of fan-in and of fan-out, in the table's order.
+PEERS = ("asyncio", "uvloop", "zmq")
+
+
 def serve_fanin(impl: str, warmup: float, seconds: float, profile: str | None, conns: int) -> None:
-    if impl == "raw":
-        ingest.serve("raw", warmup, seconds, profile, conns)
+    if impl != "m21":
+        ingest.serve(impl, warmup, seconds, profile, conns)  # raw and the peers: as ingest.py
         return
     common.quiet_logging()
     from netmodels.runtime.application import Application
@@ -100,9 +115,117 @@ def serve_fanin(impl: str, warmup: float, seconds: float, profile: str | None, c
     reactor.run()
 
 
+def serve_fanout_loop(impl: str, warmup: float, seconds: float, conns: int, burst: int) -> None:
+    """Fan-out on asyncio's or uvloop's loop: raw Twisted's server, written with asyncio.Protocol."""
+    loop = peers.new_loop(impl)
+    deliveries = [0]
+    state = {"running": True, "scheduled": False, "paused": 0}
+    targets: list[Any] = []
+    frame = struct.pack("!I", BODY) + b"x" * BODY
+
+    def finish(result: dict[str, Any]) -> None:
+        state["running"] = False
+        result["total_deliveries"] = deliveries[0]
+        result["clients"] = len(targets)
+        common.emit("RESULT", result)
+
+    window = common.Window(peers.LoopClock(loop), warmup, seconds, lambda: deliveries[0], finish)
+
+    class Client(peers.Int32Protocol):
+        paused = False
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            targets.append(self)
+            if len(targets) >= conns:
+                window.begin()
+                kick()
+
+        def pause_writing(self) -> None:
+            if not self.paused:
+                self.paused = True
+                state["paused"] += 1
+
+        def resume_writing(self) -> None:
+            if self.paused:
+                self.paused = False
+                state["paused"] -= 1
+                kick()
+
+        def string_received(self, string: bytes) -> None:
+            pass
+
+    def pump() -> None:
+        state["scheduled"] = False
+        if not state["running"]:
+            return
+        for _ in range(burst):
+            if state["paused"]:
+                return  # resume_writing kicks the pump again
+            for protocol in targets:
+                protocol.transport.write(frame)
+            deliveries[0] += len(targets)
+        kick()
+
+    def kick() -> None:
+        if state["running"] and not state["scheduled"]:
+            state["scheduled"] = True
+            loop.call_soon(pump)
+
+    server = loop.run_until_complete(loop.create_server(Client, common.HOST, 0, backlog=BACKLOG))
+    common.emit("READY", str(server.sockets[0].getsockname()[1]))
+    loop.run_forever()
+
+
+def serve_fanout_zmq(warmup: float, seconds: float, conns: int) -> None:
+    """
+    Fan-out through a pyzmq XPUB with XPUB_NODROP, in a blocking loop: once
+    every client has subscribed, send as fast as the slowest subscriber's
+    queue (the default high-water mark, 1,000 messages) lets it.
+    """
+    import zmq
+
+    sock = zmq.Context().socket(zmq.XPUB)
+    sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, not just the first of a topic
+    sock.setsockopt(zmq.XPUB_NODROP, 1)
+    number = sock.bind_to_random_port(f"tcp://{common.HOST}")
+    deliveries = [0]
+    state = {"running": True}
+
+    done: list[dict[str, Any]] = []
+
+    def finish(result: dict[str, Any]) -> None:
+        done.append(result)
+        state["running"] = False
+
+    window = peers.ThreadWindow(warmup, seconds, lambda: deliveries[0], finish)
+    common.emit("READY", str(number))
+    for _ in range(conns):
+        sock.recv()  # one subscription per client
+    message = b"x" * BODY
+    send = sock.send
+    window.begin()
+    while state["running"]:
+        send(message)
+        deliveries[0] += conns
+    # The total is read here, not in the window's thread, which may run between a send and its count.
+    result = done[0]
+    result["total_deliveries"] = deliveries[0]
+    result["clients"] = conns
+    common.emit("RESULT", result)
+    while True:
+        time.sleep(1)  # until the harness stops this process
+
+
 def serve_fanout(
     impl: str, warmup: float, seconds: float, profile: str | None, conns: int, burst: int
 ) -> None:
+    if impl in peers.LOOPS:
+        serve_fanout_loop(impl, warmup, seconds, conns, burst)
+        return
+    if impl == "zmq":
+        serve_fanout_zmq(warmup, seconds, conns)
+        return
     common.quiet_logging()
     from twisted.internet import reactor
 
@@ -228,7 +351,7 @@ def serve_fanout(
 
 def run_once(mode: str, impl: str, args: argparse.Namespace, tag: str, burst: int = 1) -> dict[str, Any]:
     loadgen = common.build_loadgen()
-    profile = common.profile_path(args, f"{tag}-{impl}") if impl != "raw" else None
+    profile = common.profile_path(args, f"{tag}-{impl}") if impl == "m21" else None
     with common.Children() as children:
         server_args = [
             "server",
@@ -266,7 +389,11 @@ def run_once(mode: str, impl: str, args: argparse.Namespace, tag: str, burst: in
             "-t",
             str(run_for),
         ]
-        if impl != "raw":
+        if impl == "zmq":
+            command += ["-Z", "-x", peers.zmtp_hello_hex("PUSH" if mode == "fanin" else "SUB")]
+            if mode == "fanout":
+                command += ["-X", peers.ZMTP_SUBSCRIBE_ALL_HEX]
+        elif impl == "m21":
             command += ["-T", "2", "-x", netmodels_hello_hex()]
         generator = children.start("loadgen", common.pinned(command, common.client_cpu()))
         generator.expect("CONNECTED", 30)
@@ -287,13 +414,14 @@ def disturbed(result: dict[str, Any]) -> str | None:
 
 
 def measure(
-    mode: str, args: argparse.Namespace, log: list[str], burst: int = 1
+    mode: str, args: argparse.Namespace, log: list[str], burst: int = 1, chosen: tuple[str, ...] = ()
 ) -> dict[str, list[dict[str, Any]]]:
-    """Interleaved raw / netmodels repetitions; results per impl."""
-    results: dict[str, list[dict[str, Any]]] = {"raw": [], "m21": []}
+    """Interleaved raw / netmodels / peers repetitions; results per impl."""
+    impls = ("raw", "m21", *chosen)
+    results: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
     tag = mode if burst == 1 else f"{mode}-burst{burst}"
     for rep in range(args.reps):
-        for impl in ("raw", "m21"):
+        for impl in impls:
             label = f"{tag} rep {rep + 1}/{args.reps}: {impl}"
             common.progress(label)
             results[impl].append(
@@ -329,16 +457,25 @@ def lossless_notes(results: dict[str, list[dict[str, Any]]], label: str) -> list
 
 def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
     log: list[str] = []
-    fanin = measure("fanin", args, log)
-    fanout = measure("fanout", args, log)
-    bursts = measure("fanout", args, log, BURST_ROW)
+    chosen = tuple(peers.chosen(args, PEERS, log))
+    loops = tuple(peer for peer in chosen if peer in peers.LOOPS)
+    fanin = measure("fanin", args, log, chosen=chosen)
+    fanout = measure("fanout", args, log, chosen=loops)
+    bursts = measure("fanout", args, log, BURST_ROW, chosen=chosen)
 
-    def series(results: dict[str, list[dict[str, Any]]], impl: str, key: str) -> list[float]:
-        return [r[key] for r in results[impl] if r.get(key) is not None]
+    def series(
+        results: dict[str, list[dict[str, Any]]], impl: str, key: str, scale: float = 1.0
+    ) -> list[float]:
+        return [scale * r[key] for r in results[impl] if r.get(key) is not None]
 
     def rows_for(
         results: dict[str, list[dict[str, Any]]], workload: str, unit: str, target: Any
     ) -> list[Row]:
+        measured = [peer for peer in chosen if peer in results]
+
+        def of_peers(key: str, scale: float = 1.0) -> dict[str, list[float]]:
+            return {peer: series(results, peer, key, scale) for peer in measured}
+
         return [
             Row(
                 workload,
@@ -347,6 +484,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
                 series(results, "m21", "rate"),
                 target,
                 nm_label="many-to-one",
+                peers=of_peers("rate"),
             ),
             Row(
                 "  server CPU per " + ("message" if unit == "msg/s" else "delivery"),
@@ -354,13 +492,15 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
                 series(results, "raw", "cpu_us_per_op"),
                 series(results, "m21", "cpu_us_per_op"),
                 nm_label="many-to-one",
+                peers=of_peers("cpu_us_per_op"),
             ),
             Row(
                 "  server CPU busy",
                 "%",
-                [100 * v for v in series(results, "raw", "cpu_util")],
-                [100 * v for v in series(results, "m21", "cpu_util")],
+                series(results, "raw", "cpu_util", 100),
+                series(results, "m21", "cpu_util", 100),
                 nm_label="many-to-one",
+                peers=of_peers("cpu_util", 100),
             ),
         ]
 
@@ -382,9 +522,27 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
         f"fan-out: the server offers 1 (or {BURST_ROW}) messages per reactor turn while no client "
         "connection is paused; clients = C generator in read mode counting frames; raw writes one "
         "ready-made frame per connection, netmodels Hub.broadcast (framed once, corked per session)",
+        *(
+            [
+                "asyncio / uvloop: fan-in as ingest.py; fan-out writes one ready-made frame per "
+                "asyncio.Protocol connection, pausing on pause_writing (64 KiB high-water mark)"
+            ]
+            if loops
+            else []
+        ),
+        *(
+            [
+                "pyzmq: fan-in = PULL (generator as ZMTP PUSH, 66-byte frames); fan-out = XPUB with "
+                "XPUB_NODROP in a blocking send loop, to 100 ZMTP SUB connections of the generator; "
+                "no reactor turns, so its one fan-out figure is in the 16-per-turn row; its CPU counts "
+                "libzmq's I/O thread"
+            ]
+            if "zmq" in chosen
+            else []
+        ),
         *lossless_notes(fanout, "fan-out"),
         *lossless_notes(bursts, "fan-out bursts"),
-        *ingest.saturation_notes({"fan-in raw": fanin["raw"], "fan-in many-to-one": fanin["m21"]}),
+        *ingest.saturation_notes({f"fan-in {impl}": runs for impl, runs in fanin.items()}),
         *log,
     ]
     return rows, notes
@@ -402,7 +560,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command")
     p = sub.add_parser("server")
     p.add_argument("--mode", choices=("fanin", "fanout"), required=True)
-    p.add_argument("--impl", choices=("raw", "m21"), required=True)
+    p.add_argument("--impl", choices=("raw", "m21", *PEERS), required=True)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--profile", default=None)

@@ -32,6 +32,16 @@
  * BODY-1 bytes are filler; without it the whole BODY is filler (raw
  * Int32StringReceiver framing). Either way each frame is 4 + BODY bytes.
  *
+ * With -Z the frames are ZeroMQ's instead (ZMTP 3.0, for the pyzmq peers of
+ * the benchmarks): the HELLO given with -x is then the ZMTP greeting and
+ * READY command, built by the harness. The generator then waits for the
+ * server's greeting and READY before it sends anything else (libzmq 4.3
+ * drops a connection whose first message arrives with the greeting), then
+ * sends the optional -X bytes (a SUB's subscription). Stream mode sends
+ * short message frames (flags 0x00, 1-byte size, BODY bytes: 2 + BODY bytes
+ * each, so BODY <= 255); read mode counts the whole messages the server
+ * sends, not its commands.
+ *
  * Runs for -t SECONDS after the connections are up, then closes everything and
  * prints "SENT frames=N bytes=N conns_lost=N elapsed=S cpu=S runq_wait=S": its
  * own CPU time, and the time it spent runnable but waiting for a CPU (from
@@ -62,13 +72,14 @@ struct conn {
     int alive;
     size_t offset;          /* stream mode: position in the frame buffer */
     /* idle mode: frame parser state */
-    unsigned char header[5];
+    unsigned char header[9];
     int header_have;
     uint32_t body_left;
     unsigned char ping[4];
     int ping_have;
     int is_ping;
     int counted;            /* read mode: the frame being read is one to count */
+    uint64_t zbody_left;    /* -Z read mode: bytes of the current frame's body still to skip */
 };
 
 /* Read mode: frames and bytes received. */
@@ -97,10 +108,26 @@ static int hexval(char c) {
     return -1;
 }
 
+static void usage(void);
+
+static unsigned char *unhex(const char *text, size_t *len) {
+    size_t n = strlen(text);
+    if (n % 2) usage();
+    unsigned char *out = malloc(n / 2 + 1);
+    for (size_t i = 0; i < n / 2; i++) {
+        int hi = hexval(text[2 * i]), lo = hexval(text[2 * i + 1]);
+        if (hi < 0 || lo < 0) usage();
+        out[i] = (unsigned char)(hi * 16 + lo);
+    }
+    *len = n / 2;
+    return out;
+}
+
 static void usage(void) {
     fprintf(stderr,
             "usage: loadgen -p PORT [-h HOST] [-m stream|idle|read] [-c CONNS] [-t SECONDS]\n"
-            "               [-s BODY] [-T TYPE] [-x HELLO_HEX] [-d CONNECT_DELAY_US]\n");
+            "               [-s BODY] [-T TYPE] [-x HELLO_HEX] [-d CONNECT_DELAY_US]\n"
+            "               [-Z [-X AFTER_HANDSHAKE_HEX]]\n");
     exit(2);
 }
 
@@ -210,15 +237,64 @@ static int read_consume(struct conn *c, const unsigned char *data, size_t len, i
     return 0;
 }
 
+static int recv_exact(int fd, unsigned char *data, size_t len) {
+    while (len > 0) {
+        ssize_t n = recv(fd, data, len, 0);
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR) continue;
+            return -1;
+        }
+        data += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* -Z: read the server's 64-byte ZMTP greeting and its READY command (blocking). */
+static int zmtp_handshake(int fd) {
+    unsigned char greeting[64], header[9], body[256];
+    if (recv_exact(fd, greeting, sizeof greeting) < 0 || recv_exact(fd, header, 2) < 0) return -1;
+    if (!(header[0] & 0x04) || (header[0] & 0x02)) return -1; /* a short command expected */
+    return recv_exact(fd, body, header[1]);
+}
+
+/*
+ * -Z read mode: count the last frame of
+ * every message (not commands). Returns -1 on error.
+ */
+static int zmtp_consume(struct conn *c, const unsigned char *data, size_t len) {
+    size_t i = 0;
+    bytes_in += len;
+    while (i < len) {
+        if (c->zbody_left > 0) {
+            size_t take = len - i;
+            if (take > c->zbody_left) take = (size_t)c->zbody_left;
+            c->zbody_left -= take;
+            i += take;
+            continue;
+        }
+        c->header[c->header_have++] = data[i++];
+        int need = 1 + ((c->header[0] & 0x02) ? 8 : 1);
+        if (c->header_have < need) continue;
+        uint64_t size = 0;
+        for (int k = 1; k < need; k++) size = (size << 8) | c->header[k];
+        if (!(c->header[0] & 0x04) && !(c->header[0] & 0x01)) frames_in++;
+        c->zbody_left = size;
+        c->header_have = 0;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *host = "127.0.0.1";
     int port = 0, conns = 100, body = 64, type = -1, idle = 0, reader = 0, connect_delay_us = 0;
+    int zmtp = 0;
     double seconds = 5.0;
-    unsigned char *hello = NULL;
-    size_t hello_len = 0;
+    unsigned char *hello = NULL, *after = NULL;
+    size_t hello_len = 0, after_len = 0;
     int opt;
 
-    while ((opt = getopt(argc, argv, "h:p:m:c:t:s:T:x:d:")) != -1) {
+    while ((opt = getopt(argc, argv, "h:p:m:c:t:s:T:x:X:d:Z")) != -1) {
         switch (opt) {
         case 'h': host = optarg; break;
         case 'p': port = atoi(optarg); break;
@@ -233,32 +309,34 @@ int main(int argc, char **argv) {
         case 's': body = atoi(optarg); break;
         case 'T': type = (int)strtol(optarg, NULL, 0); break;
         case 'd': connect_delay_us = atoi(optarg); break;
-        case 'x': {
-            size_t n = strlen(optarg);
-            if (n % 2) usage();
-            hello_len = n / 2;
-            hello = malloc(hello_len);
-            for (size_t i = 0; i < hello_len; i++) {
-                int hi = hexval(optarg[2 * i]), lo = hexval(optarg[2 * i + 1]);
-                if (hi < 0 || lo < 0) usage();
-                hello[i] = (unsigned char)(hi * 16 + lo);
-            }
+        case 'Z': zmtp = 1; break;
+        case 'x':
+            hello = unhex(optarg, &hello_len);
             break;
-        }
+        case 'X':
+            after = unhex(optarg, &after_len);
+            break;
         default: usage();
         }
     }
     if (port <= 0 || conns <= 0 || body <= 0 || (type >= 0 && body < 1)) usage();
+    if (zmtp && (body > 255 || type >= 0)) usage();
     signal(SIGPIPE, SIG_IGN);
 
     /* The frame buffer: whole frames, about STREAM_TARGET bytes. */
-    size_t frame_len = 4 + (size_t)body;
+    size_t frame_len = (zmtp ? 2 : 4) + (size_t)body;
     size_t frames_per_buffer = STREAM_TARGET / frame_len;
     if (frames_per_buffer < 1) frames_per_buffer = 1;
     size_t buffer_len = frames_per_buffer * frame_len;
     unsigned char *buffer = malloc(buffer_len);
     for (size_t f = 0; f < frames_per_buffer; f++) {
         unsigned char *p = buffer + f * frame_len;
+        if (zmtp) {
+            p[0] = 0x00; /* a whole message in one short frame */
+            p[1] = (unsigned char)body;
+            memset(p + 2, 'x', (size_t)body);
+            continue;
+        }
         p[0] = (unsigned char)(body >> 24);
         p[1] = (unsigned char)(body >> 16);
         p[2] = (unsigned char)(body >> 8);
@@ -292,6 +370,10 @@ int main(int argc, char **argv) {
         }
         if (hello_len && send_all_blocking(fd, hello, hello_len) < 0) {
             fprintf(stderr, "loadgen: hello %d: %s\n", i, strerror(errno));
+            return 1;
+        }
+        if (zmtp && (zmtp_handshake(fd) < 0 || (after_len && send_all_blocking(fd, after, after_len) < 0))) {
+            fprintf(stderr, "loadgen: ZMTP handshake %d failed\n", i);
             return 1;
         }
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
@@ -332,8 +414,9 @@ int main(int argc, char **argv) {
                 for (;;) {
                     ssize_t r = recv(c->fd, scratch, sizeof scratch, MSG_DONTWAIT);
                     if (r > 0) {
-                        if (idle && (reader ? read_consume(c, scratch, (size_t)r, type)
-                                            : idle_consume(c, scratch, (size_t)r)) < 0) {
+                        if (idle && (zmtp ? (reader ? zmtp_consume(c, scratch, (size_t)r) : 0)
+                                     : reader ? read_consume(c, scratch, (size_t)r, type)
+                                              : idle_consume(c, scratch, (size_t)r)) < 0) {
                             dead = 1;
                             break;
                         }

@@ -10,6 +10,11 @@ netmodels : a netmodels client-server pair: a server ``Node`` with the echo
             response's callback. Default settings, so keepalive (application
             and kernel), the connection manager and errno capture are all on.
 
+Peers (``peers.py``; ``--no-peers`` leaves them out): the same ping-pong with
+``asyncio.Protocol`` ends on the standard library's loop and on uvloop, pyzmq
+REQ/REP (a blocking ``send``/``recv`` loop at each end; ZeroMQ frames instead of
+the length prefix), and the C ceiling (``pingpong.c``, blocking system calls).
+
 By default both ends run on ONE CPU (performance.md's first row); ``--cpus two``
 puts the server and the client on different CPUs. The client measures round
 trips per second and the latency of each round trip over the window; the
@@ -26,6 +31,7 @@ import time
 from typing import Any
 
 import common
+import peers
 from common import Row
 
 PAYLOAD = b"p" * 32
@@ -35,7 +41,53 @@ PAYLOAD = b"p" * 32
 # Processes
 
 
+def serve_loop(impl: str, warmup: float, seconds: float) -> None:
+    """The echo server on asyncio's or uvloop's loop."""
+    loop = peers.new_loop(impl)
+    counter = [0]
+    window = common.Window(
+        peers.LoopClock(loop), warmup, seconds, lambda: counter[0], lambda r: common.emit("RESULT", r)
+    )
+
+    class Echo(peers.Int32Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            window.begin()
+
+        def string_received(self, string: bytes) -> None:
+            counter[0] += 1
+            self.send_string(string)
+
+    server = loop.run_until_complete(loop.create_server(Echo, common.HOST, 0))
+    common.emit("READY", str(server.sockets[0].getsockname()[1]))
+    loop.run_forever()
+
+
+def serve_zmq(warmup: float, seconds: float) -> None:
+    """A pyzmq REP socket echoing in a blocking loop."""
+    import zmq
+
+    sock = zmq.Context().socket(zmq.REP)
+    number = sock.bind_to_random_port(f"tcp://{common.HOST}")
+    counter = [0]
+    window = peers.ThreadWindow(warmup, seconds, lambda: counter[0], lambda r: common.emit("RESULT", r))
+    common.emit("READY", str(number))
+    recv, send = sock.recv, sock.send
+    send(recv())
+    window.begin()
+    while True:
+        message = recv()
+        counter[0] += 1
+        send(message)
+
+
 def serve(impl: str, warmup: float, seconds: float, profile: str | None) -> None:
+    if impl in peers.LOOPS:
+        serve_loop(impl, warmup, seconds)
+        return
+    if impl == "zmq":
+        serve_zmq(warmup, seconds)
+        return
     common.quiet_logging()
     from twisted.internet import reactor
 
@@ -79,7 +131,84 @@ def serve(impl: str, warmup: float, seconds: float, profile: str | None) -> None
     reactor.run()
 
 
+def client_loop(impl: str, port: int, warmup: float, seconds: float) -> None:
+    """The closed-loop client on asyncio's or uvloop's loop."""
+    loop = peers.new_loop(impl)
+    perf_counter = time.perf_counter
+    state = {"count": 0, "sent_at": 0.0}
+    samples: list[float] = []
+
+    def finished(result: dict[str, Any]) -> None:
+        samples.sort()
+        result["p50_us"] = common.percentile(samples, 0.50) * 1e6
+        result["p99_us"] = common.percentile(samples, 0.99) * 1e6
+        result["samples"] = len(samples)
+        common.emit("RESULT", result)
+        loop.stop()
+
+    window = common.Window(peers.LoopClock(loop), warmup, seconds, lambda: state["count"], finished)
+
+    class Pinger(peers.Int32Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            window.begin()
+            state["sent_at"] = perf_counter()
+            self.send_string(PAYLOAD)
+
+        def string_received(self, string: bytes) -> None:
+            now = perf_counter()
+            if window.measuring:
+                samples.append(now - state["sent_at"])
+            state["count"] += 1
+            state["sent_at"] = perf_counter()
+            self.send_string(PAYLOAD)
+
+    loop.run_until_complete(loop.create_connection(Pinger, common.HOST, port))
+    loop.run_forever()
+
+
+def client_zmq(port: int, warmup: float, seconds: float) -> None:
+    """A pyzmq REQ socket in a blocking closed loop."""
+    import os
+
+    import zmq
+
+    sock = zmq.Context().socket(zmq.REQ)
+    sock.connect(f"tcp://{common.HOST}:{port}")
+    perf_counter = time.perf_counter
+    count = [0]
+    samples: list[float] = []
+
+    def finished(result: dict[str, Any]) -> None:
+        taken = sorted(samples)
+        result["p50_us"] = common.percentile(taken, 0.50) * 1e6
+        result["p99_us"] = common.percentile(taken, 0.99) * 1e6
+        result["samples"] = len(taken)
+        common.emit("RESULT", result)
+
+    window = peers.ThreadWindow(warmup, seconds, lambda: count[0], finished)
+    send, recv = sock.send, sock.recv
+    send(PAYLOAD)
+    recv()
+    window.begin()
+    while not window.finished:
+        sent_at = perf_counter()
+        send(PAYLOAD)
+        recv()
+        now = perf_counter()
+        if window.measuring:
+            samples.append(now - sent_at)
+        count[0] += 1
+    os._exit(0)  # without waiting for the context to close the sockets
+
+
 def client(impl: str, port: int, warmup: float, seconds: float) -> None:
+    if impl in peers.LOOPS:
+        client_loop(impl, port, warmup, seconds)
+        return
+    if impl == "zmq":
+        client_zmq(port, warmup, seconds)
+        return
     common.quiet_logging()
     from twisted.internet import reactor
 
@@ -167,6 +296,8 @@ def run_once(impl: str, args: argparse.Namespace, rep: int) -> dict[str, Any]:
         server_cpu, client_cpu = common.server_cpu(), common.client_cpu()
     profile = common.profile_path(args, f"rr-{impl}-{rep}") if impl == "nm" else None
     timing = ["--warmup", str(args.warmup), "--seconds", str(args.seconds)]
+    if impl == "c":
+        return run_c_once(args, server_cpu, client_cpu)
     with common.Children() as children:
         server_args = ["server", "--impl", impl, *timing]
         if profile:
@@ -187,6 +318,21 @@ def run_once(impl: str, args: argparse.Namespace, rep: int) -> dict[str, Any]:
     return result
 
 
+def run_c_once(args: argparse.Namespace, server_cpu: int | None, client_cpu: int | None) -> dict[str, Any]:
+    """The C ceiling: pingpong.c at both ends, the same window."""
+    binary = str(common.build_pingpong())
+    timing = ["-w", str(args.warmup), "-t", str(args.seconds), "-s", str(len(PAYLOAD))]
+    with common.Children() as children:
+        server = children.start("rr C server", common.pinned([binary, "-m", "server", *timing], server_cpu))
+        port = server.expect("READY", 30)
+        pinger = children.start(
+            "rr C client", common.pinned([binary, "-m", "client", "-p", port, *timing], client_cpu)
+        )
+        result = pinger.result(args.warmup + args.seconds + 30)
+        result["server"] = server.result(10)
+    return result
+
+
 def disturbed(args: argparse.Namespace, result: dict[str, Any]) -> str | None:
     """Did another process take CPU time from this repetition?"""
     server = result["server"]
@@ -198,11 +344,19 @@ def disturbed(args: argparse.Namespace, result: dict[str, Any]) -> str | None:
     return None if wait <= 0.03 else f"waited for a CPU {wait:.0%} of the window"
 
 
+#: The peers of request/response, in the table's order.
+PEERS = ("asyncio", "uvloop", "zmq", "c")
+
+
 def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
-    results: dict[str, list[dict[str, Any]]] = {"raw": [], "nm": []}
     log: list[str] = []
+    chosen = peers.chosen(args, PEERS, log)
+    if "c" in chosen:
+        common.build_pingpong()
+    impls = ("raw", "nm", *chosen)
+    results: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
     for rep in range(args.reps):
-        for impl in ("raw", "nm"):
+        for impl in impls:
             label = f"rr rep {rep + 1}/{args.reps}: {impl}"
             common.progress(label)
             results[impl].append(
@@ -222,6 +376,9 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
     def server_series(impl: str, key: str) -> list[float]:
         return [r["server"][key] for r in results[impl] if r["server"].get(key) is not None]
 
+    def of_peers(key: str, server: bool = False) -> dict[str, list[float]]:
+        return {peer: (server_series if server else series)(peer, key) for peer in chosen}
+
     rows = [
         Row(
             f"round trips/s, 32 B, {where}",
@@ -230,14 +387,23 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
             series("nm", "rate"),
             (">=", 0.90),
             0.95,
+            peers=of_peers("rate"),
         ),
-        Row("latency p50", "µs", series("raw", "p50_us"), series("nm", "p50_us")),
-        Row("latency p99", "µs", series("raw", "p99_us"), series("nm", "p99_us"), ("<=", 1.30)),
+        Row("latency p50", "µs", series("raw", "p50_us"), series("nm", "p50_us"), peers=of_peers("p50_us")),
+        Row(
+            "latency p99",
+            "µs",
+            series("raw", "p99_us"),
+            series("nm", "p99_us"),
+            ("<=", 1.30),
+            peers=of_peers("p99_us"),
+        ),
         Row(
             "server CPU per round trip",
             "µs",
             server_series("raw", "cpu_us_per_op"),
             server_series("nm", "cpu_us_per_op"),
+            peers=of_peers("cpu_us_per_op", server=True),
         ),
     ]
     notes = [
@@ -245,6 +411,20 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
         "session.request() in a closed loop + server Node with the echo application, "
         "default keepalive (15,10,3) and kernel keepalive on",
         "latency is measured by the client around each round trip, over the window only",
+        *(
+            ["asyncio / uvloop = the same ping-pong with asyncio.Protocol ends on each loop"]
+            if set(chosen) & set(peers.LOOPS)
+            else []
+        ),
+        *(
+            [
+                "pyzmq = REQ/REP, a blocking send/recv loop at each end (ZeroMQ frames, not the "
+                "length prefix); its server CPU counts libzmq's I/O thread too"
+            ]
+            if "zmq" in chosen
+            else []
+        ),
+        *(["C = pingpong.c at both ends, blocking send/recv: the ceiling"] if "c" in chosen else []),
         *log,
     ]
     return rows, notes
@@ -257,7 +437,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command")
     for name in ("server", "client"):
         p = sub.add_parser(name)
-        p.add_argument("--impl", choices=("raw", "nm"), required=True)
+        p.add_argument("--impl", choices=("raw", "nm", *peers.LOOPS, "zmq"), required=True)
         p.add_argument("--warmup", type=float, default=1.0)
         p.add_argument("--seconds", type=float, default=3.0)
         if name == "server":

@@ -10,6 +10,14 @@ Run every netmodels benchmark against raw Twisted in one go and print ratios.
     .venv/bin/python benchmarks/run_all.py --only callback            # callback vs fallback, ~1 min
     .venv/bin/python benchmarks/run_all.py --only secure              # noise and tls vs plain, ~2 min
     .venv/bin/python benchmarks/run_all.py --profile-dir /tmp/prof   # cProfile each netmodels server window
+    .venv/bin/python benchmarks/run_all.py --no-peers   # raw Twisted and netmodels only (about half the time)
+
+request/response, ingest, many-to-one and the UDP one-way and request/response
+parts also run the peers a user would pick instead (asyncio protocols on the
+standard loop and on uvloop, pyzmq where ZeroMQ has the workload, and the C
+ceiling of request/response), interleaved with the others; each table shows
+netmodels against raw Twisted and against each peer. ``--peers asyncio,c``
+picks some; a peer whose library is missing is skipped with a note.
 
 See benchmarks/README.md for the method. Results are informational: the exit
 status is 0 whatever the verdicts (non-zero only if a benchmark could not run).
@@ -18,6 +26,7 @@ status is 0 whatever the verdicts (non-zero only if a benchmark could not run).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 import traceback
@@ -29,6 +38,7 @@ import idle_mem
 import ingest
 import keepalive_cost
 import mesh_formation
+import peers
 import rr
 import secure
 import udp
@@ -63,6 +73,9 @@ def main() -> int:
     unknown = set(chosen) - set(BENCHMARKS)
     if unknown:
         parser.error(f"--only: unknown benchmark(s) {', '.join(sorted(unknown))}")
+    unknown = {name.strip() for name in args.peers.split(",") if name.strip()} - set(peers.ALL)
+    if unknown:
+        parser.error(f"--peers: unknown peer(s) {', '.join(sorted(unknown))}; known: {','.join(peers.ALL)}")
 
     try:
         import netmodels  # noqa: F401
@@ -80,6 +93,10 @@ def main() -> int:
             f"PROFILING: the netmodels servers run their windows under cProfile into "
             f"{args.profile_dir}; the ratios of this run are NOT valid"
         )
+    if args.no_peers:
+        print("peers   : left out (--no-peers)")
+    else:
+        print(f"peers   : {peers_line(args)}")
     print(f"started : {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
     common.build_loadgen()
     warning = common.wait_until_quiet(patience=30)
@@ -173,9 +190,32 @@ def main() -> int:
             continue
         label = f"{name}: {row.workload}"
         value = common.human(row.nm_median, row.unit) if row.absolute else f"{row.ratio:.3f}×"
-        print(f"{label.ljust(width)}  {value:>12}  target {row.target_text:<26} {row.verdict}")
+        against = "  ".join(
+            f"{common.PEER_LABELS[peer]} {row.peer_ratio(peer):.2f}×"
+            for peer in common.PEER_LABELS
+            if row.peers.get(peer)
+        )
+        print(
+            f"{label.ljust(width)}  {value:>12}  target {row.target_text:<26} {row.verdict}"
+            + (f"  | nm ÷ {against}" if against else "")
+        )
     print(f"total time {time.monotonic() - began:.0f} s")
     return 1 if failures else 0
+
+
+def peers_line(args: argparse.Namespace) -> str:
+    """The peers asked for, and which of them cannot run here."""
+    wanted = [name.strip() for name in args.peers.split(",") if name.strip()]
+    parts = []
+    for peer in wanted:
+        why = peers.missing(peer)
+        label = common.PEER_LABELS[peer]
+        parts.append(label if why is None else f"{label} (skipped: {why})")
+    versions = []
+    for module in ("uvloop", "zmq"):
+        with contextlib.suppress(ImportError):
+            versions.append(f"{module} {__import__(module).__version__}")
+    return ", ".join(parts) + (f"  [{', '.join(versions)}]" if versions else "")
 
 
 def _informational(result: tuple[list[Row], list[str]]) -> tuple[list[Row], list[str]]:

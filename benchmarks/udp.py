@@ -39,12 +39,19 @@ netmodels over UDP (``transport="udp"``) against raw Twisted ``DatagramProtocol`
    or ``iptables``) it says so loudly and drops received datagrams in the
    receiving process instead (seeded RNG; no TCP reference then).
 
+Peers (``peers.py``; ``--no-peers`` leaves them out) for parts 1 and 2: an
+``asyncio.DatagramProtocol`` on the standard library's loop and on uvloop,
+written as the raw Twisted ends are (the same sender, in raw mode, for part
+1). pyzmq has no column here: ZeroMQ has no UDP transport in its stable API
+(RADIO/DISH over UDP are draft sockets, not in pyzmq's builds).
+
     python benchmarks/udp.py [--seconds 3] [--reps 3] [--quick] [--part oneway,rr,reliable]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import shutil
@@ -56,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import common
+import peers
 from common import Row, median
 
 BODY = 64
@@ -69,6 +77,10 @@ RELIABLE_COLUMNS = ("TCP (reference)", "netmodels reliable UDP")
 UDPGEN_SOURCE = common.HERE / "udpgen.c"
 UDPGEN = common.BIN / "udpgen"
 PARTS = ("oneway", "rr", "reliable")
+#: The peers of the one-way and request/response parts, in the table's order.
+PEERS = ("asyncio", "uvloop")
+#: Why pyzmq has no column in the UDP tables.
+NO_ZMQ = "no pyzmq column: ZeroMQ has no UDP transport in its stable API (RADIO/DISH are draft sockets)"
 
 
 def build_udpgen() -> Path:
@@ -137,7 +149,40 @@ def udp_client_node(
 # 1. One-way: the receiving process
 
 
+def receive_loop(impl: str, warmup: float, seconds: float) -> None:
+    """The counting receiver on asyncio's or uvloop's loop."""
+    loop = peers.new_loop(impl)
+    counter = [0]
+    drops = [0]
+    port = [0]
+
+    def done(result: dict[str, Any]) -> None:
+        result["dropped"] = kernel_drops(port[0]) - drops[0]
+        result["offered_rate"] = (result["count"] + result["dropped"]) / result["elapsed"]
+        common.emit("RESULT", result)
+        loop.stop()
+
+    def opened() -> None:
+        drops[0] = kernel_drops(port[0])
+
+    window = common.Window(peers.LoopClock(loop), warmup, seconds, lambda: counter[0], done, None, opened)
+
+    class Sink(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            counter[0] += 1
+            if not window.started:
+                window.begin()
+
+    transport, _ = loop.run_until_complete(loop.create_datagram_endpoint(Sink, local_addr=(common.HOST, 0)))
+    port[0] = transport.get_extra_info("sockname")[1]
+    common.emit("READY", str(port[0]))
+    loop.run_forever()
+
+
 def receive(impl: str, warmup: float, seconds: float, profile: str | None) -> None:
+    if impl in peers.LOOPS:
+        receive_loop(impl, warmup, seconds)
+        return
     common.quiet_logging()
     from twisted.internet import reactor
 
@@ -201,7 +246,7 @@ def oneway_once(impl: str, args: argparse.Namespace, rep: int, rate: float = 0) 
         command = [
             str(UDPGEN),
             "-m",
-            impl,
+            "nm" if impl == "nm" else "raw",
             "-p",
             port,
             "-s",
@@ -229,11 +274,13 @@ def oneway_disturbed(result: dict[str, Any]) -> str | None:
 
 def run_oneway(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
     build_udpgen()
-    results: dict[str, list[dict[str, Any]]] = {"raw": [], "nm": []}
     log: list[str] = []
-    paced: dict[str, list[dict[str, Any]]] = {"raw": [], "nm": []}
+    chosen = peers.chosen(args, PEERS, log)
+    impls = ("raw", "nm", *chosen)
+    results: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
+    paced: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
     for rep in range(args.reps):
-        for impl in ("raw", "nm"):
+        for impl in impls:
             label = f"udp one-way rep {rep + 1}/{args.reps}: {impl}"
             common.progress(label)
             results[impl].append(
@@ -245,7 +292,7 @@ def run_oneway(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
                     log,
                 )
             )
-        for impl in ("raw", "nm"):
+        for impl in impls:
             label = f"udp one-way paced at {PACED_RATE:g}/s, rep {rep + 1}/{args.reps}: {impl}"
             common.progress(label)
             paced[impl].append(
@@ -264,6 +311,12 @@ def run_oneway(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
     def dropped(impl: str) -> list[float]:
         return [100.0 * r["dropped"] / max(1, r["count"] + r["dropped"]) for r in results[impl]]
 
+    def paced_series(impl: str, key: str) -> list[float]:
+        return [r[key] for r in paced[impl] if r.get(key)]
+
+    def of_peers(values: Any) -> dict[str, list[float]]:
+        return {peer: values(peer) for peer in chosen}
+
     rows = [
         Row(
             f"one-way datagrams/s delivered, {BODY} B messages",
@@ -271,33 +324,44 @@ def run_oneway(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
             series("raw", "rate"),
             series("nm", "rate"),
             (">=", 0.85),
+            peers=of_peers(lambda impl: series(impl, "rate")),
         ),
         Row(
             "  receiver CPU per message, same (saturated)",
             "µs",
             series("raw", "cpu_us_per_op"),
             series("nm", "cpu_us_per_op"),
+            peers=of_peers(lambda impl: series(impl, "cpu_us_per_op")),
         ),
         Row(
             f"receiver CPU per message, paced at {PACED_RATE / 1000:g} k msg/s (both keep up)",
             "µs",
-            [r["cpu_us_per_op"] for r in paced["raw"] if r.get("cpu_us_per_op")],
-            [r["cpu_us_per_op"] for r in paced["nm"] if r.get("cpu_us_per_op")],
+            paced_series("raw", "cpu_us_per_op"),
+            paced_series("nm", "cpu_us_per_op"),
             ("<=", 1 / 0.85),
+            peers=of_peers(lambda impl: paced_series(impl, "cpu_us_per_op")),
         ),
         Row(
             f"  delivered, paced at {PACED_RATE / 1000:g} k msg/s",
             "msg/s",
             [r["rate"] for r in paced["raw"]],
             [r["rate"] for r in paced["nm"]],
+            peers=of_peers(lambda impl: [r["rate"] for r in paced[impl]]),
         ),
         Row(
             "offered by the sender (delivered + dropped)",
             "msg/s",
             series("raw", "offered_rate"),
             series("nm", "offered_rate"),
+            peers=of_peers(lambda impl: series(impl, "offered_rate")),
         ),
-        Row("dropped by the kernel (receive buffer full)", "%", dropped("raw"), dropped("nm")),
+        Row(
+            "dropped by the kernel (receive buffer full)",
+            "%",
+            dropped("raw"),
+            dropped("nm"),
+            peers=of_peers(dropped),
+        ),
     ]
     extra = [r.get("listener") for r in results["nm"] if r.get("listener")]
     if median(dropped("raw")) < 1.0:
@@ -313,6 +377,8 @@ def run_oneway(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
         f"82-byte datagrams both ways; netmodels: 13-byte DATA header + 5-byte frame header "
         f"+ {BODY}-byte message",
         *(f"netmodels listener counters: {c}" for c in extra[:1]),
+        *(["asyncio / uvloop = asyncio.DatagramProtocol counting, the sender in raw mode"] if chosen else []),
+        *([NO_ZMQ] if not args.no_peers else []),
         *log,
     ]
     return rows, notes
@@ -322,7 +388,76 @@ def run_oneway(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
 # 2. Request/response
 
 
+def echo_loop(impl: str, warmup: float, seconds: float) -> None:
+    """The echo server on asyncio's or uvloop's loop."""
+    loop = peers.new_loop(impl)
+    counter = [0]
+    window = common.Window(
+        peers.LoopClock(loop), warmup, seconds, lambda: counter[0], lambda r: common.emit("RESULT", r)
+    )
+
+    class Echo(asyncio.DatagramProtocol):
+        transport: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            counter[0] += 1
+            self.transport.sendto(data, addr)
+            if not window.started:
+                window.begin()
+
+    transport, _ = loop.run_until_complete(loop.create_datagram_endpoint(Echo, local_addr=(common.HOST, 0)))
+    common.emit("READY", str(transport.get_extra_info("sockname")[1]))
+    loop.run_forever()
+
+
+def rr_client_loop(impl: str, port: int, inflight: int, warmup: float, seconds: float) -> None:
+    """The client of N closed loops on one connected socket, on asyncio's or uvloop's loop."""
+    loop = peers.new_loop(impl)
+    perf_counter = time.perf_counter
+    count = [0]
+    samples: list[float] = []
+
+    def finished(result: dict[str, Any]) -> None:
+        samples.sort()
+        result["p50_us"] = common.percentile(samples, 0.50) * 1e6
+        result["p99_us"] = common.percentile(samples, 0.99) * 1e6
+        result["samples"] = len(samples)
+        common.emit("RESULT", result)
+        loop.stop()
+
+    window = common.Window(peers.LoopClock(loop), warmup, seconds, lambda: count[0], finished)
+    sent_at = [0.0] * inflight
+
+    class Pinger(asyncio.DatagramProtocol):
+        transport: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            window.begin()
+            for slot in range(inflight):
+                sent_at[slot] = perf_counter()
+                transport.sendto(slot.to_bytes(4, "big") + b"p" * (RR_PAYLOAD - 4))
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            now = perf_counter()
+            slot = int.from_bytes(data[:4], "big")
+            if window.measuring:
+                samples.append(now - sent_at[slot])
+            count[0] += 1
+            sent_at[slot] = perf_counter()
+            self.transport.sendto(data)
+
+    loop.run_until_complete(loop.create_datagram_endpoint(Pinger, remote_addr=(common.HOST, port)))
+    loop.run_forever()
+
+
 def echo(impl: str, warmup: float, seconds: float, profile: str | None) -> None:
+    if impl in peers.LOOPS:
+        echo_loop(impl, warmup, seconds)
+        return
     common.quiet_logging()
     from twisted.internet import reactor
 
@@ -360,6 +495,9 @@ def echo(impl: str, warmup: float, seconds: float, profile: str | None) -> None:
 
 
 def rr_client(impl: str, port: int, inflight: int, warmup: float, seconds: float) -> None:
+    if impl in peers.LOOPS:
+        rr_client_loop(impl, port, inflight, warmup, seconds)
+        return
     common.quiet_logging()
     from twisted.internet import reactor
 
@@ -475,10 +613,12 @@ def rr_disturbed(result: dict[str, Any]) -> str | None:
 def run_rr(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
     rows: list[Row] = []
     log: list[str] = []
+    chosen = peers.chosen(args, PEERS, log)
+    impls = ("raw", "nm", *chosen)
     for inflight in INFLIGHT:
-        results: dict[str, list[dict[str, Any]]] = {"raw": [], "nm": []}
+        results: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
         for rep in range(args.reps):
-            for impl in ("raw", "nm"):
+            for impl in impls:
                 label = f"udp rr x{inflight} rep {rep + 1}/{args.reps}: {impl}"
                 common.progress(label)
                 results[impl].append(
@@ -499,6 +639,9 @@ def run_rr(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
         ) -> list[float]:
             return [r["server"][key] for r in results[impl] if r["server"].get(key) is not None]
 
+        def of_peers(key: str, server: bool = False) -> dict[str, list[float]]:
+            return {peer: (server_series if server else series)(peer, key) for peer in chosen}
+
         rows += [
             Row(
                 f"round trips/s, {RR_PAYLOAD} B, {inflight} in flight",
@@ -506,30 +649,43 @@ def run_rr(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
                 series("raw", "rate"),
                 series("nm", "rate"),
                 (">=", 0.85),
+                peers=of_peers("rate"),
             ),
             Row(
-                f"  latency p50, {inflight} in flight", "µs", series("raw", "p50_us"), series("nm", "p50_us")
+                f"  latency p50, {inflight} in flight",
+                "µs",
+                series("raw", "p50_us"),
+                series("nm", "p50_us"),
+                peers=of_peers("p50_us"),
             ),
             Row(
-                f"  latency p99, {inflight} in flight", "µs", series("raw", "p99_us"), series("nm", "p99_us")
+                f"  latency p99, {inflight} in flight",
+                "µs",
+                series("raw", "p99_us"),
+                series("nm", "p99_us"),
+                peers=of_peers("p99_us"),
             ),
             Row(
                 f"  server CPU per round trip, {inflight} in flight",
                 "µs",
                 server_series("raw", "cpu_us_per_op"),
                 server_series("nm", "cpu_us_per_op"),
+                peers=of_peers("cpu_us_per_op", server=True),
             ),
             Row(
                 f"  client CPU per round trip, {inflight} in flight",
                 "µs",
                 series("raw", "cpu_us_per_op"),
                 series("nm", "cpu_us_per_op"),
+                peers=of_peers("cpu_us_per_op"),
             ),
         ]
     notes = [
         "server on one CPU, client on the other; one socket / session, N closed loops on it",
         "raw = DatagramProtocol client + echo server; netmodels = client Node session.request() + "
         "server Node answering with the payload (unreliable channel, default keepalive)",
+        *(["asyncio / uvloop = asyncio.DatagramProtocol client + echo server, as raw"] if chosen else []),
+        *([NO_ZMQ] if not args.no_peers else []),
         *log,
     ]
     return rows, notes
@@ -979,7 +1135,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command")
     for name in ("receive", "echo", "rr-client"):
         p = sub.add_parser(name)
-        p.add_argument("--impl", choices=("raw", "nm"), required=True)
+        p.add_argument("--impl", choices=("raw", "nm", *PEERS), required=True)
         p.add_argument("--warmup", type=float, default=1.0)
         p.add_argument("--seconds", type=float, default=3.0)
         if name == "rr-client":
