@@ -485,9 +485,31 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
         "informational); ingest: 64 B one-way messages in bursts "
         f"of {BURST} per reactor turn, ends on two CPUs, counted at the server",
         "target: encrypted request/response >= 0.8x plaintext (docs/security.rst)",
+        *(_switches(mode, results["rr", mode]) for mode in MODES),
         *log,
     ]
     return rows, notes
+
+
+def _switches(mode: str, runs: list[dict[str, Any]]) -> str:
+    """
+    The context switches per round trip of each rr repetition (client +
+    server, voluntary/involuntary): with both ends on one CPU, whether the
+    scheduler lets a writer run on to its next wait or preempts it for the
+    peer it woke shows here, and moves the rate more than the code does.
+    """
+
+    def per_round_trip(run: dict[str, Any], key: str) -> float:
+        return float(run[key] or 0) + float(run["server"][key] or 0)
+
+    cells = ", ".join(
+        f"{run['rate'] / 1000:.1f} k/s {per_round_trip(run, 'vcsw_per_op'):.1f}/"
+        f"{per_round_trip(run, 'ivcsw_per_op'):.1f}"
+        for run in runs
+    )
+    return (
+        f"rr {mode}, each repetition: round trips/s, context switches per round trip (vol./invol.): {cells}"
+    )
 
 
 COLUMNS = ("plain median", "encrypted median")
