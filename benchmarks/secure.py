@@ -19,6 +19,13 @@ ingest : one connection, the client sends 64-byte one-way messages in
          two CPUs.
 
     python benchmarks/secure.py [--seconds 2] [--reps 3]
+
+Instructions instead of time (deterministic, whatever else runs on the
+machine; needs valgrind): a client and a server node in one process on
+loopback, instructions per round trip counted by callgrind, each mode under
+several PYTHONHASHSEED values (memory layouts):
+
+    python benchmarks/secure.py --count-instructions [--modes plain,noise] [--hash-seeds 0,1,2]
 """
 
 from __future__ import annotations
@@ -220,6 +227,151 @@ def client(workload: str, mode: str, credentials: str, port: int, warmup: float,
 
 
 # --------------------------------------------------------------------------
+# Instructions per round trip (deterministic, for callgrind)
+
+
+def in_process(mode: str, credentials: str, round_trips: int) -> None:
+    """
+    A server and a client node in this one process and reactor, on loopback:
+    ``round_trips`` request/response round trips of the rr workload, then stop.
+    """
+    common.quiet_logging()
+    from netmodels.runtime.application import Application
+    from netmodels.runtime.node import Node
+    from netmodels.topologies.client_server import ClientServer, EchoApplication
+    from twisted.internet import reactor
+
+    server_config = _config(
+        mode, credentials, role="server", listen=(_listen(mode, credentials),), node_id="server"
+    )
+    server = Node(server_config, ClientServer(), EchoApplication(server_config), reactor)
+    server.build()
+    server.startService()
+    port = server.listeners[0].port.getHost().port
+    left = [round_trips]
+
+    class RoundTrips(Application):
+        peer: Any = None
+
+        def peer_ready(self, peer: Any) -> None:
+            self.peer = peer
+            self.send_next()
+
+        def send_next(self) -> None:
+            self.peer.request(RR_PAYLOAD).addCallbacks(self.answered, self.failed)
+
+        def answered(self, reply: bytes) -> None:
+            left[0] -= 1
+            if left[0] > 0:
+                self.send_next()
+            else:
+                reactor.stop()
+
+        def failed(self, failure: Any) -> None:
+            print(f"request failed: {failure.getErrorMessage()}", file=sys.stderr)
+            reactor.stop()
+
+    client_config = _config(
+        mode,
+        credentials,
+        role="client",
+        connect=(_connect(mode, credentials, port),),
+        node_id="client",
+        interval=0,
+    )
+    client_node = Node(client_config, ClientServer(), RoundTrips(), reactor)
+    client_node.build()
+    client_node.startService()
+    reactor.run()
+    if left[0]:
+        raise SystemExit(f"{mode}: {left[0]} round trips not done")
+
+
+#: Two runs whose difference is the measured round trips: startup, imports
+#: and handshakes cancel out.
+COUNT_BASE = 1_000
+COUNT_MEASURED = 4_000
+
+
+def count_instructions(modes: list[str], keep: str | None, hash_seeds: list[str]) -> None:
+    """
+    Instructions per round trip under ``valgrind --tool=callgrind``, which
+    the machine's load does not disturb: each mode runs :func:`in_process`
+    with COUNT_BASE and COUNT_BASE + COUNT_MEASURED round trips, and the
+    difference is divided by COUNT_MEASURED.
+
+    Once per ``PYTHONHASHSEED`` in ``hash_seeds``: each seed lays the
+    interpreter's objects out differently, and CPython's attribute lookups
+    that are not specialised go through a cache indexed by addresses, whose
+    collisions move a round trip by a few thousand instructions. With
+    ``keep``, the callgrind files stay in that folder for ``callgrind_annotate``.
+    """
+    import re
+    import shutil
+    import statistics
+    import subprocess
+
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--count-instructions needs valgrind (apt-get install valgrind)")
+    directory = tempfile.mkdtemp(prefix="netmodels-bench-secure-")
+    make_credentials(directory)
+    output = keep or directory
+    os.makedirs(output, exist_ok=True)
+    per_round_trip: dict[str, dict[str, float]] = {mode: {} for mode in modes}
+    for seed in hash_seeds:
+        environment = {**os.environ, "PYTHONHASHSEED": seed}
+        for mode in modes:
+            counts = []
+            for round_trips in (COUNT_BASE, COUNT_BASE + COUNT_MEASURED):
+                common.progress(
+                    f"secure: callgrind, {mode}, {round_trips} round trips, PYTHONHASHSEED={seed}"
+                )
+                name = f"callgrind.{mode}.seed{seed}.{round_trips}"
+                command = [
+                    "valgrind",
+                    "--tool=callgrind",
+                    f"--callgrind-out-file={os.path.join(output, name)}",
+                    *common.python_command(
+                        "secure.py",
+                        "in-process",
+                        "--mode",
+                        mode,
+                        "--credentials",
+                        directory,
+                        "--round-trips",
+                        str(round_trips),
+                    ),
+                ]
+                done = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
+                collected = re.search(r"Collected : (\d+)", done.stderr)
+                if done.returncode or collected is None:
+                    raise SystemExit(f"callgrind run failed ({mode}, {round_trips}):\n{done.stderr[-2000:]}")
+                counts.append(int(collected.group(1)))
+            per_round_trip[mode][seed] = (counts[1] - counts[0]) / COUNT_MEASURED
+    print(
+        "instructions per round trip (valgrind --tool=callgrind, client and server in one process on "
+        f"loopback, {COUNT_MEASURED} round trips; k = 1,000)"
+    )
+    print(f"  {'mode':6} " + " ".join(f"{'seed ' + seed:>11}" for seed in hash_seeds) + "      median")
+    medians = {mode: statistics.median(by_seed.values()) for mode, by_seed in per_round_trip.items()}
+    for mode, by_seed in per_round_trip.items():
+        cells = " ".join(f"{by_seed[seed] / 1000:9.1f} k" for seed in hash_seeds)
+        print(f"  {mode:6} {cells} {medians[mode] / 1000:9.1f} k")
+    plain = per_round_trip.get("plain")
+    if plain:
+        for mode, by_seed in per_round_trip.items():
+            if mode == "plain":
+                continue
+            ratios = " ".join(f"{plain[seed] / by_seed[seed]:10.2f}x" for seed in hash_seeds)
+            of_medians = medians["plain"] / medians[mode]
+            print(
+                f"  {mode} / plain, round trips per instruction: {ratios}; of the medians {of_medians:.2f}x"
+            )
+    if keep:
+        print(f"callgrind files: {keep} (callgrind.MODE.seedSEED.ROUNDTRIPS)")
+
+
+# --------------------------------------------------------------------------
 # Orchestration
 
 
@@ -333,9 +485,31 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
         "informational); ingest: 64 B one-way messages in bursts "
         f"of {BURST} per reactor turn, ends on two CPUs, counted at the server",
         "target: encrypted request/response >= 0.8x plaintext (docs/security.rst)",
+        *(_switches(mode, results["rr", mode]) for mode in MODES),
         *log,
     ]
     return rows, notes
+
+
+def _switches(mode: str, runs: list[dict[str, Any]]) -> str:
+    """
+    The context switches per round trip of each rr repetition (client +
+    server, voluntary/involuntary): with both ends on one CPU, whether the
+    scheduler lets a writer run on to its next wait or preempts it for the
+    peer it woke shows here, and moves the rate more than the code does.
+    """
+
+    def per_round_trip(run: dict[str, Any], key: str) -> float:
+        return float(run[key] or 0) + float(run["server"][key] or 0)
+
+    cells = ", ".join(
+        f"{run['rate'] / 1000:.1f} k/s {per_round_trip(run, 'vcsw_per_op'):.1f}/"
+        f"{per_round_trip(run, 'ivcsw_per_op'):.1f}"
+        for run in runs
+    )
+    return (
+        f"rr {mode}, each repetition: round trips/s, context switches per round trip (vol./invol.): {cells}"
+    )
 
 
 COLUMNS = ("plain median", "encrypted median")
@@ -355,9 +529,37 @@ def main() -> None:
         p.add_argument("--seconds", type=float, default=2.0)
         if name == "client":
             p.add_argument("--port", type=int, required=True)
+    p = sub.add_parser("in-process")
+    p.add_argument("--mode", choices=MODES, required=True)
+    p.add_argument("--credentials", required=True)
+    p.add_argument("--round-trips", type=int, required=True)
     common.add_common_arguments(parser)
+    parser.add_argument(
+        "--count-instructions",
+        action="store_true",
+        help="instead of timing: instructions per round trip of each mode under callgrind (needs valgrind)",
+    )
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help="with --count-instructions: which modes (default all)"
+    )
+    parser.add_argument(
+        "--hash-seeds",
+        default="0,1,2",
+        help="with --count-instructions: PYTHONHASHSEED values, one memory layout each (default 0,1,2)",
+    )
+    parser.add_argument(
+        "--callgrind-dir", default=None, help="with --count-instructions: keep the callgrind files here"
+    )
     args = parser.parse_args()
-    if args.command == "server":
+    if args.command == "in-process":
+        in_process(args.mode, args.credentials, args.round_trips)
+    elif args.count_instructions:
+        count_instructions(
+            [m.strip() for m in args.modes.split(",") if m.strip()],
+            args.callgrind_dir,
+            [seed.strip() for seed in args.hash_seeds.split(",") if seed.strip()],
+        )
+    elif args.command == "server":
         serve(args.workload, args.mode, args.credentials, args.warmup, args.seconds)
     elif args.command == "client":
         client(args.workload, args.mode, args.credentials, args.port, args.warmup, args.seconds)

@@ -16,6 +16,7 @@ from netmodels.core.keepalive import KeepaliveSettings
 from netmodels.core.requests import MessageTooLarge
 from netmodels.core.secure import (
     MAX_RECORD_PLAINTEXT,
+    NOT_ONE_RECORD,
     REPLAY_WINDOW,
     AuthenticationFailed,
     NoiseHandshake,
@@ -179,6 +180,41 @@ class SecureChannelTests(SynchronousTestCase):
         )
         self.assertEqual(receiver.forged, 3)
         self.assertEqual(receiver.open(body), b"one")
+
+    def test_open_frame_takes_one_whole_record_as_open_does(self) -> None:
+        sender, receiver = channels()
+        first, second, third = (sender.seal(bytes([n]) * 3) for n in range(3))
+        tampered = second[:-1] + bytes([second[-1] ^ 0x80])
+        self.assertEqual(
+            [
+                receiver.open_frame(first),
+                receiver.open_frame(first),
+                receiver.open_frame(tampered),
+                receiver.open_frame(third),
+                receiver.open_frame(second),
+            ],
+            [b"\0\0\0", None, None, None, b"\1\1\1"],
+        )
+        self.assertEqual((receiver.replayed, receiver.forged), (1, 2))
+
+    def test_open_frame_leaves_what_is_not_one_whole_record(self) -> None:
+        sender, receiver = channels()
+        record = sender.seal(b"one")
+        two = record + sender.seal(b"two")
+        cleartext = encode_frame(MessageType.DATA, b"x" * 30)
+        for data in (record[:-1], record[:12], two, cleartext, b""):
+            self.assertIs(receiver.open_frame(data), NOT_ONE_RECORD)
+        self.assertEqual(receiver.dropped, 0)
+        self.assertEqual(receiver.open_frame(record), b"one")
+
+    def test_open_frame_of_a_split_write_holds_its_parts(self) -> None:
+        sender, receiver = channels()
+        frames = encode_frame(MessageType.DATA, b"d" * MAX_RECORD_PLAINTEXT)
+        records = sender.seal(frames)
+        first_length = int.from_bytes(records[:4], "big") + 4
+        self.assertIsNone(receiver.open_frame(records[:first_length]))
+        self.assertEqual(receiver.open_frame(records[first_length:]), frames)
+        self.assertEqual(receiver.dropped, 0)
 
     def test_unreliable_records_may_reorder_but_not_repeat(self) -> None:
         sender, receiver = channels()

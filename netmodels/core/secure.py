@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import hashlib
 import struct
 from collections.abc import Sequence
@@ -49,10 +50,12 @@ from netmodels.core.frames import MessageType
 __all__ = [
     "KEY_BYTES",
     "MAX_RECORD_PLAINTEXT",
+    "NOT_ONE_RECORD",
     "RECORD_OVERHEAD",
     "AuthenticationFailed",
     "HandshakeResult",
     "NoiseHandshake",
+    "NotOneRecord",
     "SecureChannel",
     "key_fingerprint",
     "new_private_key",
@@ -87,8 +90,21 @@ _WINDOW_MASK: Final = (1 << REPLAY_WINDOW) - 1
 #: Noise's AESGCM nonce: 32 zero bits, then the counter big-endian.
 _NONCE: Final = struct.Struct(">4xQ")
 _RECORD_HEADER: Final = struct.Struct("!IBQ")
+_RECORD_HEADER_SIZE: Final = _RECORD_HEADER.size
+_RECORD_HEADER_UNPACK: Final = _RECORD_HEADER.unpack_from
+_COUNTER_SIZE: Final = _COUNTER.size
 #: A record's length field counts its type, counter and tag besides the plaintext.
 _RECORD_LENGTH_OVER_PLAINTEXT: Final = 1 + _COUNTER.size + _TAG
+
+
+class NotOneRecord(enum.Enum):
+    """The type of :data:`NOT_ONE_RECORD`."""
+
+    NOT_ONE_RECORD = "not one whole SEALED frame"
+
+
+#: What :meth:`SecureChannel.open_frame` returns for bytes that are not one whole record.
+NOT_ONE_RECORD: Final = NotOneRecord.NOT_ONE_RECORD
 
 
 class AuthenticationFailed(Exception):
@@ -371,8 +387,11 @@ class SecureChannel:
             # The usual case, inlined: this runs once per message sent.
             counter = self._reliable_out
             self._reliable_out = counter + 1
+            # The AEAD through a local: ``self._seal(...)`` would be a call of
+            # an attribute that CPython cannot specialise, a type lookup each time.
+            seal = self._seal
             header = _RECORD_HEADER.pack(size + _RECORD_LENGTH_OVER_PLAINTEXT, _SEALED, counter)
-            return header + self._seal(_NONCE.pack(counter), plaintext, None)
+            return header + seal(_NONCE.pack(counter), plaintext, None)
         records = []
         last = len(plaintext) - MAX_RECORD_PLAINTEXT
         for start in range(0, len(plaintext), MAX_RECORD_PLAINTEXT):
@@ -390,22 +409,49 @@ class SecureChannel:
         return self._record(counter, frames)
 
     def _record(self, counter: int, plaintext: bytes) -> bytes:
+        seal = self._seal
         header = _RECORD_HEADER.pack(len(plaintext) + _RECORD_LENGTH_OVER_PLAINTEXT, _SEALED, counter)
-        return header + self._seal(_NONCE.pack(counter), plaintext, None)
+        return header + seal(_NONCE.pack(counter), plaintext, None)
+
+    def open_frame(self, frame: bytes) -> bytes | NotOneRecord | None:
+        """
+        One read from a stream, ``frame``: if it is exactly one whole SEALED
+        frame, what :meth:`open` makes of it; else :data:`NOT_ONE_RECORD`,
+        and nothing is consumed (the caller walks the frames).
+
+        The path of a request or a reply: one header unpacked, and the next
+        reliable record opened without further calls.
+        """
+        if len(frame) < _RECORD_HEADER_SIZE:
+            return NOT_ONE_RECORD
+        length, kind, counter = _RECORD_HEADER_UNPACK(frame)
+        if kind != _SEALED or length + 4 != len(frame):
+            return NOT_ONE_RECORD
+        if counter != self._reliable_in or self._fragments or length < _RECORD_LENGTH_OVER_PLAINTEXT:
+            return self.open(frame, 5)
+        open_ = self._open
+        try:
+            plaintext = open_(_NONCE.pack(counter), frame[_RECORD_HEADER_SIZE:], None)
+        except InvalidTag:
+            self.forged += 1
+            return None
+        self._reliable_in = counter + 1
+        return plaintext
 
     def open(self, record: bytes, start: int = 0) -> bytes | None:
         """
         A SEALED frame's body, from ``start`` in ``record`` (5: a whole frame
         as it arrived): the plaintext to deliver, or ``None``.
         """
-        if len(record) - start < _COUNTER.size + _TAG:
+        if len(record) - start < _COUNTER_SIZE + _TAG:
             self.forged += 1
             return None
         counter = _COUNTER.unpack_from(record, start)[0]
+        open_ = self._open
         if counter == self._reliable_in and not self._fragments:
             # The usual case first: the next reliable record, a whole write.
             try:
-                plaintext = self._open(_NONCE.pack(counter), record[start + 8 :], None)
+                plaintext = open_(_NONCE.pack(counter), record[start + 8 :], None)
             except InvalidTag:
                 self.forged += 1
                 return None
@@ -421,7 +467,7 @@ class SecureChannel:
                 self.forged += 1
             return None
         try:
-            plaintext = self._open(_NONCE.pack(counter), record[start + 8 :], None)
+            plaintext = open_(_NONCE.pack(counter), record[start + 8 :], None)
         except InvalidTag:
             self.forged += 1
             return None
@@ -441,8 +487,9 @@ class SecureChannel:
         if behind >= REPLAY_WINDOW or (behind >= 0 and self._seen >> behind & 1):
             self.replayed += 1
             return None
+        open_ = self._open
         try:
-            plaintext = self._open(_NONCE.pack(counter), ciphertext, None)
+            plaintext = open_(_NONCE.pack(counter), ciphertext, None)
         except InvalidTag:
             self.forged += 1
             return None

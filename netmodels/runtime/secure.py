@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import os
-import struct
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -35,6 +34,7 @@ from netmodels.core.handshake import decode_bye, encode_bye
 from netmodels.core.reasons import CloseReason
 from netmodels.core.secure import (
     MAX_RECORD_FRAME,
+    NOT_ONE_RECORD,
     AuthenticationFailed,
     HandshakeResult,
     NoiseHandshake,
@@ -62,8 +62,6 @@ _log = Logger(namespace="netmodels.secure")
 
 _NOISE = int(MessageType.NOISE)
 _SEALED = int(MessageType.SEALED)
-_SEALED_BYTE = bytes((_SEALED,))
-_LENGTH = struct.Struct("!I").unpack_from
 _HELLO = int(MessageType.HELLO)
 _BYE = int(MessageType.BYE)
 _AUTH = "authentication failed: "
@@ -217,15 +215,16 @@ class SecureSession(Session):
 
     def dataReceived(self, data: bytes) -> None:
         channel = self._whole_record_channel
-        if channel is not None and data[4:5] == _SEALED_BYTE and _LENGTH(data)[0] + 4 == len(data):
+        if channel is not None:
             # One whole record, the usual case of a request or a reply: no
             # frame walk of the outer layer.
-            opened = channel.open(data, 5)
-            if opened is not None:
-                self.machine.receive(opened, self.clock.seconds())
-            else:
-                self._count_dropped(channel)
-            return
+            opened = channel.open_frame(data)
+            if opened is not NOT_ONE_RECORD:
+                if opened is not None:
+                    self.machine.receive(opened, self.clock.seconds())
+                else:
+                    self._count_dropped(channel)
+                return
         if self._refused:
             return
         records = self._records.feed(data)
