@@ -301,6 +301,15 @@ class SequenceWindow:
         self.received += 1
         return True
 
+    def advance(self, count: int) -> None:
+        """
+        Count ``count`` datagrams that carried the ``count`` sequence numbers
+        after the highest, in order: what ``accept`` does for each of them.
+        """
+        self._bits = ((self._bits << count) | ((1 << count) - 1)) & 0xFFFFFFFFFFFFFFFF
+        self.highest += count
+        self.received += count
+
     @property
     def lost(self) -> int:
         """Sequence numbers not (yet) seen between the first and the highest."""
