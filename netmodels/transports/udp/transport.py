@@ -312,7 +312,7 @@ class DatagramTransport:
                 fields, frames = _LAYOUTS[size]
                 joined = b"".join(batch)
                 if list(fields.iter_unpack(joined)) == list(
-                    zip(range(expected, expected + count), repeat(size - _ONE_FRAME, count))
+                    zip(range(expected, expected + count), repeat(size - _ONE_FRAME, count), strict=True)
                 ):
                     window.advance(count)
                     self._deliver_data(b"".join(map(_FIRST, frames.iter_unpack(joined))))
@@ -477,7 +477,8 @@ class DatagramTransport:
         sequence = self._next_data
         self._next_data = sequence + 1
         self.datagrams_out += 1
-        self._socket.send(self._data_prefix + _SEQUENCE.pack(sequence & 0xFFFFFFFF) + frames, self.peer_address)
+        header = self._data_prefix + _SEQUENCE.pack(sequence & 0xFFFFFFFF)
+        self._socket.send(header + frames, self.peer_address)
 
     def _send_segment(self, sequence: int, flags: int, payload: bytes) -> None:
         self._send(datagram.encode_segment(self.session_id, sequence, flags, payload))
