@@ -507,6 +507,25 @@ class BurstTests(SynchronousTestCase):
         self.assertEqual(transport._window.as_dict(), expected_window.as_dict())
         self.assertEqual(pair.listener_counters()["malformed"], malformed_before + 1)
 
+    def test_a_same_size_burst_after_a_gap_is_counted_one_by_one(self) -> None:
+        pair = UdpPair()
+        pair.start()
+        transport = self._server_transport(pair)
+        frame = encode_frame(MessageType.DATA, b"m")
+        base = transport._window.highest + 1
+        expected_window = datagram.SequenceWindow()
+        for sequence in range(base):
+            expected_window.accept(sequence)
+        for offsets in ([0, 1, 2], [5, 6, 7, 8], [8, 9], [12, 11, 13]):
+            transport.data_burst(
+                [datagram.encode_data_header(transport.session_id, base + n) + frame for n in offsets]
+            )
+            for n in offsets:
+                expected_window.accept(base + n)
+        self.assertEqual(transport._window.as_dict(), expected_window.as_dict())
+        self.assertEqual(expected_window.lost, 3)  # 3, 4 and 10
+        self.assertEqual(len(pair.server_app.messages), 11)
+
     def test_replies_to_a_burst_leave_in_one_datagram(self) -> None:
         pair = UdpPair()
         pair.start()

@@ -301,22 +301,27 @@ class DatagramTransport:
         count = len(batch)
         self.datagrams_in += count
         window = self._window
-        # The sequence number that comes next in order (none before the first).
-        expected = (window.highest + 1) & 0xFFFFFFFF if window.highest >= 0 else -1
-        if count > 1 and expected >= 0 and expected + count <= 0x100000000:
+        highest = window.highest
+        if count > 1 and highest >= 0:
             sizes = set(map(len, batch))
             size = sizes.pop()
             if not sizes and size > _ONE_FRAME:
-                # A flood of messages of one size: are they the next ones in
-                # order, a frame each? Checked, and cut, by struct in C.
-                fields, frames = _LAYOUTS[size]
-                joined = b"".join(batch)
-                if list(fields.iter_unpack(joined)) == list(
-                    zip(range(expected, expected + count), repeat(size - _ONE_FRAME, count), strict=True)
-                ):
-                    window.advance(count)
-                    self._deliver_data(b"".join(map(_FIRST, frames.iter_unpack(joined))))
-                    return
+                # A flood of messages of one size: are they in order (after
+                # the highest, perhaps past some lost before the burst), a
+                # frame each? Checked, and cut, by struct in C.
+                first = _SEQUENCE.unpack_from(batch[0], 9)[0]
+                if first + count <= 0x100000000 and datagram.unwrap(first, highest) > highest:
+                    fields, frames = _LAYOUTS[size]
+                    joined = b"".join(batch)
+                    if list(fields.iter_unpack(joined)) == list(
+                        zip(range(first, first + count), repeat(size - _ONE_FRAME, count), strict=True)
+                    ):
+                        window.accept(first)  # counts what was lost before it
+                        window.advance(count - 1)
+                        self._deliver_data(b"".join(map(_FIRST, frames.iter_unpack(joined))))
+                        return
+        # The sequence number that comes next in order (none before the first).
+        expected = (highest + 1) & 0xFFFFFFFF if highest >= 0 else -1
         in_order = 0
         payloads = []
         unpack = _SEQUENCE_AND_LENGTH.unpack_from
