@@ -257,6 +257,14 @@ class ReliableStreamTests(SynchronousTestCase):
         received, _, _ = transfer(data, loss, 0.05, 0.1, seed=seed)
         self.assertEqual(received, data)
 
+    def test_resends_stay_near_the_loss_with_the_default_window(self) -> None:
+        """5 % loss both ways, 64 segments in flight: at most twice as many resends as losses."""
+        data = bytes(range(256)) * 80
+        for seed in range(3):
+            received, sender, _ = transfer(data, 0.05, 0, 0, seed=seed, window=64)
+            self.assertEqual(received, data)
+            self.assertLessEqual(sender.retransmissions, 2 * 0.05 * sender.acknowledged, f"seed {seed}")
+
     def test_window_bounds_what_is_in_flight(self) -> None:
         sender = ReliableSender(segment_size=10, window=4)
         sender.queue(b"x" * 100)
@@ -276,6 +284,32 @@ class ReliableStreamTests(SynchronousTestCase):
         self.assertEqual(sender.acknowledge(0, 0b0111, 0.01), [(0, 0, b"a")])
         # Once only.
         self.assertEqual(sender.acknowledge(0, 0b1111, 0.01), [])
+
+    def test_no_time_order_verdict_past_what_the_ack_reports(self) -> None:
+        """
+        Behind a hole, acknowledged segments leave the window and the sender
+        goes on past the 64 segments an ACK's bitmap reports: the receiver
+        may hold those, so an ACK that shows a later transmission arrived
+        must not count them lost (they were most of the resends at 5 % loss).
+        """
+        every = (1 << 64) - 1
+        sender = ReliableSender(segment_size=1, window=64)
+        sender.queue(bytes(200))
+        self.assertEqual([s for s, _, _ in sender.take(0.0)], list(range(64)))
+        # 0 and 5 lost: both resent by time order, and the window moves on.
+        resent = sender.acknowledge(0, every >> 1 & ~(1 << 4), 0.01)
+        self.assertEqual([s for s, _, _ in resent], [0, 5])
+        self.assertEqual([s for s, _, _ in sender.take(0.01)], list(range(64, 126)))
+        # Both resends lost too; 64-125 arrive, only 64 is within the bitmap.
+        self.assertEqual(sender.acknowledge(0, every & ~(1 << 4), 0.02), [])
+        self.assertEqual([s for s, _, _ in sender.take(0.02)], [126])
+        # The timeout resends 0, which arrives: the ACK reports 6-69, and
+        # only 5 of what it reports is missing. 70-126 are not judged.
+        due = sender.next_timeout()
+        assert due is not None
+        self.assertEqual([s for s, _, _ in sender.expired(due)], [0])
+        self.assertEqual(sender.acknowledge(5, every, due + 0.01), [(5, 0, b"\0")])
+        self.assertEqual(sender.retransmissions, 4)
 
     def test_timeout_retransmits_and_backs_off(self) -> None:
         sender = ReliableSender(segment_size=10, window=4)

@@ -134,3 +134,61 @@ class ListeningSocketTests(TestCase):
         finally:
             port.socket = sock
         self.assertIsNone(private.listening_socket(object()))
+
+
+class _Target:
+    def __init__(self, peer: tuple[str, int], log: list[Any]) -> None:
+        self.peer_address = peer
+        self.log = log
+
+    def data_burst(self, batch: list[bytes]) -> None:
+        self.log.append(("burst", list(batch)))
+
+
+class _Recording(DatagramProtocol):
+    def __init__(self, log: list[Any]) -> None:
+        self.log = log
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.log.append(("one", datagram))
+
+
+class ReadInBurstsTests(SynchronousTestCase):
+    def test_routed_datagrams_go_together_in_order(self) -> None:
+        log: list[Any] = []
+        port: Any = reactor.listenUDP(0, _Recording(log), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(sender.close)
+        sender.bind(("127.0.0.1", 0))
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(stranger.close)
+        stranger.bind(("127.0.0.1", 0))
+        routes: dict[bytes, Any] = {b"AA": _Target(sender.getsockname(), log)}
+        self.assertTrue(private.read_in_bursts(port, routes, 2))
+        address = port.getHost()
+        for data, sock in [
+            (b"AA1", sender),
+            (b"AA2", sender),
+            (b"BB3", sender),
+            (b"AA4", stranger),  # a route's prefix from another address
+            (b"AA5", sender),
+            (b"AA6", sender),
+        ]:
+            sock.sendto(data, (address.host, address.port))
+        port.doRead()
+        self.assertEqual(
+            log,
+            [("burst", [b"AA1", b"AA2"]), ("one", b"BB3"), ("one", b"AA4"), ("burst", [b"AA5", b"AA6"])],
+        )
+
+    def test_read_in_bursts_degrades(self) -> None:
+        self.assertFalse(private.read_in_bursts(object(), {}, 2))
+        port: Any = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        sock = port.socket
+        del port.socket
+        try:
+            self.assertFalse(private.read_in_bursts(port, {}, 2))
+        finally:
+            port.socket = sock

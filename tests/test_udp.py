@@ -467,3 +467,79 @@ class LimitTests(SynchronousTestCase):
         pair.start()
         states = sorted(r["reason"] or r["state"] for r in pair.records(pair.server))
         self.assertEqual(states, ["open", "rejected"])
+
+
+class BurstTests(SynchronousTestCase):
+    """The DATA datagrams of one read burst, handed to their session at once."""
+
+    def _server_transport(self, pair: UdpPair) -> Any:
+        [transport] = pair.server.listeners[0].port.listener.sessions.values()
+        return transport
+
+    def test_a_burst_goes_up_in_one_piece_and_is_counted_one_by_one(self) -> None:
+        pair = UdpPair()
+        pair.start()
+        transport = self._server_transport(pair)
+        pieces: list[bytes] = []
+        wrapper = transport.protocol
+        deliver = wrapper.dataReceived
+        wrapper.dataReceived = lambda data: (pieces.append(data), deliver(data))
+        frame = encode_frame(MessageType.DATA, b"m")
+        base = transport._window.highest + 1
+
+        def data(offset: int, frames: bytes = frame) -> bytes:
+            return datagram.encode_data_header(transport.session_id, base + offset) + frames
+
+        malformed = data(7, b"\0\0\0\x09\x02")  # claims more than it carries
+        two_frames = data(4, frame + frame)
+        burst = [data(0), data(1), data(1), data(3), data(2), malformed, two_frames, data(5), data(6)]
+        expected_window = datagram.SequenceWindow()
+        for sequence in range(base):
+            expected_window.accept(sequence)
+        for offset in (0, 1, 1, 3, 2, 4, 5, 6):
+            expected_window.accept(base + offset)
+        malformed_before = pair.listener_counters()["malformed"]
+
+        transport.data_burst(burst)
+
+        self.assertEqual(len(pieces), 1)
+        self.assertEqual(pair.server_app.messages, [b"m"] * 8)  # the duplicate dropped, both frames of 4
+        self.assertEqual(transport._window.as_dict(), expected_window.as_dict())
+        self.assertEqual(pair.listener_counters()["malformed"], malformed_before + 1)
+
+    def test_a_same_size_burst_after_a_gap_is_counted_one_by_one(self) -> None:
+        pair = UdpPair()
+        pair.start()
+        transport = self._server_transport(pair)
+        frame = encode_frame(MessageType.DATA, b"m")
+        base = transport._window.highest + 1
+        expected_window = datagram.SequenceWindow()
+        for sequence in range(base):
+            expected_window.accept(sequence)
+        for offsets in ([0, 1, 2], [5, 6, 7, 8], [8, 9], [12, 11, 13]):
+            transport.data_burst(
+                [datagram.encode_data_header(transport.session_id, base + n) + frame for n in offsets]
+            )
+            for n in offsets:
+                expected_window.accept(base + n)
+        self.assertEqual(transport._window.as_dict(), expected_window.as_dict())
+        self.assertEqual(expected_window.lost, 3)  # 3, 4 and 10
+        self.assertEqual(len(pair.server_app.messages), 11)
+
+    def test_replies_to_a_burst_leave_in_one_datagram(self) -> None:
+        pair = UdpPair()
+        pair.start()
+        transport = self._server_transport(pair)
+        sent_before = transport.datagrams_out
+        base = transport._window.highest + 1
+        burst = [
+            datagram.encode_data_header(transport.session_id, base + n)
+            + encode_frame(MessageType.REQUEST, (n + 1).to_bytes(4, "big") + b"question")
+            for n in range(16)
+        ]
+        transport.data_burst(burst)
+        self.assertEqual(transport.datagrams_out, sent_before + 1)
+        # Writes outside a burst go at once, a datagram each.
+        transport.write_unreliable(encode_frame(MessageType.DATA, b"a"))
+        transport.write_unreliable(encode_frame(MessageType.DATA, b"b"))
+        self.assertEqual(transport.datagrams_out, sent_before + 3)

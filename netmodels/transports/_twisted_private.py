@@ -12,7 +12,10 @@ feature (the errno of an RST, a send without a reactor pass), never a crash:
 - ``tcp.Port`` keeps its listening socket in ``socket``, where
   :func:`listening_socket` finds it to set options its connections inherit;
 - ``udp.Port`` keeps its socket in ``socket``, which :func:`raw_sendto` uses
-  to skip Twisted's per-call address validation.
+  to skip Twisted's per-call address validation, and reads it in ``doRead``
+  (``recvfrom`` in a loop up to ``maxThroughput`` bytes), which
+  :func:`read_in_bursts` replaces on one port with a loop that hands a
+  session all its DATA datagrams of one read burst at once.
 
 ``tests/test_twisted_private.py`` checks each against the installed Twisted,
 and that each degrades when its check fails.
@@ -26,6 +29,7 @@ from types import FunctionType
 from typing import Any, Protocol
 
 from twisted.internet import tcp, udp
+from twisted.python import log
 
 __all__ = [
     "BUFFER_ATTRIBUTES",
@@ -34,6 +38,7 @@ __all__ = [
     "io_goes_through_socket",
     "listening_socket",
     "raw_sendto",
+    "read_in_bursts",
     "socket_of",
     "swap_socket",
     "unsent_bytes",
@@ -42,6 +47,14 @@ __all__ = [
 
 class _ErrnoObserver(Protocol):
     def record_errno(self, number: int) -> None: ...
+
+
+class BurstTarget(Protocol):
+    """What :func:`read_in_bursts` hands the datagrams of a route to."""
+
+    peer_address: tuple[str, int]
+
+    def data_burst(self, batch: list[bytes]) -> None: ...
 
 
 #: Methods of ``tcp.Connection`` that must do their I/O through ``self.socket``.
@@ -146,3 +159,93 @@ def raw_sendto(port: object) -> Callable[[bytes, tuple[str, int]], object] | Non
         return None
     sendto: Callable[[bytes, tuple[str, int]], object] = sock.sendto
     return sendto
+
+
+#: The attributes of ``udp.Port`` that its ``doRead`` works with.
+_UDP_READ_NAMES = ("socket", "recvfrom", "maxThroughput", "maxPacketSize", "protocol", "datagramReceived")
+_UDP_READS_SOCKET = isinstance(getattr(udp.Port, "doRead", None), FunctionType) and all(
+    name in udp.Port.doRead.__code__.co_names for name in _UDP_READ_NAMES
+)
+_READ_IGNORE = frozenset(getattr(udp, "_sockErrReadIgnore", ()))
+_READ_REFUSE = frozenset(getattr(udp, "_sockErrReadRefuse", ()))
+
+
+def read_in_bursts(
+    port: object, routes: dict[bytes, BurstTarget], prefix: int, check_address: bool = True
+) -> bool:
+    """
+    Read ``port`` (a ``udp.Port``) as Twisted does, except that a datagram
+    whose first ``prefix`` bytes are a key of ``routes`` (and which comes
+    from that target's ``peer_address``, with ``check_address``) is not
+    handed to the protocol: the target gets all of them from one read burst
+    in one ``data_burst`` call, in arrival order. Any other datagram goes to
+    ``datagramReceived`` as usual, after what was collected before it, so a
+    target sees its datagrams in order whichever way they come.
+
+    ``False`` (and nothing done) when ``port`` is not a ``udp.Port`` whose
+    ``doRead`` reads ``socket`` as this expects.
+    """
+    if not _UDP_READS_SOCKET or not isinstance(port, udp.Port):
+        return False
+    sock = port.__dict__.get("socket")
+    if not isinstance(sock, socket.socket):
+        return False
+    recvfrom = sock.recvfrom
+    protocol = port.protocol
+    ipv6 = port.addressFamily == socket.AF_INET6
+
+    def flush(target: BurstTarget, batch: list[bytes]) -> None:
+        try:
+            target.data_burst(batch)
+        except BaseException:
+            log.err()
+
+    def do_read() -> None:
+        size = port.maxPacketSize
+        limit = port.maxThroughput
+        lookup = routes.get
+        read = 0
+        target: BurstTarget | None = None
+        batch: list[bytes] = []
+        try:
+            while read < limit:
+                try:
+                    data, addr = recvfrom(size)
+                except OSError as e:
+                    number = e.args[0]
+                    if number in _READ_IGNORE:
+                        return
+                    if number in _READ_REFUSE:
+                        if target is not None:
+                            flush(target, batch)
+                            target = None
+                        if port._connectedAddr:
+                            protocol.connectionRefused()
+                        return
+                    raise
+                read += len(data)
+                if ipv6:
+                    addr = addr[:2]
+                routed = lookup(data[:prefix])
+                if routed is not None and (not check_address or routed.peer_address == addr):
+                    if routed is target:
+                        batch.append(data)
+                        continue
+                    if target is not None:
+                        flush(target, batch)
+                    target = routed
+                    batch = [data]
+                    continue
+                if target is not None:
+                    flush(target, batch)
+                    target = None
+                try:
+                    protocol.datagramReceived(data, addr)
+                except BaseException:
+                    log.err()
+        finally:
+            if target is not None:
+                flush(target, batch)
+
+    port.doRead = do_read  # type: ignore[method-assign]
+    return True

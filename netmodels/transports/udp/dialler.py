@@ -12,12 +12,15 @@ from twisted.python.failure import Failure
 
 from netmodels.core import datagram
 from netmodels.core.datagram import DATA_HEADER, Kind, MalformedDatagram
+from netmodels.transports._twisted_private import BurstTarget, read_in_bursts
 from netmodels.transports.udp.options import DatagramOptions, udp_address
 from netmodels.transports.udp.transport import (
     DATA_KIND,
+    ROUTE_PREFIX,
     SESSION_ID,
     DatagramTransport,
     SessionSocket,
+    data_route,
     new_session,
 )
 
@@ -49,6 +52,8 @@ class Dialler(DatagramProtocol, SessionSocket):
         self.nonce = secrets.randbits(64)
         self.session: DatagramTransport | None = None
         self.counters: dict[str, int] = {"malformed": 0, "forged": 0, "send_dropped": 0}
+        #: The session's DATA prefix, for the port's reader (see ``read_in_bursts``).
+        self.data_routes: dict[bytes, BurstTarget] = {}
         self._message = datagram.encode_init(self.nonce)
         self._resend_delay = _HANDSHAKE_RTO
         self._resend_call: IDelayedCall | None = None
@@ -56,6 +61,8 @@ class Dialler(DatagramProtocol, SessionSocket):
         self._done = False
 
     def begin(self) -> None:
+        # The socket is connected: the kernel checks the source, the reader need not.
+        read_in_bursts(self.transport, self.data_routes, ROUTE_PREFIX, check_address=False)
         self._deadline = self.clock.callLater(self.options.connect_timeout, self._timed_out)
         self._transmit()
 
@@ -92,6 +99,7 @@ class Dialler(DatagramProtocol, SessionSocket):
 
     def forget(self, session: DatagramTransport) -> None:
         self.session = None
+        self.data_routes.clear()
         self._close_socket()
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -145,6 +153,7 @@ class Dialler(DatagramProtocol, SessionSocket):
             return
         if session.connected:
             self.session = session
+            self.data_routes[data_route(session_id)] = session
         self.result.callback(session.protocol if session.connected else None)
 
     def connectionRefused(self) -> None:

@@ -16,13 +16,15 @@ from zope.interface import implementer
 
 from netmodels.core import datagram
 from netmodels.core.datagram import DATA_HEADER, CookieJar, Kind, MalformedDatagram, Packet
-from netmodels.transports._twisted_private import raw_sendto
+from netmodels.transports._twisted_private import BurstTarget, raw_sendto, read_in_bursts
 from netmodels.transports.udp.options import DatagramOptions, address_label
 from netmodels.transports.udp.transport import (
     DATA_KIND,
+    ROUTE_PREFIX,
     SESSION_ID,
     DatagramTransport,
     SessionSocket,
+    data_route,
     new_session,
 )
 
@@ -48,6 +50,8 @@ class Listener(DatagramProtocol, SessionSocket):
         self.clock = clock
         self.cookies = CookieJar(clock.seconds)
         self.sessions: dict[int, DatagramTransport] = {}
+        #: DATA prefix -> session, for the port's reader (see ``read_in_bursts``).
+        self.data_routes: dict[bytes, BurstTarget] = {}
         #: (address, nonce) -> session: a resent OPEN gets the same ACCEPT.
         self.opened: dict[tuple[tuple[str, int], int], DatagramTransport] = {}
         self.time_wait: dict[int, float] = {}
@@ -81,6 +85,8 @@ class Listener(DatagramProtocol, SessionSocket):
 
     def startProtocol(self) -> None:
         self._sendto = raw_sendto(self.transport)
+        # Each session gets the DATA of a read burst at once (else datagramReceived, one at a time).
+        read_in_bursts(self.transport, self.data_routes, ROUTE_PREFIX)
 
     def send(self, data: bytes, address: tuple[str, int]) -> None:
         try:
@@ -95,6 +101,7 @@ class Listener(DatagramProtocol, SessionSocket):
             self.counters["send_dropped"] += 1
 
     def forget(self, session: DatagramTransport) -> None:
+        self.data_routes.pop(data_route(session.session_id), None)
         if self.sessions.pop(session.session_id, None) is not None:
             self.time_wait[session.session_id] = self.clock.seconds() + _TIME_WAIT
             if session.opened_by is not None:
@@ -183,6 +190,7 @@ class Listener(DatagramProtocol, SessionSocket):
         self.counters["sessions_opened"] += 1
         if session.connected:
             self.sessions[session_id] = session
+            self.data_routes[data_route(session_id)] = session
             session.opened_by = (addr, packet.nonce)
             self.opened[session.opened_by] = session
         self._expire_time_wait()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import errno as _errno
 import struct
+from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
 from twisted.internet import error
@@ -36,11 +38,45 @@ from netmodels.core.reasons import CloseReason
 from netmodels.transports.interfaces import IConnectionObserver, IDatagramTransport
 from netmodels.transports.udp.options import DatagramOptions, udp_address
 
-__all__ = ["DATA_KIND", "SESSION_ID", "DatagramTransport", "SessionSocket", "new_session"]
+__all__ = ["DATA_KIND", "SESSION_ID", "DatagramTransport", "SessionSocket", "data_route", "new_session"]
 
 DATA_KIND = int(Kind.DATA)
 SESSION_ID = struct.Struct("!Q")
 _SEQUENCE = struct.Struct("!I")
+#: After a DATA header's kind and session id: its sequence number, and the length of its first frame.
+_SEQUENCE_AND_LENGTH = struct.Struct("!II")
+#: A DATA datagram carrying one frame is this long plus the frame's length field.
+_ONE_FRAME = DATA_HEADER + 4
+_FIRST = itemgetter(0)
+
+
+class _Layouts(dict[int, tuple[struct.Struct, struct.Struct]]):
+    """
+    By datagram size: the layouts that read a run of DATA datagrams of that
+    size, joined, in C: (sequence, first frame's length) of each, and each
+    one's frames.
+    """
+
+    def __missing__(self, size: int) -> tuple[struct.Struct, struct.Struct]:
+        layouts = (
+            struct.Struct(f"!9xII{size - _ONE_FRAME}x"),
+            struct.Struct(f"!{DATA_HEADER}x{size - DATA_HEADER}s"),
+        )
+        if len(self) < 64:  # message sizes vary: keep the common few
+            self[size] = layouts
+        return layouts
+
+
+_LAYOUTS = _Layouts()
+
+#: The bytes that begin every DATA datagram of a session: its key in a socket's routes.
+ROUTE_PREFIX = 9
+
+
+def data_route(session_id: int) -> bytes:
+    """The first :data:`ROUTE_PREFIX` bytes of the session's DATA datagrams."""
+    return bytes((DATA_KIND,)) + SESSION_ID.pack(session_id)
+
 
 #: Bytes waiting for the reliable window past which the writer is paused
 #: (Twisted pauses a TCP producer at the same size).
@@ -98,7 +134,11 @@ class DatagramTransport:
         self._receiver = ReliableReceiver(window=4 * options.window)
         self._window = SequenceWindow()
         self._next_data = 0
+        self._data_prefix = data_route(session_id)
         self._stream = bytearray()
+        #: While a burst of DATA is delivered: the frames written unreliably meanwhile,
+        #: sent together after it (a reply to each request of a burst, in one datagram).
+        self._outbox: list[bytes] | None = None
         self._retransmit_call: IDelayedCall | None = None
         self._ack_call: IDelayedCall | None = None
         self._producer: Any = None
@@ -116,6 +156,8 @@ class DatagramTransport:
         """The reliable channel: ``data`` arrives once, in order, as on TCP."""
         if not self.connected or self.disconnecting:
             return
+        if self._outbox:
+            self._flush_outbox()  # what was written before goes before
         self._sender.queue(data)
         self._pump()
 
@@ -128,10 +170,32 @@ class DatagramTransport:
             return
         limit = self._max_payload
         size = len(frames)
+        outbox = self._outbox
         if size <= limit:
+            if outbox is not None:
+                outbox.append(frames)
+                return
             # A message, a request, a probe (or a corked burst that fits): one datagram.
             self._send_data(frames)
             return
+        if outbox:
+            self._flush_outbox()
+        self._send_frames(frames)
+
+    def _flush_outbox(self) -> None:
+        outbox = self._outbox
+        if not outbox:
+            return
+        frames = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+        outbox.clear()
+        if len(frames) <= self._max_payload:
+            self._send_data(frames)
+        else:
+            self._send_frames(frames)
+
+    def _send_frames(self, frames: bytes) -> None:
+        """Whole frames over one datagram's size: as few datagrams as hold them."""
+        limit = self._max_payload
         ends, needed = walk_frames(frames, limit - 4)
         if needed == BAD_LENGTH:
             raise ValueError(f"a frame does not fit one datagram of {limit} bytes")
@@ -150,6 +214,8 @@ class DatagramTransport:
         """Send what is queued, then FIN; the session ends when the peer acknowledges it."""
         if not self.connected or self.disconnecting:
             return
+        if self._outbox:
+            self._flush_outbox()
         self.disconnecting = True
         self._sender.close()
         self._pump()
@@ -223,18 +289,84 @@ class DatagramTransport:
 
     def data_received(self, data: bytes) -> None:
         """A whole DATA datagram of this session (header included)."""
-        self.datagrams_in += 1
-        payload = data[DATA_HEADER:]
-        # Checked first: a malformed datagram must not move the window. One
-        # frame (the common case) is recognised without walking.
-        size = len(payload)
-        if not (size >= 5 and int.from_bytes(payload[:4], "big") + 4 == size) and not datagram.whole_frames(
-            payload
-        ):
-            self._socket.counters["malformed"] += 1
+        self.data_burst([data])
+
+    def data_burst(self, batch: list[bytes]) -> None:
+        """
+        DATA datagrams of this session (headers included) from one read
+        burst, in arrival order. Their frames go up in one piece, as a TCP
+        read's do, and what is written unreliably meanwhile leaves together
+        at the end (see ``write_unreliable``).
+        """
+        count = len(batch)
+        self.datagrams_in += count
+        window = self._window
+        highest = window.highest
+        if count > 1 and highest >= 0:
+            sizes = set(map(len, batch))
+            size = sizes.pop()
+            if not sizes and size > _ONE_FRAME:
+                # A flood of messages of one size: are they in order (after
+                # the highest, perhaps past some lost before the burst), a
+                # frame each? Checked, and cut, by struct in C.
+                first = _SEQUENCE.unpack_from(batch[0], 9)[0]
+                if first + count <= 0x100000000 and datagram.unwrap(first, highest) > highest:
+                    fields, frames = _LAYOUTS[size]
+                    joined = b"".join(batch)
+                    if list(fields.iter_unpack(joined)) == list(
+                        zip(range(first, first + count), repeat(size - _ONE_FRAME, count), strict=True)
+                    ):
+                        window.accept(first)  # counts what was lost before it
+                        window.advance(count - 1)
+                        self._deliver_data(b"".join(map(_FIRST, frames.iter_unpack(joined))))
+                        return
+        # The sequence number that comes next in order (none before the first).
+        expected = (highest + 1) & 0xFFFFFFFF if highest >= 0 else -1
+        in_order = 0
+        payloads = []
+        unpack = _SEQUENCE_AND_LENGTH.unpack_from
+        for data in batch:
+            size = len(data)
+            if size >= _ONE_FRAME:
+                sequence, length = unpack(data, 9)
+                if sequence == expected and length and length + _ONE_FRAME == size:
+                    # The common case: the next datagram, carrying one frame.
+                    expected = (sequence + 1) & 0xFFFFFFFF
+                    in_order += 1
+                    payloads.append(data[DATA_HEADER:])
+                    continue
+            else:
+                sequence = _SEQUENCE.unpack_from(data, 9)[0]
+            if in_order:
+                window.advance(in_order)
+                in_order = 0
+            payload = data[DATA_HEADER:]
+            # Checked first: a malformed datagram must not move the window.
+            if not datagram.whole_frames(payload):
+                self._socket.counters["malformed"] += 1
+                continue
+            if window.accept(sequence):
+                payloads.append(payload)
+            expected = (window.highest + 1) & 0xFFFFFFFF
+        if in_order:
+            window.advance(in_order)
+        if payloads:
+            self._deliver_data(payloads[0] if len(payloads) == 1 else b"".join(payloads))
+
+    def _deliver_data(self, frames: bytes) -> None:
+        if not self.connected:
             return
-        if self._window.accept(_SEQUENCE.unpack_from(data, 9)[0]):
-            self.protocol.dataReceived(payload)
+        if self._outbox is not None:
+            # Delivered from within a delivery (the protocol read a socket?): the outer one sends.
+            self.protocol.dataReceived(frames)
+            return
+        self._outbox = []
+        try:
+            self.protocol.dataReceived(frames)
+        finally:
+            if self._outbox:
+                self._flush_outbox()
+            self._outbox = None
 
     def _segment_received(self, packet: Packet) -> None:
         chunks = self._receiver.accept(packet.sequence, packet.flags, packet.payload)
@@ -346,9 +478,12 @@ class DatagramTransport:
         self._send(datagram.encode_ack(self.session_id, expected, bits))
 
     def _send_data(self, frames: bytes) -> None:
-        header = datagram.encode_data_header(self.session_id, self._next_data)
-        self._next_data += 1
-        self._send(header + frames)
+        # encode_data_header's bytes, from the session's constant prefix.
+        sequence = self._next_data
+        self._next_data = sequence + 1
+        self.datagrams_out += 1
+        header = self._data_prefix + _SEQUENCE.pack(sequence & 0xFFFFFFFF)
+        self._socket.send(header + frames, self.peer_address)
 
     def _send_segment(self, sequence: int, flags: int, payload: bytes) -> None:
         self._send(datagram.encode_segment(self.session_id, sequence, flags, payload))
@@ -361,6 +496,7 @@ class DatagramTransport:
         if not self.connected:
             return
         self.connected = 0
+        self._outbox = None
         for call in (self._retransmit_call, self._ack_call):
             if call is not None and call.active():
                 call.cancel()
