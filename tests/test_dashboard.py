@@ -85,12 +85,25 @@ def watch_a_reset(status: int, server_id: str, client_id: str) -> dict[str, Any]
         done = press_reset(ADMIN_TOKEN)
 
         closed_row = f'{row}[data-id="{connection_id}"][data-state="closed"]'
-        closed = WebDriverWait(driver, PAGE_DEADLINE).until(
-            lambda d: d.find_elements(By.CSS_SELECTOR, closed_row)
-        )[0]
-        reason_cell = closed.find_element(By.CSS_SELECTOR, "td.reason")
-        legend = WebDriverWait(driver, PAGE_DEADLINE).until(
-            lambda d: d.find_elements(By.CSS_SELECTOR, '#closes-legend .total[data-reason="aborted"]')
+
+        def closed_fields(d: Any) -> dict[str, str] | None:
+            # Read in one go, and again if the table was redrawn (every second) meanwhile.
+            found = d.find_elements(By.CSS_SELECTOR, closed_row)
+            if not found:
+                return None
+            return {
+                "reason": found[0].get_attribute("data-reason"),
+                "reason_text": found[0].find_element(By.CSS_SELECTOR, "td.reason").text,
+                "row_text": found[0].text,
+            }
+
+        stale = (StaleElementReferenceException,)
+        closed = WebDriverWait(driver, PAGE_DEADLINE, ignored_exceptions=stale).until(closed_fields)
+        legend = WebDriverWait(driver, PAGE_DEADLINE, ignored_exceptions=stale).until(
+            lambda d: [
+                e.text
+                for e in d.find_elements(By.CSS_SELECTOR, '#closes-legend .total[data-reason="aborted"]')
+            ]
         )[0]
         bars = driver.find_elements(By.CSS_SELECTOR, '#closes-chart rect[data-reason="aborted"]')
         return {
@@ -99,10 +112,8 @@ def watch_a_reset(status: int, server_id: str, client_id: str) -> dict[str, Any]
             "refused": refused,
             "errors_refused": errors_refused,
             "done": done,
-            "reason": closed.get_attribute("data-reason"),
-            "reason_text": reason_cell.text,
-            "row_text": closed.text,
-            "legend": legend.text,
+            **closed,
+            "legend": legend,
             "bars": len(bars),
             "errors_after": console_errors(driver),
         }
