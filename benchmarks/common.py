@@ -444,6 +444,15 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def emit_latencies(result: dict[str, Any], samples: list[float]) -> None:
+    """Add the p50/p99 (µs) of round-trip ``samples`` (seconds) to ``result`` and emit it."""
+    samples.sort()
+    result["p50_us"] = percentile(samples, 0.50) * 1e6
+    result["p99_us"] = percentile(samples, 0.99) * 1e6
+    result["samples"] = len(samples)
+    emit("RESULT", result)
+
+
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:
     if not sorted_values:
         return float("nan")

@@ -139,11 +139,7 @@ def client_loop(impl: str, port: int, warmup: float, seconds: float) -> None:
     samples: list[float] = []
 
     def finished(result: dict[str, Any]) -> None:
-        samples.sort()
-        result["p50_us"] = common.percentile(samples, 0.50) * 1e6
-        result["p99_us"] = common.percentile(samples, 0.99) * 1e6
-        result["samples"] = len(samples)
-        common.emit("RESULT", result)
+        common.emit_latencies(result, samples)
         loop.stop()
 
     window = common.Window(peers.LoopClock(loop), warmup, seconds, lambda: state["count"], finished)
@@ -217,11 +213,7 @@ def client(impl: str, port: int, warmup: float, seconds: float) -> None:
     samples: list[float] = []
 
     def finished(result: dict[str, Any]) -> None:
-        samples.sort()
-        result["p50_us"] = common.percentile(samples, 0.50) * 1e6
-        result["p99_us"] = common.percentile(samples, 0.99) * 1e6
-        result["samples"] = len(samples)
-        common.emit("RESULT", result)
+        common.emit_latencies(result, samples)
         reactor.stop()
 
     window = common.Window(reactor, warmup, seconds, lambda: state["count"], finished)

@@ -162,10 +162,7 @@ def client(workload: str, mode: str, credentials: str, port: int, warmup: float,
     samples: list[float] = []
 
     def finished(result: dict[str, Any]) -> None:
-        samples.sort()
-        result["p50_us"] = common.percentile(samples, 0.50) * 1e6
-        result["p99_us"] = common.percentile(samples, 0.99) * 1e6
-        common.emit("RESULT", result)
+        common.emit_latencies(result, samples)
         if workload != "ingest":
             reactor.stop()
 

@@ -421,11 +421,7 @@ def rr_client_loop(impl: str, port: int, inflight: int, warmup: float, seconds: 
     samples: list[float] = []
 
     def finished(result: dict[str, Any]) -> None:
-        samples.sort()
-        result["p50_us"] = common.percentile(samples, 0.50) * 1e6
-        result["p99_us"] = common.percentile(samples, 0.99) * 1e6
-        result["samples"] = len(samples)
-        common.emit("RESULT", result)
+        common.emit_latencies(result, samples)
         loop.stop()
 
     window = common.Window(peers.LoopClock(loop), warmup, seconds, lambda: count[0], finished)
@@ -506,11 +502,7 @@ def rr_client(impl: str, port: int, inflight: int, warmup: float, seconds: float
     samples: list[float] = []
 
     def finished(result: dict[str, Any]) -> None:
-        samples.sort()
-        result["p50_us"] = common.percentile(samples, 0.50) * 1e6
-        result["p99_us"] = common.percentile(samples, 0.99) * 1e6
-        result["samples"] = len(samples)
-        common.emit("RESULT", result)
+        common.emit_latencies(result, samples)
         reactor.stop()
 
     window = common.Window(reactor, warmup, seconds, lambda: count[0], finished)
