@@ -123,41 +123,50 @@ def run_to_exit(testcase: TestCase, args: list[str]) -> Any:
     return child
 
 
+#: (arguments after ``netmodels``, text the message must contain)
+BAD_OPTIONS = [
+    (["--listen", LOOPBACK_ANY, "--keepalive", "1,2"], "--keepalive"),
+    (["--listen", LOOPBACK_ANY, "--keepalive", "a,b,c"], "--keepalive"),
+    (["--listen", LOOPBACK_ANY, "--keepalive", "1,1,0"], "--keepalive"),
+    (["--listen", LOOPBACK_ANY, "--topology", "nope"], "--topology"),
+    (["--listen", LOOPBACK_ANY, "--role", "nope"], "--role"),
+    (["--listen", "nonsense:::"], "--listen"),
+    (["--role", "client"], "--connect"),
+    (["--role", "server"], "--listen"),
+    (["--listen", LOOPBACK_ANY, "--max-frame", "10"], "--max-frame"),
+    (["--listen", LOOPBACK_ANY, "--max-per-address", "x"], "--max-per-address"),
+    (["--listen", LOOPBACK_ANY, "--handshake-timeout", "-1"], "--handshake-timeout"),
+]
+
+
+def _bad_option_test(args: list[str], option: str) -> Any:
+    @defer.inlineCallbacks
+    def test(self: TestCase) -> Any:
+        child = yield run_to_exit(self, ["netmodels", *args])
+        text = child.text
+        self.assertNotIn(child.exit_code, (0, None), f"{args}: signal {child.signal}\n{text}")
+        self.assertIn(option, text, f"{args}: the message does not name {option}")
+        self.assertNotIn("Traceback", text, args)
+
+    test.__doc__ = f"``{' '.join(args)}`` exits non-zero naming {option}, without a traceback."
+    return test
+
+
 class OptionErrorTests(TestCase):
+    """
+    Each bad option exits non-zero with a message naming it, and no traceback.
+
+    One test per option, each a twistd process of its own: started all at
+    once, eleven interpreters outran one test's timeout on a loaded machine.
+    """
+
     timeout = TIMEOUT
 
-    #: (arguments after ``netmodels``, text the message must contain)
-    BAD_OPTIONS = [
-        (["--listen", LOOPBACK_ANY, "--keepalive", "1,2"], "--keepalive"),
-        (["--listen", LOOPBACK_ANY, "--keepalive", "a,b,c"], "--keepalive"),
-        (["--listen", LOOPBACK_ANY, "--keepalive", "1,1,0"], "--keepalive"),
-        (["--listen", LOOPBACK_ANY, "--topology", "nope"], "--topology"),
-        (["--listen", LOOPBACK_ANY, "--role", "nope"], "--role"),
-        (["--listen", "nonsense:::"], "--listen"),
-        (["--role", "client"], "--connect"),
-        (["--role", "server"], "--listen"),
-        (["--listen", LOOPBACK_ANY, "--max-frame", "10"], "--max-frame"),
-        (["--listen", LOOPBACK_ANY, "--max-per-address", "x"], "--max-per-address"),
-        (["--listen", LOOPBACK_ANY, "--handshake-timeout", "-1"], "--handshake-timeout"),
-    ]
-
-    @defer.inlineCallbacks
-    def test_bad_options_exit_non_zero_naming_the_option(self) -> Any:
-        """Each bad option exits non-zero with a message naming it, and no traceback."""
-        children = yield defer.gatherResults(
-            [run_to_exit(self, ["netmodels", *args]) for args, _ in self.BAD_OPTIONS],
-            consumeErrors=True,
+    for _index, (_args, _option) in enumerate(BAD_OPTIONS):
+        locals()[f"test_{_index:02d}_{_option.strip('-').replace('-', '_')}"] = _bad_option_test(
+            _args, _option
         )
-        problems = []
-        for (args, option), child in zip(self.BAD_OPTIONS, children, strict=True):
-            text = child.text
-            if child.exit_code in (0, None):
-                problems.append(f"{args}: exit code {child.exit_code} (signal {child.signal})")
-            if option not in text:
-                problems.append(f"{args}: message does not name {option}:\n{text[-500:]}")
-            if "Traceback" in text:
-                problems.append(f"{args}: traceback:\n{text}")
-        self.assertEqual(problems, [], "\n".join(problems))
+    del _index, _args, _option
 
 
 class ListingTests(TestCase):
