@@ -748,10 +748,30 @@ class P2PMesh(Cluster):
                 return None
             return links[0]
 
+        def settling(node: LabNode, other: LabNode) -> bool:
+            # A connection to or from the other node still under way may end as a
+            # duplicate of the link seen open, and deduplication may close either one.
+            # Its peer id is unknown before the HELLO: a dial names the member dialled
+            # or the endpoint, a connection the address it came from.
+            address = re.compile(rf"(^|[:=]){re.escape(other.host.address)}(:|$)")
+            return any(
+                c["state"] in ("connecting", "handshaking")
+                and (c["peer"] == other.node_id or address.search(c["peer"]) is not None)
+                for c in node.connections()
+            )
+
         def meshed() -> tuple[dict[str, Any], dict[str, Any]] | None:
             on_observer = single(observer, faulty.node_id, exclude[0])
             on_faulty = single(faulty, observer.node_id, exclude[1])
-            ok = on_observer and on_faulty and single(observer, witness.node_id)
+            ok = (
+                on_observer
+                and on_faulty
+                # Both ends' records are of one connection: the dialler's outbound, the other's inbound.
+                and on_observer["direction"] != on_faulty["direction"]
+                and not settling(observer, faulty)
+                and not settling(faulty, observer)
+                and single(observer, witness.node_id)
+            )
             return (on_observer, on_faulty) if ok else None  # type: ignore[return-value]
 
         return wait_until(
