@@ -53,10 +53,10 @@ from netmodels.topologies.p2p.mesh import (
     Mesh,
     PeerState,
     RemoteNode,
-    SwimSetup,
 )
 from netmodels.topologies.p2p.messages import BROADCAST, MAX_MEMBERS, PEERS, Broadcast, encode_broadcast
 from netmodels.topologies.p2p.options import P2PSettings
+from netmodels.topologies.p2p.swim_membership import SwimSetup
 from netmodels.topologies.p2p.topology import BroadcastApplication, PeerToPeer, first_endpoint, mesh_of
 from tests.test_testing import CLOSE_DEADLINE, RawPeer, WireTap, advance_by, advance_to, raw_hello
 
