@@ -10,20 +10,14 @@ and keeps that view true with little traffic, as memberlist does:
   timeout; if not, PING_REQs ask ``indirect_probes`` other members to probe
   it too (they answer NACK when they could not reach it either). No ACK by
   the end of the period: the member becomes *suspect*.
-- **Suspicion** (Lifeguard): a suspect member is declared dead when its
-  suspicion times out. The timeout starts at ``suspicion_max_mult`` times the
-  minimum and shrinks towards the minimum (``suspicion_mult`` x log10(n)
-  periods) as other members independently accuse it, so one slow link
-  cannot kill a member, and a real failure is confirmed fast. The member
-  itself refutes a suspicion by gossiping ``alive`` with a greater
-  incarnation; a PING to a suspect member carries its suspicion so it hears
-  of it at once (Lifeguard's buddy system).
-- **Local health** (Lifeguard): a node whose own probes fail without the
-  NACKs that prove the others responsive, or that has to refute a suspicion
-  of itself, is probably the slow one: its awareness score rises (to
-  ``awareness_max`` - 1) and stretches its probe timeout and protocol period
-  by (score + 1), so a CPU-starved node slows down instead of accusing
-  healthy members. Each successful probe lowers the score.
+- **Suspicion** (Lifeguard, :mod:`.lifeguard`): a suspect member is declared
+  dead when its suspicion times out, sooner the more members independently
+  accuse it. The member itself refutes a suspicion by gossiping ``alive``
+  with a greater incarnation; a PING to a suspect member carries its
+  suspicion so it hears of it at once (Lifeguard's buddy system).
+- **Local health** (Lifeguard, :mod:`.lifeguard`): a node whose own probes
+  fail without NACKs, or that has to refute a suspicion of itself, stretches
+  its probe timeout and protocol period instead of accusing healthy members.
 - **Dissemination**: every state change is queued and piggybacked on PINGs
   and ACKs, and sent to ``gossip_fanout`` random members each gossip
   interval, until it went out ``retransmit_mult`` x ceil(log10(n + 1))
@@ -49,9 +43,10 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from attrs import define, field, frozen
-from zope.interface import Interface
+from attrs import define, frozen
+from zope.interface import Interface, implementer
 
+from netmodels.topologies.p2p.lifeguard import ITimer, LocalHealth, Suspicion, suspicion_bounds
 from netmodels.topologies.p2p.swim_wire import (
     PACKET_HEADER,
     MalformedPacket,
@@ -118,7 +113,7 @@ class SwimMember:
     meta: str = ""
     #: The member said it left (dead by its own word).
     left: bool = False
-    suspicion: _Suspicion | None = None
+    suspicion: Suspicion | None = None
 
     def update(self) -> Update:
         """This member's state as gossip."""
@@ -149,30 +144,15 @@ class ISwimOutput(Interface):
         """``member``'s state changed (``previous`` is ``None`` for a new member)."""
 
 
-@define
-class _Suspicion:
-    accuser: str
-    started: float
-    minimum: float
-    maximum: float
-    #: Independent accusations expected before the timeout reaches its minimum.
-    expected: int
-    accusers: set[str] = field(factory=set)
-    timer: _Timer | None = None
-
-    def timeout(self) -> float:
-        confirmations = len(self.accusers - {self.accuser})
-        if self.expected < 1:
-            return self.minimum
-        fraction = math.log(confirmations + 1) / math.log(self.expected + 1)
-        return max(self.minimum, self.maximum - (self.maximum - self.minimum) * fraction)
-
-
+@implementer(ITimer)
 @define(eq=False)
 class _Timer:
     when: float
     action: Callable[[], None]
     cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 @define
@@ -214,8 +194,7 @@ class Swim:
         self.output = output
         self.rng = rng
         self.members: dict[str, SwimMember] = {}
-        #: Lifeguard's local health: 0 (healthy) to awareness_max - 1.
-        self.awareness = 0
+        self.health = LocalHealth(config.awareness_max)
         self.counts: dict[str, int] = dict.fromkeys(
             (
                 "packets_sent",
@@ -366,17 +345,16 @@ class Swim:
         heapq.heappush(self._timers, (timer.when, self._timer_order, timer))
         return timer
 
-    def _scaled(self, seconds: float) -> float:
-        return seconds * (self.awareness + 1)
-
-    def _aware(self, delta: int) -> None:
-        self.awareness = min(self.config.awareness_max - 1, max(0, self.awareness + delta))
+    @property
+    def awareness(self) -> int:
+        """Lifeguard's local health score: 0 (healthy) to ``awareness_max`` - 1."""
+        return self.health.score
 
     # Probing
 
     def _probe_next(self) -> None:
         now = self._now
-        period = self._scaled(self.config.protocol_period)
+        period = self.health.scale(self.config.protocol_period)
         self._after(now, period, self._probe_next)
         target = self._next_target()
         if target is None:
@@ -387,7 +365,7 @@ class Swim:
         # Lifeguard's buddy system: a suspect member hears of it from its prober.
         first = (target.update(),) if target.state is MemberState.SUSPECT else ()
         self._send(target.address, PacketKind.PING, probe.sequence, target.node_id, first=first)
-        self._after(now, self._scaled(self.config.probe_timeout), lambda: self._indirect(probe))
+        self._after(now, self.health.scale(self.config.probe_timeout), lambda: self._indirect(probe))
         self._after(now, period - 1e-9, lambda: self._probe_ended(probe))
 
     def _next_target(self) -> SwimMember | None:
@@ -418,9 +396,7 @@ class Swim:
         if probe.acked:
             return
         self.counts["probes_failed"] += 1
-        # Missing NACKs: the helpers did not answer us either, so the fault
-        # is likely ours (Lifeguard); no helpers at all says nothing.
-        self._aware(probe.expected_nacks - probe.nacks if probe.expected_nacks else 0)
+        self.health.probe_failed(probe.expected_nacks, probe.nacks)
         target = probe.target
         if target.state is not MemberState.DEAD and self.members.get(target.node_id) is target:
             self._suspect(target, target.incarnation, self.node_id)
@@ -429,7 +405,7 @@ class Swim:
         probe = self._probe
         if probe is not None and probe.sequence == sequence and not probe.acked:
             probe.acked = True
-            self._aware(-1)
+            self.health.probe_succeeded()
             return
         relay = self._relays.pop(sequence, None)
         if relay is not None:
@@ -505,42 +481,33 @@ class Swim:
         suspicion = member.suspicion
         if member.state is MemberState.SUSPECT and suspicion is not None:
             if incarnation == member.incarnation:
-                if accuser not in suspicion.accusers:
-                    suspicion.accusers.add(accuser)
+                if suspicion.confirm(accuser):
                     self._reschedule(member, suspicion)
                     self._queue_update(Update(MemberState.SUSPECT, incarnation, member.node_id, accuser))
                 return
-            if suspicion.timer is not None:
-                suspicion.timer.cancelled = True
+            suspicion.cancel()
         config = self.config
-        size = len(self.members) + 1
-        periods = max(config.suspicion_floor, config.suspicion_mult * max(1.0, math.log10(size)))
-        minimum = periods * config.protocol_period
-        suspicion = _Suspicion(
-            accuser,
-            self._now,
-            minimum,
-            minimum * config.suspicion_max_mult,
-            config.suspicion_confirmations,
-            {accuser},
+        minimum, maximum = suspicion_bounds(
+            len(self.members) + 1,
+            config.protocol_period,
+            config.suspicion_mult,
+            config.suspicion_floor,
+            config.suspicion_max_mult,
         )
+        suspicion = Suspicion(accuser, self._now, minimum, maximum, config.suspicion_confirmations, {accuser})
         member.incarnation = incarnation
         member.suspicion = suspicion
         self.counts["suspicions"] += 1
         self._reschedule(member, suspicion)
         self._set_state(member, MemberState.SUSPECT, member.state)
 
-    def _reschedule(self, member: SwimMember, suspicion: _Suspicion) -> None:
-        if suspicion.timer is not None:
-            suspicion.timer.cancelled = True
-        deadline = suspicion.started + suspicion.timeout()
-
+    def _reschedule(self, member: SwimMember, suspicion: Suspicion) -> None:
         def expired() -> None:
             if member.suspicion is suspicion and member.state is MemberState.SUSPECT:
                 verdict = Update(MemberState.DEAD, member.incarnation, member.node_id, self.node_id)
                 self._dead(verdict, self._now)
 
-        suspicion.timer = self._after(self._now, max(0.0, deadline - self._now), expired)
+        suspicion.arm(self._now, lambda delay: self._after(self._now, delay, expired))
 
     def _dead(self, update: Update, now: float) -> None:
         if update.node_id == self.node_id:
@@ -566,7 +533,7 @@ class Swim:
     def _refute(self, incarnation: int) -> None:
         self.incarnation = max(self.incarnation, incarnation) + 1
         self.counts["refutations"] += 1
-        self._aware(1)
+        self.health.refuted()
         self._queue_update(self._self_update())
 
     def _self_update(self) -> Update:
@@ -574,8 +541,7 @@ class Swim:
 
     def _set_state(self, member: SwimMember, state: MemberState, previous: MemberState) -> None:
         if state is not MemberState.SUSPECT and member.suspicion is not None:
-            if member.suspicion.timer is not None:
-                member.suspicion.timer.cancelled = True
+            member.suspicion.cancel()
             member.suspicion = None
         member.state = state
         if state is not previous:
