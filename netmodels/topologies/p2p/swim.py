@@ -18,10 +18,11 @@ and keeps that view true with little traffic, as memberlist does:
 - **Local health** (Lifeguard, :mod:`.lifeguard`): a node whose own probes
   fail without NACKs, or that has to refute a suspicion of itself, stretches
   its probe timeout and protocol period instead of accusing healthy members.
-- **Dissemination**: every state change is queued and piggybacked on PINGs
-  and ACKs, and sent to ``gossip_fanout`` random members each gossip
-  interval, until it went out ``retransmit_mult`` x ceil(log10(n + 1))
-  times; a newer change about a member replaces the older. A full state
+- **Dissemination** (:mod:`.dissemination`): every state change is queued
+  and piggybacked on PINGs and ACKs, and sent to ``gossip_fanout`` random
+  members each gossip interval, until it went out ``retransmit_mult`` x
+  ceil(log10(n + 1)) times; a newer change about a member replaces the
+  older. A full state
   exchange (push-pull: SYNC, answered with SYNC_REPLY) with one random
   member runs only on a long interval that grows with the cluster.
 - **Join and heal**: :meth:`Swim.join` pushes and pulls state with every
@@ -46,6 +47,7 @@ from typing import Any
 from attrs import define, frozen
 from zope.interface import Interface, implementer
 
+from netmodels.topologies.p2p.dissemination import UpdateQueue, retransmit_limit
 from netmodels.topologies.p2p.lifeguard import ITimer, LocalHealth, Suspicion, suspicion_bounds
 from netmodels.topologies.p2p.swim_wire import (
     PACKET_HEADER,
@@ -164,12 +166,6 @@ class _Probe:
     expected_nacks: int = 0
 
 
-@define
-class _Queued:
-    update: Update
-    transmits: int = 0
-
-
 class Swim:
     """One node's membership; see the module docstring."""
 
@@ -218,7 +214,7 @@ class Swim:
         self._probe: _Probe | None = None
         self._probe_order: list[str] = []
         self._relays: dict[int, tuple[str, int]] = {}
-        self._queue: dict[str, _Queued] = {}
+        self._queue = UpdateQueue()
         self._timers: list[tuple[float, int, _Timer]] = []
         self._timer_order = 0
         self._started = False
@@ -453,7 +449,7 @@ class Swim:
             self.members[update.node_id] = member
             # New members join the probe order at a random place.
             self._probe_order.insert(self.rng.randint(0, len(self._probe_order)), member.node_id)
-            self._queue_update(member.update())
+            self._queue.put(member.update())
             self.output.member_changed(member, None)
             return
         if update.incarnation <= member.incarnation:
@@ -483,7 +479,7 @@ class Swim:
             if incarnation == member.incarnation:
                 if suspicion.confirm(accuser):
                     self._reschedule(member, suspicion)
-                    self._queue_update(Update(MemberState.SUSPECT, incarnation, member.node_id, accuser))
+                    self._queue.put(Update(MemberState.SUSPECT, incarnation, member.node_id, accuser))
                 return
             suspicion.cancel()
         config = self.config
@@ -528,13 +524,13 @@ class Swim:
         dead_long = self._now - member.since >= self.config.dead_retention - 1e-6
         if member.state is MemberState.DEAD and dead_long and self.members.get(member.node_id) is member:
             del self.members[member.node_id]
-            self._queue.pop(member.node_id, None)
+            self._queue.forget(member.node_id)
 
     def _refute(self, incarnation: int) -> None:
         self.incarnation = max(self.incarnation, incarnation) + 1
         self.counts["refutations"] += 1
         self.health.refuted()
-        self._queue_update(self._self_update())
+        self._queue.put(self._self_update())
 
     def _self_update(self) -> Update:
         return Update(MemberState.ALIVE, self.incarnation, self.node_id, self.address, self.meta)
@@ -546,40 +542,13 @@ class Swim:
         member.state = state
         if state is not previous:
             member.since = self._now
-        self._queue_update(member.update())
+        self._queue.put(member.update())
         self.output.member_changed(member, previous)
 
     # Dissemination
 
-    def _retransmit_limit(self) -> int:
-        return self.config.retransmit_mult * math.ceil(math.log10(len(self.members) + 2))
-
-    def _queue_update(self, update: Update) -> None:
-        # A newer word about a member replaces the older (memberlist's
-        # invalidation); confirmations of a suspicion do too.
-        self._queue[update.node_id] = _Queued(update)
-
     def _piggyback(self, room: int, first: Sequence[Update] = ()) -> tuple[Update, ...]:
-        chosen = list(first)
-        room -= sum(update_size(u) for u in first)
-        if not self._queue or room <= 0:
-            return tuple(chosen)
-        limit = self._retransmit_limit()
-        queued = sorted(self._queue.values(), key=lambda q: q.transmits)
-        for entry in queued:
-            if len(chosen) == 255:
-                break
-            if entry.update in first:
-                continue
-            size = update_size(entry.update)
-            if size > room:
-                continue
-            room -= size
-            chosen.append(entry.update)
-            entry.transmits += 1
-            if entry.transmits >= limit:
-                self._queue.pop(entry.update.node_id, None)
-        return tuple(chosen)
+        return self._queue.take(room, retransmit_limit(self.config.retransmit_mult, len(self.members)), first)
 
     def _gossip(self) -> None:
         now = self._now
