@@ -8,21 +8,21 @@ mesh.
   trimmed above ``--high-water``; broadcasts go through the overlay
   (:mod:`.gossipsub`) as OVERLAY frames. With ``--swim off``, membership is
   by connections and PEERS gossip (:mod:`.gossip_membership`), and
-  broadcasts flood the links with de-duplication.
+  broadcasts flood the links with de-duplication (:mod:`.flooding`).
 - **One connection per pair.** When two nodes dial each other at once, both
   keep the connection dialled by the smaller node id and close the other
   (BYE, detail "duplicate").
 - **Direct sends** to a node id go straight over its connection, or are
-  relayed (a BROADCAST frame with a destination) when there is none.
+  relayed (a BROADCAST frame with a destination, :mod:`.flooding`) when
+  there is none.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from attrs import define, field
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
@@ -32,7 +32,7 @@ from zope.interface import implementer
 
 from netmodels.core.backoff import DEFAULT_RECONNECT_POLICY, ReconnectPolicy
 from netmodels.core.connection import ConnectionRecord, Direction
-from netmodels.core.frames import ProtocolError, encode_frame
+from netmodels.core.frames import encode_frame
 from netmodels.core.reasons import CloseReason
 from netmodels.runtime.interfaces import IPeer
 from netmodels.runtime.manager import ConnectFailed, ManagedConnection
@@ -40,18 +40,12 @@ from netmodels.runtime.node import Node
 from netmodels.runtime.session import Session
 from netmodels.topologies.p2p.addresses import dialable_endpoint
 from netmodels.topologies.p2p.dialling import Dialling
+from netmodels.topologies.p2p.flooding import Flooding
 from netmodels.topologies.p2p.gossip_membership import GossipMembership
 from netmodels.topologies.p2p.gossipsub import IOverlayOutput, Overlay, OverlayConfig
 from netmodels.topologies.p2p.members import Member, PeerState
 from netmodels.topologies.p2p.membership import IMembership, IMeshMembers
-from netmodels.topologies.p2p.messages import (
-    BROADCAST,
-    OVERLAY,
-    PEERS,
-    Broadcast,
-    decode_broadcast,
-    encode_broadcast,
-)
+from netmodels.topologies.p2p.messages import BROADCAST, OVERLAY, PEERS
 from netmodels.topologies.p2p.metrics import mesh_metrics
 from netmodels.topologies.p2p.swim_membership import SwimMembership, SwimSetup
 
@@ -68,34 +62,8 @@ _log = Logger(namespace="netmodels.p2p")
 TICK = 1.0
 #: A smaller-id peer that has not dialled us within this long, we dial.
 DIAL_GRACE = 2.0
-#: Message ids remembered per origin beyond its contiguous low mark.
-SEEN_WINDOW = 4096
-#: Broadcast windows kept per origin, one per incarnation it broadcast under.
-INCARNATIONS_KEPT = 4
 #: With SWIM, a connection younger than this is never trimmed (libp2p's grace period).
 TRIM_GRACE = 30.0
-
-
-@define
-class _Seen:
-    """Message ids seen from one origin incarnation: all up to ``low``, then a set."""
-
-    low: int = 0
-    above: set[int] = field(factory=set)
-
-    def add(self, sequence: int) -> bool:
-        """Record ``sequence``; ``False`` if it was seen before."""
-        if sequence <= self.low or sequence in self.above:
-            return False
-        self.above.add(sequence)
-        while self.low + 1 in self.above:
-            self.low += 1
-            self.above.discard(self.low)
-        if len(self.above) > SEEN_WINDOW:
-            # A gap that never fills (a message lost upstream): give it up.
-            self.low = min(self.above)
-            self.above.discard(self.low)
-        return True
 
 
 @implementer(IPeer)
@@ -187,8 +155,6 @@ class Mesh:
         self._epoch = 0
         self.members: dict[str, Member] = {}
         self.endpoints: tuple[str, ...] = ()
-        self._sequence = 0
-        self._seen: dict[tuple[str, int], _Seen] = {}
         self._loop: LoopingCall | None = None
         self.dialling = Dialling(
             self.node_id,
@@ -217,8 +183,10 @@ class Mesh:
         #: With SWIM, broadcasts go through this overlay over the links (flooding without).
         self.overlay: Overlay | None = None
         self.counters = {"sent": 0, "delivered": 0, "duplicates": 0, "forwarded": 0, "relayed": 0}
+        #: Broadcasts without the overlay, and relayed sends.
+        self.flooding = Flooding(self.node_id, self.members, self._deliver, self.counters)
         node.add_handler(PEERS, self.membership.peers_received)
-        node.add_handler(BROADCAST, self._broadcast_received)
+        node.add_handler(BROADCAST, self.flooding.received)
         node.add_handler(OVERLAY, self._overlay_received)
         node.on_liveness(self._liveness)
         node.manager.subscribe(self._connection_event)
@@ -241,6 +209,7 @@ class Mesh:
         # refutation bumps the membership incarnation, and must not make
         # copies of earlier broadcasts still in flight look new.
         self._epoch = incarnation
+        self.flooding.start(incarnation)
         if self._fixed_endpoints is not None:
             self.endpoints = self._fixed_endpoints
         else:
@@ -251,7 +220,7 @@ class Mesh:
                 self.node_id,
                 self._epoch,
                 OverlayConfig(),
-                _OverlayLinks(self),
+                _OverlayLinks(self.members, self._deliver),
                 random.Random(self.swim.setup.seed),
             )
             for member in self.members.values():
@@ -283,10 +252,7 @@ class Mesh:
             peers = len(self.overlay.mesh) or min(len(self.overlay.peers), self.overlay.config.degree)
             self.overlay.publish(payload, self.clock.seconds())
             return peers
-        self._sequence += 1
-        message = Broadcast(self.node_id, self._epoch, self._sequence, payload)
-        self._seen_window(message).add(message.sequence)
-        return self._flood(encode_broadcast(message), exclude=None)
+        return self.flooding.broadcast(payload)
 
     def send_to(self, node_id: str, payload: bytes) -> None:
         """Send to one node: over its connection, or relayed through the mesh."""
@@ -296,11 +262,7 @@ class Mesh:
             return
         if member is None or member.state is PeerState.LEFT:
             raise LookupError(f"no node {node_id!r} in the mesh")
-        self._sequence += 1
-        message = Broadcast(self.node_id, self._epoch, self._sequence, payload, node_id)
-        self._seen_window(message).add(message.sequence)
-        self.counters["relayed"] += 1
-        self._flood(encode_broadcast(message), exclude=None)
+        self.flooding.relay(node_id, payload)
 
     def alive(self) -> list[str]:
         """Ids of the members believed alive (directly or by gossip)."""
@@ -325,7 +287,8 @@ class Mesh:
         if self.overlay is not None and session.node_id is not None:
             self.overlay.receive(session.node_id, body, self.clock.seconds())
 
-    def _overlay_delivered(self, origin: str, payload: bytes) -> None:
+    def _deliver(self, origin: str, payload: bytes) -> None:
+        """A broadcast (or relayed send) for this node: to the application."""
         self.counters["delivered"] += 1
         try:
             self.node.application.message_received(RemoteNode(self, origin), payload)
@@ -548,55 +511,6 @@ class Mesh:
             target for target in targets if target not in self.dialling.joined and target not in advertised
         ]
 
-    # Broadcast
-
-    def _broadcast_received(self, session: Session, body: bytes) -> None:
-        try:
-            message = decode_broadcast(body)
-        except ProtocolError as e:
-            session.protocol_error(str(e))
-            return
-        if not self._seen_window(message).add(message.sequence):
-            self.counters["duplicates"] += 1
-            return
-        if message.destination in ("", self.node_id):
-            self.counters["delivered"] += 1
-            peer = RemoteNode(self, message.origin)
-            try:
-                self.node.application.message_received(peer, message.payload)
-            except Exception:
-                _log.failure("application failed on a broadcast from {origin}", origin=message.origin)
-            if message.destination:
-                return
-        destination = self.members.get(message.destination) if message.destination else None
-        frame = encode_frame(BROADCAST, body)
-        if destination is not None and destination.session is not None:
-            destination.session.write_frame(frame)
-            self.counters["forwarded"] += 1
-            return
-        self.counters["forwarded"] += self._flood(frame, exclude=session)
-
-    def _flood(self, frame: bytes, exclude: Session | None) -> int:
-        sent = 0
-        for member in list(self.members.values()):
-            session = member.session
-            if session is not None and session is not exclude:
-                session.write_frame(frame)
-                sent += 1
-        return sent
-
-    def _seen_window(self, message: Broadcast) -> _Seen:
-        key = (message.origin, message.incarnation)
-        seen = self._seen.get(key)
-        if seen is None:
-            # Keep a few incarnations of each origin (a restarted node's old
-            # copies may still be in flight), and forget older ones.
-            mine = sorted(k for k in self._seen if k[0] == message.origin)
-            for old in mine[: max(0, len(mine) + 1 - INCARNATIONS_KEPT)]:
-                del self._seen[old]
-            seen = self._seen[key] = _Seen()
-        return seen
-
     def _wall(self) -> float:
         return float(self.node.manager._wall_clock())
 
@@ -605,13 +519,14 @@ class Mesh:
 class _OverlayLinks:
     """The overlay's packets go over the mesh's links; what it delivers, to the application."""
 
-    def __init__(self, mesh: Mesh) -> None:
-        self.mesh = mesh
+    def __init__(self, links: Mapping[str, Member], deliver: Callable[[str, bytes], None]) -> None:
+        self._links = links
+        self._deliver = deliver
 
     def send(self, peer_id: str, packet: bytes) -> None:
-        member = self.mesh.members.get(peer_id)
+        member = self._links.get(peer_id)
         if member is not None and member.session is not None:
             member.session.write_frame(encode_frame(OVERLAY, packet))
 
     def deliver(self, origin: str, payload: bytes) -> None:
-        self.mesh._overlay_delivered(origin, payload)
+        self._deliver(origin, payload)
