@@ -48,13 +48,9 @@ from netmodels.topologies.p2p.membership import IMembership, IMeshMembers
 from netmodels.topologies.p2p.messages import BROADCAST, OVERLAY, PEERS
 from netmodels.topologies.p2p.metrics import mesh_metrics
 from netmodels.topologies.p2p.swim_membership import SwimMembership, SwimSetup
+from netmodels.topologies.p2p.trimming import links_to_trim
 
-__all__ = [
-    "Member",
-    "Mesh",
-    "PeerState",
-    "RemoteNode",
-]
+__all__ = ["Member", "Mesh", "PeerState", "RemoteNode"]
 
 _log = Logger(namespace="netmodels.p2p")
 
@@ -433,39 +429,21 @@ class Mesh:
         self.membership.maintain(direct)
 
     def _trim(self, direct: list[Member]) -> None:
-        """
-        Above the high-water mark, close the least used inbound links, down to
-        max_peers: links outside the broadcast overlay's mesh first, and never
-        so many of its links that it falls under its low mark.
-        """
-        if len(direct) <= self.high_water:
-            return
-        now = self.clock.seconds()
+        """Above the high-water mark, close the least used inbound links (:func:`.links_to_trim`)."""
         overlay = self.overlay
-        candidates = []
-        for member in direct:
-            record = None if member.session is None else member.session.record
-            if record is None or record.direction is not Direction.INBOUND:
-                continue
-            if now - member.linked_at >= self.trim_grace:
-                in_mesh = overlay is not None and member.node_id in overlay.mesh
-                traffic = record.messages_in + record.messages_out
-                candidates.append((in_mesh, traffic, member.node_id, member))
-        candidates.sort(key=lambda candidate: candidate[:3])
-        overlay_links = 0 if overlay is None else len(overlay.mesh)
-        floor = 0 if overlay is None else overlay.config.degree_low
-        to_close = len(direct) - self.max_peers
+        doomed = links_to_trim(
+            direct,
+            self.clock.seconds(),
+            keep=self.max_peers,
+            high_water=self.high_water,
+            grace=self.trim_grace,
+            overlay_mesh=() if overlay is None else overlay.mesh,
+            overlay_floor=0 if overlay is None else overlay.config.degree_low,
+        )
         detail = f"trimmed: {len(direct)} connections, over the high-water mark of {self.high_water}"
-        for in_mesh, _, _, member in candidates:
-            if to_close <= 0:
-                break
-            if in_mesh:
-                if overlay_links <= floor:
-                    break
-                overlay_links -= 1
+        for member in doomed:
             assert member.session is not None
             self.trimmed += 1
-            to_close -= 1
             # Non-fatal "rejected": the peer holds off before it dials us again, and dials others.
             member.session.end(CloseReason.REJECTED, detail)
 
