@@ -12,7 +12,8 @@ import math
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from netmodels.topologies.p2p.lifeguard import ITimer, LocalHealth, Suspicion, suspicion_bounds
+from netmodels.topologies.p2p.lifeguard import LocalHealth, Suspicion, suspicion_bounds
+from netmodels.topologies.p2p.timer_heap import ITimer
 
 
 @implementer(ITimer)

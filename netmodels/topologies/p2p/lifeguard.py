@@ -22,16 +22,10 @@ import math
 from collections.abc import Callable
 
 from attrs import define, field
-from zope.interface import Interface
 
-__all__ = ["ITimer", "LocalHealth", "Suspicion", "suspicion_bounds"]
+from netmodels.topologies.p2p.timer_heap import ITimer
 
-
-class ITimer(Interface):
-    """A timer on its owner's clock, as :meth:`Suspicion.arm` is given one."""
-
-    def cancel() -> None:
-        """It will not run."""
+__all__ = ["LocalHealth", "Suspicion", "suspicion_bounds"]
 
 
 class LocalHealth:

@@ -38,17 +38,16 @@ view, from many members' probes: see docs/p2p-scale.rst.
 
 from __future__ import annotations
 
-import heapq
 import math
 import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from attrs import define, frozen
-from zope.interface import Interface, implementer
+from zope.interface import Interface
 
 from netmodels.topologies.p2p.dissemination import UpdateQueue, retransmit_limit
-from netmodels.topologies.p2p.lifeguard import ITimer, LocalHealth, Suspicion, suspicion_bounds
+from netmodels.topologies.p2p.lifeguard import LocalHealth, Suspicion, suspicion_bounds
 from netmodels.topologies.p2p.swim_wire import (
     PACKET_HEADER,
     MalformedPacket,
@@ -60,6 +59,7 @@ from netmodels.topologies.p2p.swim_wire import (
     encode_packet,
     update_size,
 )
+from netmodels.topologies.p2p.timer_heap import Timer, TimerHeap
 
 __all__ = ["ISwimOutput", "Swim", "SwimConfig", "SwimMember"]
 
@@ -146,17 +146,6 @@ class ISwimOutput(Interface):
         """``member``'s state changed (``previous`` is ``None`` for a new member)."""
 
 
-@implementer(ITimer)
-@define(eq=False)
-class _Timer:
-    when: float
-    action: Callable[[], None]
-    cancelled: bool = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
 @define
 class _Probe:
     sequence: int
@@ -215,8 +204,7 @@ class Swim:
         self._probe_order: list[str] = []
         self._relays: dict[int, tuple[str, int]] = {}
         self._queue = UpdateQueue()
-        self._timers: list[tuple[float, int, _Timer]] = []
-        self._timer_order = 0
+        self._timers = TimerHeap()
         self._started = False
         self._left = False
 
@@ -274,18 +262,11 @@ class Swim:
     def tick(self, now: float) -> None:
         """Run what is due at ``now``."""
         self._now = now
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            _, _, timer = heapq.heappop(timers)
-            if not timer.cancelled:
-                timer.action()
+        self._timers.run_due(now)
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` has something to do next."""
-        timers = self._timers
-        while timers and timers[0][2].cancelled:
-            heapq.heappop(timers)
-        return timers[0][0] if timers else None
+        return self._timers.next_deadline()
 
     def leave(self, now: float) -> None:
         """Say this node leaves: its own death, sent to a few members; then go quiet."""
@@ -335,11 +316,8 @@ class Swim:
 
     _now: float = 0.0
 
-    def _after(self, now: float, delay: float, action: Callable[[], None]) -> _Timer:
-        timer = _Timer(now + delay, action)
-        self._timer_order += 1
-        heapq.heappush(self._timers, (timer.when, self._timer_order, timer))
-        return timer
+    def _after(self, now: float, delay: float, action: Callable[[], None]) -> Timer:
+        return self._timers.after(now, delay, action)
 
     @property
     def awareness(self) -> int:
