@@ -43,11 +43,12 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from attrs import define, frozen
+from attrs import define
 from zope.interface import Interface
 
 from netmodels.topologies.p2p.dissemination import UpdateQueue, retransmit_limit
 from netmodels.topologies.p2p.lifeguard import LocalHealth, Suspicion, suspicion_bounds
+from netmodels.topologies.p2p.swim_config import SwimConfig
 from netmodels.topologies.p2p.swim_wire import (
     PACKET_HEADER,
     MalformedPacket,
@@ -62,43 +63,6 @@ from netmodels.topologies.p2p.swim_wire import (
 from netmodels.topologies.p2p.timer_heap import Timer, TimerHeap
 
 __all__ = ["ISwimOutput", "Swim", "SwimConfig", "SwimMember"]
-
-
-@frozen
-class SwimConfig:
-    """The protocol's timing and sizes; defaults as memberlist's LAN profile but one."""
-
-    protocol_period: float = 1.0
-    probe_timeout: float = 0.5
-    indirect_probes: int = 3
-    #: The shortest suspicion lasts this many periods times log10(n) (Lifeguard's
-    #: alpha). 2.5, not memberlist's 4: in simulation (benchmarks/p2p_scale.py)
-    #: 1,000 nodes then see a crash within 15 s, and 5 % loss with 2 s stalls
-    #: still kills nobody.
-    suspicion_mult: float = 2.5
-    #: ... but never shorter than this many periods: in a small cluster a
-    #: member stalled for a couple of seconds (a GC pause, SIGSTOP) must have
-    #: time to hear of its suspicion and refute it. From 100 members up
-    #: (2.5 x log10(100) = 5) it changes nothing.
-    suspicion_floor: float = 5.0
-    #: The longest (no confirmation) lasts this many times the shortest (beta).
-    suspicion_max_mult: float = 6.0
-    #: Independent accusations besides the first that bring a suspicion down to
-    #: the shortest (K; memberlist: its multiplier - 2).
-    suspicion_confirmations: int = 1
-    retransmit_mult: int = 4
-    gossip_interval: float = 0.2
-    gossip_fanout: int = 3
-    #: Push-pull interval at up to 32 members; it grows with log2(n) beyond.
-    push_pull_interval: float = 30.0
-    awareness_max: int = 8
-    #: Seeds and dead members are re-contacted this often (and seeds every
-    #: ``join_retry`` doubling to this, until the first answer).
-    rejoin_interval: float = 30.0
-    join_retry: float = 1.0
-    dead_retention: float = 3600.0
-    #: No packet is larger.
-    max_packet: int = 1400
 
 
 @define(eq=False)
@@ -296,6 +260,11 @@ class Swim:
 
     # What it knows
 
+    @property
+    def awareness(self) -> int:
+        """Lifeguard's local health score: 0 (healthy) to ``awareness_max`` - 1."""
+        return self.health.score
+
     def alive(self) -> list[str]:
         """Node ids of members alive or suspect (still believed up)."""
         return [m.node_id for m in self.members.values() if m.state is not MemberState.DEAD]
@@ -318,11 +287,6 @@ class Swim:
 
     def _after(self, now: float, delay: float, action: Callable[[], None]) -> Timer:
         return self._timers.after(now, delay, action)
-
-    @property
-    def awareness(self) -> int:
-        """Lifeguard's local health score: 0 (healthy) to ``awareness_max`` - 1."""
-        return self.health.score
 
     # Probing
 

@@ -21,7 +21,8 @@ from netmodels.topologies.p2p.addresses import fill_host, swim_port_beside, swim
 from netmodels.topologies.p2p.dialling import Dialling
 from netmodels.topologies.p2p.members import Member, PeerState
 from netmodels.topologies.p2p.membership import IMembership, IMeshMembers
-from netmodels.topologies.p2p.swim import SwimConfig, SwimMember
+from netmodels.topologies.p2p.swim import SwimMember
+from netmodels.topologies.p2p.swim_config import SwimConfig
 from netmodels.topologies.p2p.swim_port import SwimPort, parse_address
 from netmodels.topologies.p2p.swim_wire import MemberState
 
