@@ -177,7 +177,7 @@ class EncryptedBroadcastTests(test_integration_p2p.BroadcastExactlyOnceTests):
                 for i in range(20)
             }
             self.assertEqual(set(received), wanted)
-            self.assertEqual(mesh.membership.counts["unsealed_dropped"], 0)  # type: ignore[union-attr]
+            self.assertEqual(mesh.swim.port.counts["unsealed_dropped"], 0)  # type: ignore[union-attr]
 
     @defer.inlineCallbacks
     def test_an_outsider_never_joins(self) -> Any:

@@ -46,6 +46,7 @@ from netmodels.runtime.node import Node, NodeConfig
 from netmodels.runtime.session import Session, decode_bye, encode_bye
 from netmodels.testing import DatagramNetwork, MemoryLink, MemoryNetwork
 from netmodels.topologies.p2p import mesh as p2p
+from netmodels.topologies.p2p.flooding import SEEN_WINDOW
 from netmodels.topologies.p2p.mesh import (
     DIAL_GRACE,
     TICK,
@@ -53,10 +54,10 @@ from netmodels.topologies.p2p.mesh import (
     Mesh,
     PeerState,
     RemoteNode,
-    SwimSetup,
 )
 from netmodels.topologies.p2p.messages import BROADCAST, MAX_MEMBERS, PEERS, Broadcast, encode_broadcast
 from netmodels.topologies.p2p.options import P2PSettings
+from netmodels.topologies.p2p.swim_membership import SwimSetup
 from netmodels.topologies.p2p.topology import BroadcastApplication, PeerToPeer, first_endpoint, mesh_of
 from tests.test_testing import CLOSE_DEADLINE, RawPeer, WireTap, advance_by, advance_to, raw_hello
 
@@ -1567,13 +1568,13 @@ class DeduplicationTests(SynchronousTestCase):
 
     def test_gap_given_up_past_the_window(self) -> None:
         """A sequence number that never arrives does not make the window grow without bound."""
-        window = p2p.SEEN_WINDOW
+        window = SEEN_WINDOW
         self.send(*(Broadcast("far", 1, seq, b"x") for seq in range(2, window + 3)))
         self.assertEqual(len(self.mesh.received("n00")), window + 1)
         self.send(Broadcast("far", 1, window + 3, b"last"))
         self.assertEqual(self.mesh.received("n00")[-1], ("far", b"last"))
         for node in ("n00", "n01"):
-            seen = self.mesh.mesh(node)._seen[("far", 1)]
+            seen = self.mesh.mesh(node).flooding._seen[("far", 1)]
             self.assertLessEqual(len(seen.above), window, node)
 
 
@@ -1597,39 +1598,6 @@ class BroadcastApplicationTests(SynchronousTestCase):
                 if text.startswith(f"hello #1 from {origin}".encode())
             }
             self.assertEqual(heard, set(mesh.nodes) - {me}, me)
-
-
-class SeenWindowTests(SynchronousTestCase):
-    """The de-duplication window of one origin incarnation: bounded, whatever goes missing."""
-
-    def test_bounded_under_a_gap(self) -> None:
-        """Sequence 1 never comes: the window never holds more than SEEN_WINDOW ids, and gives 1 up."""
-        window = p2p.SEEN_WINDOW
-        seen = p2p._Seen()
-        for sequence in range(2, 3 * window):
-            self.assertTrue(seen.add(sequence), sequence)
-            self.assertLessEqual(len(seen.above), window, sequence)
-        # Given up: the gap counts as seen, and everything after it is contiguous.
-        self.assertEqual((seen.low, seen.above), (3 * window - 1, set()))
-        self.assertFalse(seen.add(1))
-        self.assertFalse(seen.add(3 * window - 1))
-        self.assertTrue(seen.add(3 * window))
-
-    def test_bounded_under_many_gaps(self) -> None:
-        """Only odd ids arrive: still bounded, and each id is new once."""
-        window = p2p.SEEN_WINDOW
-        seen = p2p._Seen()
-        for sequence in range(1, 6 * window, 2):
-            self.assertTrue(seen.add(sequence), sequence)
-            self.assertFalse(seen.add(sequence), sequence)
-            self.assertLessEqual(len(seen.above), window, sequence)
-
-    def test_out_of_order_within_the_window(self) -> None:
-        """Reordering within the window loses nothing and leaves nothing above the low mark."""
-        seen = p2p._Seen()
-        for sequence in (3, 1, 4, 2, 6, 5):
-            self.assertTrue(seen.add(sequence), sequence)
-        self.assertEqual((seen.low, seen.above), (6, set()))
 
 
 class StartOrderTests(SynchronousTestCase):

@@ -169,7 +169,7 @@ class ProbeTests(SynchronousTestCase):
 
     def test_awareness_stretches_the_protocol_period(self) -> None:
         harness = SwimHarness()
-        harness.swim.awareness = 3
+        harness.swim.health.score = 3
         harness.until_ping()
         start = harness.now
         harness.until_ping()

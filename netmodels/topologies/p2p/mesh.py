@@ -2,37 +2,29 @@
 The peer-to-peer topology: every node listens and dials, and the nodes form a
 mesh.
 
-- **Membership** (:class:`Member`): by default SWIM's (:mod:`.swim_port`,
-  :doc:`p2p-scale`): members, states and stream endpoints come from it, and
+- **Membership** (:class:`Member`) is its :class:`~.membership.IMembership`'s
+  word. By default SWIM's (:mod:`.swim_membership`, :doc:`p2p-scale`):
   connections are links dialled to alive members, up to ``--max-peers``,
   trimmed above ``--high-water``; broadcasts go through the overlay
   (:mod:`.gossipsub`) as OVERLAY frames. With ``--swim off``, membership is
-  by connections and driven by the shared keepalive: ``alive``; ``suspect``
-  once a probe went unanswered for an interval; ``dead`` when the connection
-  ended for any reason other than the peer's own BYE; ``left`` when it said
-  BYE; nodes learn the others through peer exchange (PEERS frames), and
-  broadcasts flood the links with de-duplication. Each node has an
-  *incarnation* (its start time in ms): news about a node is ordered by
-  incarnation, and a node that hears itself called suspect or dead refutes
-  it with a new one.
+  by connections and PEERS gossip (:mod:`.gossip_membership`), and
+  broadcasts flood the links with de-duplication (:mod:`.flooding`).
 - **One connection per pair.** When two nodes dial each other at once, both
   keep the connection dialled by the smaller node id and close the other
   (BYE, detail "duplicate").
 - **Direct sends** to a node id go straight over its connection, or are
-  relayed (a BROADCAST frame with a destination) when there is none.
+  relayed (a BROADCAST frame with a destination, :mod:`.flooding`) when
+  there is none.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from attrs import define, field
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -40,38 +32,25 @@ from zope.interface import implementer
 
 from netmodels.core.backoff import DEFAULT_RECONNECT_POLICY, ReconnectPolicy
 from netmodels.core.connection import ConnectionRecord, Direction
-from netmodels.core.frames import MalformedMessage, ProtocolError, encode_frame
+from netmodels.core.frames import encode_frame
 from netmodels.core.reasons import CloseReason
 from netmodels.runtime.interfaces import IPeer
 from netmodels.runtime.manager import ConnectFailed, ManagedConnection
 from netmodels.runtime.node import Node
 from netmodels.runtime.session import Session
-from netmodels.topologies.p2p.addresses import dialable_endpoint, fill_host, swim_port_beside, swim_seed_of
+from netmodels.topologies.p2p.addresses import dialable_endpoint
 from netmodels.topologies.p2p.dialling import Dialling
+from netmodels.topologies.p2p.flooding import Flooding
+from netmodels.topologies.p2p.gossip_membership import GossipMembership
 from netmodels.topologies.p2p.gossipsub import IOverlayOutput, Overlay, OverlayConfig
-from netmodels.topologies.p2p.members import PRECEDENCE, Member, PeerState
-from netmodels.topologies.p2p.messages import (
-    BROADCAST,
-    MAX_MEMBERS,
-    OVERLAY,
-    PEERS,
-    Broadcast,
-    decode_broadcast,
-    decode_peers,
-    encode_broadcast,
-)
+from netmodels.topologies.p2p.members import Member, PeerState
+from netmodels.topologies.p2p.membership import IMembership, IMeshMembers
+from netmodels.topologies.p2p.messages import BROADCAST, OVERLAY, PEERS
 from netmodels.topologies.p2p.metrics import mesh_metrics
-from netmodels.topologies.p2p.swim import SwimConfig, SwimMember
-from netmodels.topologies.p2p.swim_port import SwimPort, parse_address
-from netmodels.topologies.p2p.swim_wire import MemberState
+from netmodels.topologies.p2p.swim_membership import SwimMembership, SwimSetup
+from netmodels.topologies.p2p.trimming import links_to_trim
 
-__all__ = [
-    "Member",
-    "Mesh",
-    "PeerState",
-    "RemoteNode",
-    "SwimSetup",
-]
+__all__ = ["Member", "Mesh", "PeerState", "RemoteNode"]
 
 _log = Logger(namespace="netmodels.p2p")
 
@@ -79,61 +58,8 @@ _log = Logger(namespace="netmodels.p2p")
 TICK = 1.0
 #: A smaller-id peer that has not dialled us within this long, we dial.
 DIAL_GRACE = 2.0
-#: Message ids remembered per origin beyond its contiguous low mark.
-SEEN_WINDOW = 4096
-#: Broadcast windows kept per origin, one per incarnation it broadcast under.
-INCARNATIONS_KEPT = 4
 #: With SWIM, a connection younger than this is never trimmed (libp2p's grace period).
 TRIM_GRACE = 30.0
-
-
-@define
-class SwimSetup:
-    """
-    Where and how a node runs SWIM (``--swim``). ``port`` ``None`` (``--swim
-    auto``): on the first listener's interface and port number, plus one when
-    that listener is UDP (the port is then the stream transport's).
-    """
-
-    port: int | None = None
-    interface: str = ""
-    #: ``host:port`` addresses, or callables returning one (or ``None``: not yet);
-    #: none: the bootstrap peers' hosts, at their SWIM ports (:func:`swim_seed_of`).
-    seeds: list[str | Callable[[], str | None]] = field(factory=list)
-    advertise: str | None = None
-    config: SwimConfig = field(factory=SwimConfig)
-    #: Seeds SWIM's random choices (tests); ``None``: from the system.
-    seed: int | None = None
-
-
-#: What SWIM's member states are here.
-_SWIM_STATES = {
-    MemberState.ALIVE: PeerState.ALIVE,
-    MemberState.SUSPECT: PeerState.SUSPECT,
-    MemberState.DEAD: PeerState.DEAD,
-}
-
-
-@define
-class _Seen:
-    """Message ids seen from one origin incarnation: all up to ``low``, then a set."""
-
-    low: int = 0
-    above: set[int] = field(factory=set)
-
-    def add(self, sequence: int) -> bool:
-        """Record ``sequence``; ``False`` if it was seen before."""
-        if sequence <= self.low or sequence in self.above:
-            return False
-        self.above.add(sequence)
-        while self.low + 1 in self.above:
-            self.low += 1
-            self.above.discard(self.low)
-        if len(self.above) > SEEN_WINDOW:
-            # A gap that never fills (a message lost upstream): give it up.
-            self.low = min(self.above)
-            self.above.discard(self.low)
-        return True
 
 
 @implementer(IPeer)
@@ -181,8 +107,9 @@ class RemoteNode:
         return None if member is None else member.session
 
 
+@implementer(IMeshMembers)
 class Mesh:
-    """The p2p engine of one node: membership, dialling, gossip and broadcast."""
+    """The p2p engine of one node: links, dialling and broadcast, and the members its membership says."""
 
     def __init__(
         self,
@@ -207,7 +134,7 @@ class Mesh:
             tests pass a memory network's).
         :param endpoints: what to advertise (default: the node's listeners,
             once they listen).
-        :param swim: run SWIM membership (:mod:`.swim_port`): members and
+        :param swim: run SWIM membership (:mod:`.swim_membership`): members and
             their states come from it, not from connections and PEERS gossip.
         :param high_water: with SWIM, above this many connections (default
             twice ``max_peers``) the least used inbound ones older than
@@ -219,17 +146,11 @@ class Mesh:
         self.max_peers = max_peers
         self.bootstrap = list(bootstrap)
         self.policy = policy
-        self._draw = draw
         self.tick = tick
         self._fixed_endpoints = endpoints
-        self.incarnation = 0
         self._epoch = 0
         self.members: dict[str, Member] = {}
         self.endpoints: tuple[str, ...] = ()
-        self._sequence = 0
-        self._seen: dict[tuple[str, int], _Seen] = {}
-        self._changed: dict[str, Member] = {}
-        self._gossip_call: IDelayedCall | None = None
         self._loop: LoopingCall | None = None
         self.dialling = Dialling(
             self.node_id,
@@ -242,19 +163,26 @@ class Mesh:
             draw,
         )
         self._stopping = False
-        self.swim_setup = swim
+        #: SWIM's membership, with ``swim`` (the same as :attr:`membership`).
+        self.swim: SwimMembership | None = None
+        #: Who the members are, and in what state.
+        self.membership: IMembership
+        if swim is None:
+            self.membership = GossipMembership(self.node_id, self, self.dialling, self.clock, draw)
+        else:
+            self.swim = SwimMembership(node, swim, self, self.dialling, lambda: self.bootstrap)
+            self.membership = self.swim
         self.high_water = 2 * max_peers if high_water is None else high_water
         self.trim_grace = trim_grace
         #: Connections closed for being over the high-water mark.
         self.trimmed = 0
-        #: The SWIM membership, while it runs.
-        self.membership: SwimPort | None = None
-        self._membership_port: Any = None
         #: With SWIM, broadcasts go through this overlay over the links (flooding without).
         self.overlay: Overlay | None = None
         self.counters = {"sent": 0, "delivered": 0, "duplicates": 0, "forwarded": 0, "relayed": 0}
-        node.add_handler(PEERS, self._peers_received)
-        node.add_handler(BROADCAST, self._broadcast_received)
+        #: Broadcasts without the overlay, and relayed sends.
+        self.flooding = Flooding(self.node_id, self.members, self._deliver, self.counters)
+        node.add_handler(PEERS, self.membership.peers_received)
+        node.add_handler(BROADCAST, self.flooding.received)
         node.add_handler(OVERLAY, self._overlay_received)
         node.on_liveness(self._liveness)
         node.manager.subscribe(self._connection_event)
@@ -264,74 +192,52 @@ class Mesh:
             node.add_status_section("swim", self._swim_status)
         node.add_metrics(lambda: mesh_metrics(self))
 
+    @property
+    def incarnation(self) -> int:
+        """This node's incarnation as its membership tells the others (0 until started)."""
+        return self.membership.incarnation
+
     # Life
 
     def start(self) -> None:
-        self.incarnation = int(self._wall() * 1000)
+        incarnation = int(self._wall() * 1000)
         # Broadcast ids use the incarnation this process started with: a
         # refutation bumps the membership incarnation, and must not make
         # copies of earlier broadcasts still in flight look new.
-        self._epoch = self.incarnation
+        self._epoch = incarnation
+        self.flooding.start(incarnation)
         if self._fixed_endpoints is not None:
             self.endpoints = self._fixed_endpoints
         else:
             listening = [listener for listener in self.node.listeners if listener.port]
             self.endpoints = tuple(dialable_endpoint(listener) for listener in listening)
-        if self.swim_setup is not None:
-            self._start_swim(self.swim_setup)
+        if self.swim is not None:
+            self.overlay = Overlay(
+                self.node_id,
+                self._epoch,
+                OverlayConfig(),
+                _OverlayLinks(self.members, self._deliver),
+                random.Random(self.swim.setup.seed),
+            )
+            for member in self.members.values():
+                if member.session is not None:
+                    self.overlay.peer_up(member.node_id)
+        self.membership.start(incarnation, self.endpoints)
         self._loop = LoopingCall(self._maintain)
         self._loop.clock = self.clock
         self._loop.start(self.tick, now=True)
 
-    def _start_swim(self, setup: SwimSetup) -> None:
-        self.overlay = Overlay(
-            self.node_id, self._epoch, OverlayConfig(), _OverlayLinks(self), random.Random(setup.seed)
-        )
-        for member in self.members.values():
-            if member.session is not None:
-                self.overlay.peer_up(member.node_id)
-        membership = SwimPort(
-            self.node.reactor,
-            self.node_id,
-            self.incarnation,
-            setup.config,
-            self.node.config.cluster_keys,
-            random.Random(setup.seed),
-            self._swim_changed,
-        )
-        port, interface = setup.port, setup.interface
-        if port is None:
-            port, interface = swim_port_beside(self.node.listeners[0].port)
-        # The datagram reactor: real UDP, or a test's in-memory network.
-        datagrams = self.node.datagram_reactor
-        self._membership_port = datagrams.listenUDP(port, membership, interface=interface)
-        if setup.seeds:
-            seeds = [seed() if callable(seed) else seed for seed in setup.seeds]
-        else:
-            transport = self.node.config.transport
-            peers = [peer() if callable(peer) else peer for peer in self.bootstrap]
-            seeds = [swim_seed_of(peer, transport, setup.port) for peer in peers if peer]
-        membership.begin([seed for seed in seeds if seed], setup.advertise, " ".join(self.endpoints))
-        self.membership = membership
-
     @property
     def swim_address(self) -> str | None:
         """This node's SWIM address, once SWIM runs."""
-        swim = None if self.membership is None else self.membership.swim
-        return None if swim is None else swim.address
+        return None if self.swim is None else self.swim.address
 
     def stop(self) -> None:
         self._stopping = True
-        if self.membership is not None:
-            self.membership.leave()
-            self._membership_port.stopListening()
-            self.membership = None
+        self.membership.stop()
         self.dialling.stop()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        if self._gossip_call is not None and self._gossip_call.active():
-            self._gossip_call.cancel()
-        self._gossip_call = None
 
     # What applications use
 
@@ -342,10 +248,7 @@ class Mesh:
             peers = len(self.overlay.mesh) or min(len(self.overlay.peers), self.overlay.config.degree)
             self.overlay.publish(payload, self.clock.seconds())
             return peers
-        self._sequence += 1
-        message = Broadcast(self.node_id, self._epoch, self._sequence, payload)
-        self._seen_window(message).add(message.sequence)
-        return self._flood(encode_broadcast(message), exclude=None)
+        return self.flooding.broadcast(payload)
 
     def send_to(self, node_id: str, payload: bytes) -> None:
         """Send to one node: over its connection, or relayed through the mesh."""
@@ -355,11 +258,7 @@ class Mesh:
             return
         if member is None or member.state is PeerState.LEFT:
             raise LookupError(f"no node {node_id!r} in the mesh")
-        self._sequence += 1
-        message = Broadcast(self.node_id, self._epoch, self._sequence, payload, node_id)
-        self._seen_window(message).add(message.sequence)
-        self.counters["relayed"] += 1
-        self._flood(encode_broadcast(message), exclude=None)
+        self.flooding.relay(node_id, payload)
 
     def alive(self) -> list[str]:
         """Ids of the members believed alive (directly or by gossip)."""
@@ -375,8 +274,8 @@ class Mesh:
             "known": len(self.members),
             "by_state": {str(s): states.count(s) for s in PeerState},
             "broadcasts": dict(self.counters),
-            "membership": "gossip" if self.swim_setup is None else "swim",
-            "high_water": self.high_water if self.swim_setup is not None else None,
+            "membership": self.membership.name,
+            "high_water": self.high_water if self.swim is not None else None,
             "trimmed": self.trimmed,
         }
 
@@ -384,7 +283,8 @@ class Mesh:
         if self.overlay is not None and session.node_id is not None:
             self.overlay.receive(session.node_id, body, self.clock.seconds())
 
-    def _overlay_delivered(self, origin: str, payload: bytes) -> None:
+    def _deliver(self, origin: str, payload: bytes) -> None:
+        """A broadcast (or relayed send) for this node: to the application."""
         self.counters["delivered"] += 1
         try:
             self.node.application.message_received(RemoteNode(self, origin), payload)
@@ -392,18 +292,38 @@ class Mesh:
             _log.failure("application failed on a broadcast from {origin}", origin=origin)
 
     def _swim_status(self) -> dict[str, Any]:
-        membership = self.membership
-        swim = None if membership is None else membership.swim
-        if membership is None or swim is None:
-            return {"running": False}
-        overlay = None if self.overlay is None else self.overlay.status()
-        return {
-            "running": True,
-            "address": swim.address,
-            **swim.status(),
-            **membership.counts,
-            "overlay": overlay,
-        }
+        assert self.swim is not None
+        status = self.swim.status()
+        if status["running"]:
+            status["overlay"] = None if self.overlay is None else self.overlay.status()
+        return status
+
+    # Members (IMeshMembers: what the membership changes)
+
+    def member(self, node_id: str) -> Member:
+        member = self.members.get(node_id)
+        if member is None:
+            member = Member(node_id, since=self._wall(), known_since=self.clock.seconds())
+            self.members[node_id] = member
+            self.membership.member_changed(member)
+        return member
+
+    def set_state(self, member: Member, state: PeerState) -> None:
+        if member.state is state and member.since:
+            return
+        if member.state is not state:
+            _log.info(
+                "[{node}] peer {peer} is {state}{reason}",
+                node=self.node_id,
+                peer=member.node_id,
+                state=str(state),
+                reason=f" ({member.last_reason})"
+                if member.last_reason and state is not PeerState.ALIVE
+                else "",
+            )
+        member.state = state
+        member.since = self._wall()
+        self.membership.member_changed(member)
 
     # Connections
 
@@ -430,7 +350,7 @@ class Mesh:
             # (the dialling remembers not to do that again).
             session.close()
             return
-        member = self._member(peer_id)
+        member = self.member(peer_id)
         current = member.session
         if current is not None and current is not session:
             keep = self._keep(current, session)
@@ -444,27 +364,14 @@ class Mesh:
             )
             drop.end(CloseReason.CLEAN, f"duplicate connection; keeping the one {dialler} dialled")
             return
-        before = member.gossip()
         member.session = session
         member.linked_at = self.clock.seconds()
         # Connected, whoever dialled: its dialer forgets failures and hold-offs.
         self.dialling.connected(peer_id)
         member.via = None
-        if self.swim_setup is not None:
-            # SWIM says who is alive; a connection is one link, and the overlay's to use.
-            if self.overlay is not None:
-                self.overlay.peer_up(peer_id)
-            if member.state is PeerState.DEAD and self.membership is not None:
-                # It answers, yet SWIM holds it dead (a healed partition): compare notes now.
-                self.membership.sync_with(peer_id)
-            return
-        self._set_state(member, PeerState.ALIVE)
-        # Push-pull: the newcomer gets our whole view at once. If we (or
-        # gossip) had it suspect or dead, it is told so, and refutes with a
-        # new incarnation: only that can lift "dead" everywhere else.
-        told_bad = before["state"] in (PeerState.SUSPECT, PeerState.DEAD)
-        view = [before if m is member and told_bad else m.gossip() for m in self.members.values()]
-        session.write_frame(self._peers_frame_from(view, include_self=True))
+        if self.overlay is not None:
+            self.overlay.peer_up(peer_id)
+        self.membership.link_up(member, session)
 
     def _session_closed(self, session: Session, record: ConnectionRecord) -> None:
         peer_id = session.node_id
@@ -477,18 +384,9 @@ class Mesh:
         member.last_reason = None if record.reason is None else str(record.reason)
         if self._stopping:
             return
-        if self.swim_setup is not None:
-            if self.overlay is not None:
-                self.overlay.peer_down(peer_id)
-            # A link went down; the member is what SWIM says. Redial by the reason.
-            if member.state in (PeerState.ALIVE, PeerState.SUSPECT):
-                self.dialling.lost(peer_id, record)
-            return
-        if session.bye_received and record.reason is CloseReason.CLEAN:
-            self._set_state(member, PeerState.LEFT)
-        else:
-            self.dialling.lost(peer_id, record)
-            self._set_state(member, PeerState.DEAD)
+        if self.overlay is not None:
+            self.overlay.peer_down(peer_id)
+        self.membership.link_down(member, session, record)
 
     def _keep(self, first: Session, second: Session) -> Session:
         """Of two connections to one peer, the one both sides keep."""
@@ -504,16 +402,14 @@ class Mesh:
         return self.node_id if outbound else (session.node_id or "")
 
     def _liveness(self, session: Session, state: str) -> None:
-        if self.swim_setup is not None:
-            return
         member = self.members.get(session.node_id or "")
         if member is not None and member.session is session:
-            self._set_state(member, PeerState.SUSPECT if state == "suspect" else PeerState.ALIVE)
+            self.membership.liveness(member, state)
 
     # Dialling
 
     def _maintain(self) -> None:
-        """One round: dial who is missing, and gossip the whole view to one peer."""
+        """One round: dial who is missing, and let the membership do its round."""
         now = self.clock.seconds()
         direct = [m for m in self.members.values() if m.session is not None]
         self.dialling.dial_bootstrap(self._bootstrap_targets(direct))
@@ -521,62 +417,33 @@ class Mesh:
             1 for m in self.members.values() if m.session is None and self.dialling.busy(m.node_id)
         )
         budget = self.max_peers - len(direct) - in_flight
-        for member in sorted(self.members.values(), key=self._dial_order):
+        for member in sorted(self.members.values(), key=self.membership.dial_order):
             if budget <= 0:
                 break
             if self._should_dial(member, now) and self._dial(member):
                 budget -= 1
-        if self.swim_setup is not None:
+        if self.swim is not None:
             self._trim(direct)
-            if self.overlay is not None:
-                self.overlay.heartbeat(now)
-        if direct and self.swim_setup is None:
-            random_peer = direct[int(self._draw() * len(direct)) % len(direct)]
-            random_peer.session.write_frame(  # type: ignore[union-attr]
-                self._peers_frame(self.members.values(), include_self=True)
-            )
-
-    def _dial_order(self, member: Member) -> Any:
-        if self.swim_setup is None:
-            return member.node_id
-        # Each node ranks the members by a hash of both ids (rendezvous
-        # hashing): a spread of links, and no member everyone dials.
-        return hashlib.blake2s(f"{self.node_id}/{member.node_id}".encode(), digest_size=8).digest()
+        if self.overlay is not None:
+            self.overlay.heartbeat(now)
+        self.membership.maintain(direct)
 
     def _trim(self, direct: list[Member]) -> None:
-        """
-        Above the high-water mark, close the least used inbound links, down to
-        max_peers: links outside the broadcast overlay's mesh first, and never
-        so many of its links that it falls under its low mark.
-        """
-        if len(direct) <= self.high_water:
-            return
-        now = self.clock.seconds()
+        """Above the high-water mark, close the least used inbound links (:func:`.links_to_trim`)."""
         overlay = self.overlay
-        candidates = []
-        for member in direct:
-            record = None if member.session is None else member.session.record
-            if record is None or record.direction is not Direction.INBOUND:
-                continue
-            if now - member.linked_at >= self.trim_grace:
-                in_mesh = overlay is not None and member.node_id in overlay.mesh
-                traffic = record.messages_in + record.messages_out
-                candidates.append((in_mesh, traffic, member.node_id, member))
-        candidates.sort(key=lambda candidate: candidate[:3])
-        overlay_links = 0 if overlay is None else len(overlay.mesh)
-        floor = 0 if overlay is None else overlay.config.degree_low
-        to_close = len(direct) - self.max_peers
+        doomed = links_to_trim(
+            direct,
+            self.clock.seconds(),
+            keep=self.max_peers,
+            high_water=self.high_water,
+            grace=self.trim_grace,
+            overlay_mesh=() if overlay is None else overlay.mesh,
+            overlay_floor=0 if overlay is None else overlay.config.degree_low,
+        )
         detail = f"trimmed: {len(direct)} connections, over the high-water mark of {self.high_water}"
-        for in_mesh, _, _, member in candidates:
-            if to_close <= 0:
-                break
-            if in_mesh:
-                if overlay_links <= floor:
-                    break
-                overlay_links -= 1
+        for member in doomed:
             assert member.session is not None
             self.trimmed += 1
-            to_close -= 1
             # Non-fatal "rejected": the peer holds off before it dials us again, and dials others.
             member.session.end(CloseReason.REJECTED, detail)
 
@@ -584,10 +451,8 @@ class Mesh:
         """Whether membership says to dial ``member`` now (its dialer may still be holding off)."""
         if member.session is not None or not member.endpoints or member.state is PeerState.LEFT:
             return False
-        if self.swim_setup is not None and member.state is PeerState.DEAD:
+        if not self.membership.may_dial(member):
             return False
-        if member.state is PeerState.DEAD and self.dialling.failures(member.node_id) == 0:
-            return False  # Dead by gossip: whoever saw it die redials it.
         # Greater ids are ours to dial; smaller ones dial us, unless they have not.
         return member.node_id > self.node_id or now - member.known_since >= DIAL_GRACE
 
@@ -605,10 +470,7 @@ class Mesh:
             return
         record: ConnectionRecord = failure.value.record  # type: ignore[union-attr]
         member.last_reason = None if record.reason is None else str(record.reason)
-        if self.swim_setup is not None:
-            return
-        if member.state is not PeerState.LEFT and self.dialling.failures(member.node_id) >= 2:
-            self._set_state(member, PeerState.DEAD)
+        self.membership.dial_failed(member)
 
     def _bootstrap_targets(self, direct: list[Member]) -> list[str]:
         """
@@ -627,200 +489,6 @@ class Mesh:
             target for target in targets if target not in self.dialling.joined and target not in advertised
         ]
 
-    # Gossip
-
-    def _member(self, node_id: str) -> Member:
-        member = self.members.get(node_id)
-        if member is None:
-            member = Member(node_id, since=self._wall(), known_since=self.clock.seconds())
-            self.members[node_id] = member
-            self._announce(member)
-        return member
-
-    def _set_state(self, member: Member, state: PeerState) -> None:
-        if member.state is state and member.since:
-            return
-        if member.state is not state:
-            _log.info(
-                "[{node}] peer {peer} is {state}{reason}",
-                node=self.node_id,
-                peer=member.node_id,
-                state=str(state),
-                reason=f" ({member.last_reason})"
-                if member.last_reason and state is not PeerState.ALIVE
-                else "",
-            )
-        member.state = state
-        member.since = self._wall()
-        self._announce(member)
-
-    def _announce(self, member: Member) -> None:
-        """Tell direct peers about ``member`` soon, coalescing changes into one frame."""
-        if self.swim_setup is not None:
-            return
-        self._changed[member.node_id] = member
-        if self._gossip_call is None and not self._stopping:
-            self._gossip_call = self.clock.callLater(0, self._send_changes)
-
-    def _send_changes(self) -> None:
-        self._gossip_call = None
-        changed, self._changed = list(self._changed.values()), {}
-        if not changed:
-            return
-        frame = self._peers_frame(changed, include_self=False)
-        for member in list(self.members.values()):
-            if member.session is not None:
-                member.session.write_frame(frame)
-
-    def _peers_frame(self, members: Iterable[Member], include_self: bool) -> bytes:
-        return self._peers_frame_from([m.gossip() for m in members], include_self)
-
-    def _peers_frame_from(self, entries: list[dict[str, Any]], include_self: bool) -> bytes:
-        entries = entries[: MAX_MEMBERS - 1]
-        if include_self:
-            entries.append(
-                {
-                    "id": self.node_id,
-                    "endpoints": list(self.endpoints),
-                    "incarnation": self.incarnation,
-                    "state": "alive",
-                }
-            )
-        return encode_frame(PEERS, json.dumps({"members": entries}).encode())
-
-    def _peers_received(self, session: Session, body: bytes) -> None:
-        if self.swim_setup is not None:
-            return  # From a node with --swim off: SWIM alone says who is a member.
-        try:
-            entries = decode_peers(body)
-        except MalformedMessage as e:
-            session.protocol_error(str(e))
-            return
-        sender = session.node_id
-        observed_host = getattr(session.transport.getPeer(), "host", None)
-        for node_id, endpoints, incarnation, state in entries:
-            if node_id == self.node_id:
-                if state in (PeerState.SUSPECT, PeerState.DEAD) and incarnation >= self.incarnation:
-                    # Refute: a new incarnation says we are alive.
-                    self.incarnation = max(self.incarnation, incarnation) + 1
-                    self._send_self()
-                continue
-            if node_id == sender:
-                endpoints = tuple(fill_host(e, observed_host) for e in endpoints)
-            self._merge(node_id, endpoints, incarnation, state, via=sender)
-
-    def _merge(
-        self, node_id: str, endpoints: tuple[str, ...], incarnation: int, state: PeerState, via: str | None
-    ) -> None:
-        member = self.members.get(node_id)
-        if member is None:
-            member = self._member(node_id)
-            member.endpoints, member.incarnation, member.via = endpoints, incarnation, via
-            if member.session is None:
-                self._set_state(member, state)
-            return
-        if endpoints and (incarnation > member.incarnation or not member.endpoints):
-            member.endpoints = endpoints
-        if incarnation > member.incarnation and member.state in (PeerState.DEAD, PeerState.LEFT):
-            # It restarted: dial it again at once.
-            self.dialling.came_back(node_id)
-        if member.session is not None:
-            # Our own connection is the authority on a direct peer; a rumour
-            # that it is suspect or dead goes to it, so that it refutes.
-            if state in (PeerState.SUSPECT, PeerState.DEAD) and incarnation >= member.incarnation:
-                rumour = {
-                    "id": node_id,
-                    "endpoints": list(endpoints),
-                    "incarnation": incarnation,
-                    "state": str(state),
-                }
-                member.session.write_frame(self._peers_frame_from([rumour], include_self=False))
-            if incarnation > member.incarnation:
-                # It refuted a rumour: it is alive, and says so with a new
-                # incarnation. Pass that on (as alive: re-announcing our own
-                # suspicion under its new incarnation would make it refute
-                # again, and again).
-                member.incarnation = incarnation
-                if member.state is PeerState.ALIVE:
-                    self._announce(member)
-                else:
-                    self._set_state(member, PeerState.ALIVE)
-            return
-        newer = incarnation > member.incarnation
-        stronger = incarnation == member.incarnation and PRECEDENCE[state] > PRECEDENCE[member.state]
-        if newer or stronger:
-            member.incarnation = incarnation
-            member.via = via
-            self._set_state(member, state)
-
-    def _send_self(self) -> None:
-        frame = self._peers_frame((), include_self=True)
-        for member in self.members.values():
-            if member.session is not None:
-                member.session.write_frame(frame)
-
-    def _swim_changed(self, swim_member: SwimMember, previous: MemberState | None) -> None:
-        """SWIM's word on a member: its state, incarnation and stream endpoints."""
-        member = self._member(swim_member.node_id)
-        host, _ = parse_address(swim_member.address)
-        endpoints = tuple(fill_host(e, host) for e in swim_member.meta.split())
-        if endpoints:
-            member.endpoints = endpoints
-        member.incarnation = swim_member.incarnation
-        state = PeerState.LEFT if swim_member.left else _SWIM_STATES[swim_member.state]
-        if state is PeerState.ALIVE and member.state in (PeerState.DEAD, PeerState.LEFT):
-            self.dialling.came_back(member.node_id)
-        self._set_state(member, state)
-
-    # Broadcast
-
-    def _broadcast_received(self, session: Session, body: bytes) -> None:
-        try:
-            message = decode_broadcast(body)
-        except ProtocolError as e:
-            session.protocol_error(str(e))
-            return
-        if not self._seen_window(message).add(message.sequence):
-            self.counters["duplicates"] += 1
-            return
-        if message.destination in ("", self.node_id):
-            self.counters["delivered"] += 1
-            peer = RemoteNode(self, message.origin)
-            try:
-                self.node.application.message_received(peer, message.payload)
-            except Exception:
-                _log.failure("application failed on a broadcast from {origin}", origin=message.origin)
-            if message.destination:
-                return
-        destination = self.members.get(message.destination) if message.destination else None
-        frame = encode_frame(BROADCAST, body)
-        if destination is not None and destination.session is not None:
-            destination.session.write_frame(frame)
-            self.counters["forwarded"] += 1
-            return
-        self.counters["forwarded"] += self._flood(frame, exclude=session)
-
-    def _flood(self, frame: bytes, exclude: Session | None) -> int:
-        sent = 0
-        for member in list(self.members.values()):
-            session = member.session
-            if session is not None and session is not exclude:
-                session.write_frame(frame)
-                sent += 1
-        return sent
-
-    def _seen_window(self, message: Broadcast) -> _Seen:
-        key = (message.origin, message.incarnation)
-        seen = self._seen.get(key)
-        if seen is None:
-            # Keep a few incarnations of each origin (a restarted node's old
-            # copies may still be in flight), and forget older ones.
-            mine = sorted(k for k in self._seen if k[0] == message.origin)
-            for old in mine[: max(0, len(mine) + 1 - INCARNATIONS_KEPT)]:
-                del self._seen[old]
-            seen = self._seen[key] = _Seen()
-        return seen
-
     def _wall(self) -> float:
         return float(self.node.manager._wall_clock())
 
@@ -829,13 +497,14 @@ class Mesh:
 class _OverlayLinks:
     """The overlay's packets go over the mesh's links; what it delivers, to the application."""
 
-    def __init__(self, mesh: Mesh) -> None:
-        self.mesh = mesh
+    def __init__(self, links: Mapping[str, Member], deliver: Callable[[str, bytes], None]) -> None:
+        self._links = links
+        self._deliver = deliver
 
     def send(self, peer_id: str, packet: bytes) -> None:
-        member = self.mesh.members.get(peer_id)
+        member = self._links.get(peer_id)
         if member is not None and member.session is not None:
             member.session.write_frame(encode_frame(OVERLAY, packet))
 
     def deliver(self, origin: str, payload: bytes) -> None:
-        self.mesh._overlay_delivered(origin, payload)
+        self._deliver(origin, payload)

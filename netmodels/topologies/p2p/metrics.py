@@ -13,6 +13,7 @@ from netmodels.topologies.p2p.members import PeerState
 
 if TYPE_CHECKING:
     from netmodels.topologies.p2p.mesh import Mesh
+    from netmodels.topologies.p2p.swim_port import SwimPort
 
 __all__ = ["mesh_metrics"]
 
@@ -38,16 +39,15 @@ def mesh_metrics(mesh: Mesh) -> list[Metric]:
     )
     for event, count in mesh.counters.items():
         copies.add_metric([event], count)
-    if mesh.swim_setup is None:
+    if mesh.swim is None:
         return [members, direct, copies]
-    return [members, direct, copies, *_swim_metrics(mesh)]
+    return [members, direct, copies, *_swim_metrics(mesh.swim.port)]
 
 
-def _swim_metrics(mesh: Mesh) -> list[Metric]:
-    membership = mesh.membership
-    swim = None if membership is None else membership.swim
+def _swim_metrics(port: SwimPort | None) -> list[Metric]:
+    swim = None if port is None else port.swim
     counts = {} if swim is None else swim.counts
-    dropped_counts = {} if membership is None else membership.counts
+    dropped_counts = {} if port is None else port.counts
 
     def counter(name: str, text: str, value: int) -> CounterMetricFamily:
         return CounterMetricFamily(f"netmodels_swim_{name}", text, value=value)

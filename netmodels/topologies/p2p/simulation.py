@@ -20,7 +20,8 @@ from attrs import define, field
 from zope.interface import implementer
 
 from netmodels.topologies.p2p.gossipsub import IOverlayOutput, Overlay, OverlayConfig
-from netmodels.topologies.p2p.swim import ISwimOutput, Swim, SwimConfig, SwimMember
+from netmodels.topologies.p2p.swim import ISwimOutput, Swim, SwimMember
+from netmodels.topologies.p2p.swim_config import SwimConfig
 from netmodels.topologies.p2p.swim_wire import MemberState
 
 __all__ = ["Cluster", "SimulatedNetwork"]

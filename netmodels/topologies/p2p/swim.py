@@ -10,24 +10,19 @@ and keeps that view true with little traffic, as memberlist does:
   timeout; if not, PING_REQs ask ``indirect_probes`` other members to probe
   it too (they answer NACK when they could not reach it either). No ACK by
   the end of the period: the member becomes *suspect*.
-- **Suspicion** (Lifeguard): a suspect member is declared dead when its
-  suspicion times out. The timeout starts at ``suspicion_max_mult`` times the
-  minimum and shrinks towards the minimum (``suspicion_mult`` x log10(n)
-  periods) as other members independently accuse it, so one slow link
-  cannot kill a member, and a real failure is confirmed fast. The member
-  itself refutes a suspicion by gossiping ``alive`` with a greater
-  incarnation; a PING to a suspect member carries its suspicion so it hears
-  of it at once (Lifeguard's buddy system).
-- **Local health** (Lifeguard): a node whose own probes fail without the
-  NACKs that prove the others responsive, or that has to refute a suspicion
-  of itself, is probably the slow one: its awareness score rises (to
-  ``awareness_max`` - 1) and stretches its probe timeout and protocol period
-  by (score + 1), so a CPU-starved node slows down instead of accusing
-  healthy members. Each successful probe lowers the score.
-- **Dissemination**: every state change is queued and piggybacked on PINGs
-  and ACKs, and sent to ``gossip_fanout`` random members each gossip
-  interval, until it went out ``retransmit_mult`` x ceil(log10(n + 1))
-  times; a newer change about a member replaces the older. A full state
+- **Suspicion** (Lifeguard, :mod:`.lifeguard`): a suspect member is declared
+  dead when its suspicion times out, sooner the more members independently
+  accuse it. The member itself refutes a suspicion by gossiping ``alive``
+  with a greater incarnation; a PING to a suspect member carries its
+  suspicion so it hears of it at once (Lifeguard's buddy system).
+- **Local health** (Lifeguard, :mod:`.lifeguard`): a node whose own probes
+  fail without NACKs, or that has to refute a suspicion of itself, stretches
+  its probe timeout and protocol period instead of accusing healthy members.
+- **Dissemination** (:mod:`.dissemination`): every state change is queued
+  and piggybacked on PINGs and ACKs, and sent to ``gossip_fanout`` random
+  members each gossip interval, until it went out ``retransmit_mult`` x
+  ceil(log10(n + 1)) times; a newer change about a member replaces the
+  older. A full state
   exchange (push-pull: SYNC, answered with SYNC_REPLY) with one random
   member runs only on a long interval that grows with the cluster.
 - **Join and heal**: :meth:`Swim.join` pushes and pulls state with every
@@ -43,15 +38,17 @@ view, from many members' probes: see docs/p2p-scale.rst.
 
 from __future__ import annotations
 
-import heapq
 import math
 import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from attrs import define, field, frozen
+from attrs import define
 from zope.interface import Interface
 
+from netmodels.topologies.p2p.dissemination import UpdateQueue, retransmit_limit
+from netmodels.topologies.p2p.lifeguard import LocalHealth, Suspicion, suspicion_bounds
+from netmodels.topologies.p2p.swim_config import SwimConfig
 from netmodels.topologies.p2p.swim_wire import (
     PACKET_HEADER,
     MalformedPacket,
@@ -63,45 +60,9 @@ from netmodels.topologies.p2p.swim_wire import (
     encode_packet,
     update_size,
 )
+from netmodels.topologies.p2p.timer_heap import Timer, TimerHeap
 
 __all__ = ["ISwimOutput", "Swim", "SwimConfig", "SwimMember"]
-
-
-@frozen
-class SwimConfig:
-    """The protocol's timing and sizes; defaults as memberlist's LAN profile but one."""
-
-    protocol_period: float = 1.0
-    probe_timeout: float = 0.5
-    indirect_probes: int = 3
-    #: The shortest suspicion lasts this many periods times log10(n) (Lifeguard's
-    #: alpha). 2.5, not memberlist's 4: in simulation (benchmarks/p2p_scale.py)
-    #: 1,000 nodes then see a crash within 15 s, and 5 % loss with 2 s stalls
-    #: still kills nobody.
-    suspicion_mult: float = 2.5
-    #: ... but never shorter than this many periods: in a small cluster a
-    #: member stalled for a couple of seconds (a GC pause, SIGSTOP) must have
-    #: time to hear of its suspicion and refute it. From 100 members up
-    #: (2.5 x log10(100) = 5) it changes nothing.
-    suspicion_floor: float = 5.0
-    #: The longest (no confirmation) lasts this many times the shortest (beta).
-    suspicion_max_mult: float = 6.0
-    #: Independent accusations besides the first that bring a suspicion down to
-    #: the shortest (K; memberlist: its multiplier - 2).
-    suspicion_confirmations: int = 1
-    retransmit_mult: int = 4
-    gossip_interval: float = 0.2
-    gossip_fanout: int = 3
-    #: Push-pull interval at up to 32 members; it grows with log2(n) beyond.
-    push_pull_interval: float = 30.0
-    awareness_max: int = 8
-    #: Seeds and dead members are re-contacted this often (and seeds every
-    #: ``join_retry`` doubling to this, until the first answer).
-    rejoin_interval: float = 30.0
-    join_retry: float = 1.0
-    dead_retention: float = 3600.0
-    #: No packet is larger.
-    max_packet: int = 1400
 
 
 @define(eq=False)
@@ -118,7 +79,7 @@ class SwimMember:
     meta: str = ""
     #: The member said it left (dead by its own word).
     left: bool = False
-    suspicion: _Suspicion | None = None
+    suspicion: Suspicion | None = None
 
     def update(self) -> Update:
         """This member's state as gossip."""
@@ -150,44 +111,12 @@ class ISwimOutput(Interface):
 
 
 @define
-class _Suspicion:
-    accuser: str
-    started: float
-    minimum: float
-    maximum: float
-    #: Independent accusations expected before the timeout reaches its minimum.
-    expected: int
-    accusers: set[str] = field(factory=set)
-    timer: _Timer | None = None
-
-    def timeout(self) -> float:
-        confirmations = len(self.accusers - {self.accuser})
-        if self.expected < 1:
-            return self.minimum
-        fraction = math.log(confirmations + 1) / math.log(self.expected + 1)
-        return max(self.minimum, self.maximum - (self.maximum - self.minimum) * fraction)
-
-
-@define(eq=False)
-class _Timer:
-    when: float
-    action: Callable[[], None]
-    cancelled: bool = False
-
-
-@define
 class _Probe:
     sequence: int
     target: SwimMember
     acked: bool = False
     nacks: int = 0
     expected_nacks: int = 0
-
-
-@define
-class _Queued:
-    update: Update
-    transmits: int = 0
 
 
 class Swim:
@@ -214,8 +143,7 @@ class Swim:
         self.output = output
         self.rng = rng
         self.members: dict[str, SwimMember] = {}
-        #: Lifeguard's local health: 0 (healthy) to awareness_max - 1.
-        self.awareness = 0
+        self.health = LocalHealth(config.awareness_max)
         self.counts: dict[str, int] = dict.fromkeys(
             (
                 "packets_sent",
@@ -239,9 +167,8 @@ class Swim:
         self._probe: _Probe | None = None
         self._probe_order: list[str] = []
         self._relays: dict[int, tuple[str, int]] = {}
-        self._queue: dict[str, _Queued] = {}
-        self._timers: list[tuple[float, int, _Timer]] = []
-        self._timer_order = 0
+        self._queue = UpdateQueue()
+        self._timers = TimerHeap()
         self._started = False
         self._left = False
 
@@ -299,18 +226,11 @@ class Swim:
     def tick(self, now: float) -> None:
         """Run what is due at ``now``."""
         self._now = now
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            _, _, timer = heapq.heappop(timers)
-            if not timer.cancelled:
-                timer.action()
+        self._timers.run_due(now)
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` has something to do next."""
-        timers = self._timers
-        while timers and timers[0][2].cancelled:
-            heapq.heappop(timers)
-        return timers[0][0] if timers else None
+        return self._timers.next_deadline()
 
     def leave(self, now: float) -> None:
         """Say this node leaves: its own death, sent to a few members; then go quiet."""
@@ -340,6 +260,11 @@ class Swim:
 
     # What it knows
 
+    @property
+    def awareness(self) -> int:
+        """Lifeguard's local health score: 0 (healthy) to ``awareness_max`` - 1."""
+        return self.health.score
+
     def alive(self) -> list[str]:
         """Node ids of members alive or suspect (still believed up)."""
         return [m.node_id for m in self.members.values() if m.state is not MemberState.DEAD]
@@ -360,23 +285,14 @@ class Swim:
 
     _now: float = 0.0
 
-    def _after(self, now: float, delay: float, action: Callable[[], None]) -> _Timer:
-        timer = _Timer(now + delay, action)
-        self._timer_order += 1
-        heapq.heappush(self._timers, (timer.when, self._timer_order, timer))
-        return timer
-
-    def _scaled(self, seconds: float) -> float:
-        return seconds * (self.awareness + 1)
-
-    def _aware(self, delta: int) -> None:
-        self.awareness = min(self.config.awareness_max - 1, max(0, self.awareness + delta))
+    def _after(self, now: float, delay: float, action: Callable[[], None]) -> Timer:
+        return self._timers.after(now, delay, action)
 
     # Probing
 
     def _probe_next(self) -> None:
         now = self._now
-        period = self._scaled(self.config.protocol_period)
+        period = self.health.scale(self.config.protocol_period)
         self._after(now, period, self._probe_next)
         target = self._next_target()
         if target is None:
@@ -387,7 +303,7 @@ class Swim:
         # Lifeguard's buddy system: a suspect member hears of it from its prober.
         first = (target.update(),) if target.state is MemberState.SUSPECT else ()
         self._send(target.address, PacketKind.PING, probe.sequence, target.node_id, first=first)
-        self._after(now, self._scaled(self.config.probe_timeout), lambda: self._indirect(probe))
+        self._after(now, self.health.scale(self.config.probe_timeout), lambda: self._indirect(probe))
         self._after(now, period - 1e-9, lambda: self._probe_ended(probe))
 
     def _next_target(self) -> SwimMember | None:
@@ -418,9 +334,7 @@ class Swim:
         if probe.acked:
             return
         self.counts["probes_failed"] += 1
-        # Missing NACKs: the helpers did not answer us either, so the fault
-        # is likely ours (Lifeguard); no helpers at all says nothing.
-        self._aware(probe.expected_nacks - probe.nacks if probe.expected_nacks else 0)
+        self.health.probe_failed(probe.expected_nacks, probe.nacks)
         target = probe.target
         if target.state is not MemberState.DEAD and self.members.get(target.node_id) is target:
             self._suspect(target, target.incarnation, self.node_id)
@@ -429,7 +343,7 @@ class Swim:
         probe = self._probe
         if probe is not None and probe.sequence == sequence and not probe.acked:
             probe.acked = True
-            self._aware(-1)
+            self.health.probe_succeeded()
             return
         relay = self._relays.pop(sequence, None)
         if relay is not None:
@@ -477,7 +391,7 @@ class Swim:
             self.members[update.node_id] = member
             # New members join the probe order at a random place.
             self._probe_order.insert(self.rng.randint(0, len(self._probe_order)), member.node_id)
-            self._queue_update(member.update())
+            self._queue.put(member.update())
             self.output.member_changed(member, None)
             return
         if update.incarnation <= member.incarnation:
@@ -505,42 +419,33 @@ class Swim:
         suspicion = member.suspicion
         if member.state is MemberState.SUSPECT and suspicion is not None:
             if incarnation == member.incarnation:
-                if accuser not in suspicion.accusers:
-                    suspicion.accusers.add(accuser)
+                if suspicion.confirm(accuser):
                     self._reschedule(member, suspicion)
-                    self._queue_update(Update(MemberState.SUSPECT, incarnation, member.node_id, accuser))
+                    self._queue.put(Update(MemberState.SUSPECT, incarnation, member.node_id, accuser))
                 return
-            if suspicion.timer is not None:
-                suspicion.timer.cancelled = True
+            suspicion.cancel()
         config = self.config
-        size = len(self.members) + 1
-        periods = max(config.suspicion_floor, config.suspicion_mult * max(1.0, math.log10(size)))
-        minimum = periods * config.protocol_period
-        suspicion = _Suspicion(
-            accuser,
-            self._now,
-            minimum,
-            minimum * config.suspicion_max_mult,
-            config.suspicion_confirmations,
-            {accuser},
+        minimum, maximum = suspicion_bounds(
+            len(self.members) + 1,
+            config.protocol_period,
+            config.suspicion_mult,
+            config.suspicion_floor,
+            config.suspicion_max_mult,
         )
+        suspicion = Suspicion(accuser, self._now, minimum, maximum, config.suspicion_confirmations, {accuser})
         member.incarnation = incarnation
         member.suspicion = suspicion
         self.counts["suspicions"] += 1
         self._reschedule(member, suspicion)
         self._set_state(member, MemberState.SUSPECT, member.state)
 
-    def _reschedule(self, member: SwimMember, suspicion: _Suspicion) -> None:
-        if suspicion.timer is not None:
-            suspicion.timer.cancelled = True
-        deadline = suspicion.started + suspicion.timeout()
-
+    def _reschedule(self, member: SwimMember, suspicion: Suspicion) -> None:
         def expired() -> None:
             if member.suspicion is suspicion and member.state is MemberState.SUSPECT:
                 verdict = Update(MemberState.DEAD, member.incarnation, member.node_id, self.node_id)
                 self._dead(verdict, self._now)
 
-        suspicion.timer = self._after(self._now, max(0.0, deadline - self._now), expired)
+        suspicion.arm(self._now, lambda delay: self._after(self._now, delay, expired))
 
     def _dead(self, update: Update, now: float) -> None:
         if update.node_id == self.node_id:
@@ -561,59 +466,31 @@ class Swim:
         dead_long = self._now - member.since >= self.config.dead_retention - 1e-6
         if member.state is MemberState.DEAD and dead_long and self.members.get(member.node_id) is member:
             del self.members[member.node_id]
-            self._queue.pop(member.node_id, None)
+            self._queue.forget(member.node_id)
 
     def _refute(self, incarnation: int) -> None:
         self.incarnation = max(self.incarnation, incarnation) + 1
         self.counts["refutations"] += 1
-        self._aware(1)
-        self._queue_update(self._self_update())
+        self.health.refuted()
+        self._queue.put(self._self_update())
 
     def _self_update(self) -> Update:
         return Update(MemberState.ALIVE, self.incarnation, self.node_id, self.address, self.meta)
 
     def _set_state(self, member: SwimMember, state: MemberState, previous: MemberState) -> None:
         if state is not MemberState.SUSPECT and member.suspicion is not None:
-            if member.suspicion.timer is not None:
-                member.suspicion.timer.cancelled = True
+            member.suspicion.cancel()
             member.suspicion = None
         member.state = state
         if state is not previous:
             member.since = self._now
-        self._queue_update(member.update())
+        self._queue.put(member.update())
         self.output.member_changed(member, previous)
 
     # Dissemination
 
-    def _retransmit_limit(self) -> int:
-        return self.config.retransmit_mult * math.ceil(math.log10(len(self.members) + 2))
-
-    def _queue_update(self, update: Update) -> None:
-        # A newer word about a member replaces the older (memberlist's
-        # invalidation); confirmations of a suspicion do too.
-        self._queue[update.node_id] = _Queued(update)
-
     def _piggyback(self, room: int, first: Sequence[Update] = ()) -> tuple[Update, ...]:
-        chosen = list(first)
-        room -= sum(update_size(u) for u in first)
-        if not self._queue or room <= 0:
-            return tuple(chosen)
-        limit = self._retransmit_limit()
-        queued = sorted(self._queue.values(), key=lambda q: q.transmits)
-        for entry in queued:
-            if len(chosen) == 255:
-                break
-            if entry.update in first:
-                continue
-            size = update_size(entry.update)
-            if size > room:
-                continue
-            room -= size
-            chosen.append(entry.update)
-            entry.transmits += 1
-            if entry.transmits >= limit:
-                self._queue.pop(entry.update.node_id, None)
-        return tuple(chosen)
+        return self._queue.take(room, retransmit_limit(self.config.retransmit_mult, len(self.members)), first)
 
     def _gossip(self) -> None:
         now = self._now

@@ -32,7 +32,8 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from netmodels.topologies.p2p.swim import ISwimOutput, Swim, SwimConfig, SwimMember
+from netmodels.topologies.p2p.swim import ISwimOutput, Swim, SwimMember
+from netmodels.topologies.p2p.swim_config import SwimConfig
 from netmodels.topologies.p2p.swim_wire import MemberState
 
 __all__ = ["PacketSeal", "SwimPort", "format_address", "is_ip_address", "parse_address", "routed_source"]

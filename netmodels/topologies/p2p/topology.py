@@ -15,9 +15,10 @@ from netmodels.runtime.interfaces import IPeer
 from netmodels.runtime.node import Node, NodeConfig
 from netmodels.runtime.topology import Topology
 from netmodels.topologies.p2p.addresses import dialable_endpoint
-from netmodels.topologies.p2p.mesh import Mesh, SwimSetup
+from netmodels.topologies.p2p.mesh import Mesh
 from netmodels.topologies.p2p.messages import MESSAGE_TYPES
 from netmodels.topologies.p2p.options import P2POptions, P2PSettings
+from netmodels.topologies.p2p.swim_membership import SwimSetup
 
 __all__ = ["BroadcastApplication", "PeerToPeer", "first_endpoint", "mesh_of"]
 
@@ -92,10 +93,10 @@ class PeerToPeer(Topology):
             # The first node's port is known only once it listens: ask then.
             mesh = mesh_of(node)
             mesh.bootstrap.append(lambda: first_endpoint(first))
-            if mesh.swim_setup is not None:
+            if mesh.swim is not None:
                 # Its own SWIM port on loopback, joining the first node's.
-                mesh.swim_setup = attrs.evolve(
-                    mesh.swim_setup,
+                mesh.swim.setup = attrs.evolve(
+                    mesh.swim.setup,
                     port=0,
                     interface="127.0.0.1",
                     seeds=[lambda: mesh_of(first).swim_address],
