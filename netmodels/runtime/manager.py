@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -41,7 +42,7 @@ from netmodels.core.connection import (
 from netmodels.core.reasons import CloseReason, Closure, Initiator
 from netmodels.runtime.classify import classify_connect_failure, classify_connection_lost
 from netmodels.transports.interfaces import IConnectionObserver, IDatagramTransport, ILivenessObserver
-from netmodels.transports.tcp import capture_errno, direct_writer
+from netmodels.transports.tcp import send_around_buffer, watch_socket
 
 __all__ = [
     "CORK_LIMIT",
@@ -145,8 +146,9 @@ class ManagedConnection(ProtocolWrapper):
         self._abort_call: IDelayedCall | None = None
         self._close_callbacks: list[Callable[[ConnectionRecord], None]] | None = None
         self._producer: Any = None
-        # Plain TCP: writes go straight to the socket while Twisted's buffer is empty.
-        self._direct: Callable[[bytes], bytes] | None = None
+        # Plain TCP: its socket, for writes that go straight to it while
+        # Twisted's buffer is empty (see send_around_buffer).
+        self._direct: socket.socket | None = None
         # Fan-out frames held until the end of the reactor turn (see cork()).
         self._corked: list[bytes] | None = None
         self._corked_size = 0
@@ -170,14 +172,13 @@ class ManagedConnection(ProtocolWrapper):
         self.host = str(getattr(peer, "host", record.peer))
         self.transport = transport
         self.connected = 1
-        capture_errno(transport, self)
+        self._direct = watch_socket(transport, self)
         if IDatagramTransport.providedBy(transport):
             self._datagram = transport
             self.unreliable_channel = True
             # A datagram session's loss, duplicate and retransmission counts,
             # computed when the status is read, not on every datagram.
             record.extra["datagram"] = transport.datagram_status
-        self._direct = direct_writer(transport, self)
         manager = self.manager
         refusal = manager._admit(self)
         manager._opened(self)
@@ -218,7 +219,7 @@ class ManagedConnection(ProtocolWrapper):
             # Twisted would buffer this and send it on the next reactor pass;
             # with nothing queued, sending now saves a pass and an epoll
             # round on every request/response. Leftovers go the usual way.
-            data = direct(data)
+            data = send_around_buffer(self.transport, direct, self, data)
             if not data:
                 return
         self.transport.write(data)

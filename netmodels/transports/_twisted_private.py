@@ -7,10 +7,12 @@ feature (the errno of an RST, a send without a reactor pass), never a crash:
 - ``tcp.Connection`` reads and writes through its ``socket`` attribute, which
   :func:`swap_socket` replaces with a proxy that records errnos;
 - its write buffer is ``dataBuffer``/``offset``/``_tempDataLen``, read by
-  :func:`direct_writer` (to send around an empty buffer) and
+  :func:`send_around_buffer` (to send around an empty buffer) and
   :func:`unsent_bytes`;
 - ``tcp.Port`` keeps its listening socket in ``socket``, where
-  :func:`listening_socket` finds it to set options its connections inherit;
+  :func:`listening_socket` finds it to set options its connections inherit,
+  and each ``tcp.Server`` it accepts keeps the port in ``server``, where
+  :func:`listener_of` finds it;
 - ``udp.Port`` keeps its socket in ``socket``, which :func:`raw_sendto` uses
   to skip Twisted's per-call address validation, and reads it in ``doRead``
   (``recvfrom`` in a loop up to ``maxThroughput`` bytes), which
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from functools import partial
 from types import FunctionType
 from typing import Any, Protocol
 
@@ -34,11 +37,14 @@ from twisted.python import log
 __all__ = [
     "BUFFER_ATTRIBUTES",
     "SOCKET_IO",
+    "can_send_around_buffer",
     "direct_writer",
     "io_goes_through_socket",
+    "listener_of",
     "listening_socket",
     "raw_sendto",
     "read_in_bursts",
+    "send_around_buffer",
     "socket_of",
     "swap_socket",
     "unsent_bytes",
@@ -114,40 +120,65 @@ def unsent_bytes(connection: tcp.Connection) -> int | None:
     return len(connection.dataBuffer) - connection.offset + connection._tempDataLen
 
 
+def can_send_around_buffer(transport: object) -> bool:
+    """
+    Whether :func:`send_around_buffer` may be used on ``transport``: a plain
+    ``tcp.Connection`` (not TLS or another wrapper, whose bytes must not be
+    bypassed) whose buffer is where we look.
+    """
+    return isinstance(transport, tcp.Connection) and _has_buffer(transport)
+
+
+def send_around_buffer(
+    connection: tcp.Connection, sock: socket.socket, observer: _ErrnoObserver, data: bytes
+) -> bytes:
+    """
+    Send ``data`` on ``sock`` (``connection``'s own socket) at once when
+    Twisted's buffer is empty, and return what is left for
+    ``connection.write`` (all of it while anything is buffered). Errnos of a
+    failed send go to ``observer`` (the kernel reports an RST once, and the
+    read that ends the connection then only sees EOF). Only for a
+    ``connection`` that passed :func:`can_send_around_buffer`.
+
+    A function, not a closure per connection: a closure and its cells are
+    five objects more for every connection, and the garbage collector
+    walks each of them.
+    """
+    if (
+        connection._tempDataLen
+        or connection.offset != len(connection.dataBuffer)
+        or not connection.connected
+        or connection.disconnecting
+    ):
+        return data
+    try:
+        sent = sock.send(data)
+    except OSError as e:
+        if e.errno is not None:
+            observer.record_errno(e.errno)
+        return data
+    return data[sent:] if sent != len(data) else b""
+
+
 def direct_writer(
     transport: object, sock: socket.socket, observer: _ErrnoObserver
 ) -> Callable[[bytes], bytes] | None:
     """
-    For a plain ``tcp.Connection`` (not TLS or another wrapper, whose bytes
-    must not be bypassed): a function that sends ``data`` on ``sock`` at once
-    when Twisted's buffer is empty, and returns what is left for
-    ``transport.write`` (all of it while anything is buffered). Errnos of a
-    failed send go to ``observer`` (the kernel reports an RST once, and the
-    read that ends the connection then only sees EOF). ``None`` when
-    ``transport`` is not one, or its buffer is not where we look.
+    :func:`send_around_buffer` bound to ``transport``, ``sock`` and
+    ``observer``: a function that sends ``data`` at once when Twisted's
+    buffer is empty and returns what is left. ``None`` when ``transport``
+    is not a plain ``tcp.Connection``, or its buffer is not where we look.
     """
-    if not isinstance(transport, tcp.Connection) or not _has_buffer(transport):
+    if not can_send_around_buffer(transport):
         return None
-    connection = transport
-    send = sock.send
+    return partial(send_around_buffer, transport, sock, observer)  # type: ignore[arg-type]
 
-    def write_around_buffer(data: bytes) -> bytes:
-        if (
-            connection._tempDataLen
-            or connection.offset != len(connection.dataBuffer)
-            or not connection.connected
-            or connection.disconnecting
-        ):
-            return data
-        try:
-            sent = send(data)
-        except OSError as e:
-            if e.errno is not None:
-                observer.record_errno(e.errno)
-            return data
-        return data[sent:] if sent != len(data) else b""
 
-    return write_around_buffer
+def listener_of(connection: object) -> object | None:
+    """The ``tcp.Port`` that accepted ``connection`` (a ``tcp.Server``); ``None`` for others."""
+    if not isinstance(connection, tcp.Server):
+        return None
+    return connection.__dict__.get("server")
 
 
 def raw_sendto(port: object) -> Callable[[bytes, tuple[str, int]], object] | None:

@@ -21,6 +21,7 @@ from twisted.internet import tcp
 
 from netmodels.core.keepalive import KeepaliveSettings
 from netmodels.transports import _twisted_private as private
+from netmodels.transports._twisted_private import send_around_buffer
 from netmodels.transports.interfaces import IErrnoSource
 
 __all__ = [
@@ -30,8 +31,10 @@ __all__ = [
     "capture_errno",
     "direct_writer",
     "find_tcp_connection",
+    "send_around_buffer",
     "set_no_delay",
     "unsent_bytes",
+    "watch_socket",
 ]
 
 
@@ -122,6 +125,20 @@ def direct_writer(transport: object, observer: ErrnoObserver) -> Callable[[bytes
     if sock is None:
         return None
     return private.direct_writer(transport, sock, observer)
+
+
+def watch_socket(transport: object, observer: ErrnoObserver) -> socket.socket | None:
+    """
+    :func:`capture_errno` on ``transport`` for ``observer``; and if
+    ``transport`` *is* a plain ``tcp.Connection``, its socket, for
+    :func:`send_around_buffer` to send on at once while Twisted's buffer is
+    empty (``None`` otherwise). What :func:`direct_writer` does, without a
+    function object per connection.
+    """
+    capture_errno(transport, observer)
+    if not private.can_send_around_buffer(transport):
+        return None
+    return _unwrapped(private.socket_of(transport))  # type: ignore[arg-type]
 
 
 def unsent_bytes(transport: object) -> int | None:
