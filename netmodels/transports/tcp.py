@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import socket
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -201,13 +202,16 @@ class SessionSocketOptions:
 
     Linux copies a listening socket's options to each connection it accepts,
     so a node sets them once on its listener (:meth:`apply_to_listener`),
-    and each accepted connection reads one option back instead of setting
-    six (:meth:`apply`). The one read back is the one set last, and is off by
-    default: a connection that was accepted before the listener had it, or
-    on a system that does not copy options, gets them set as before.
+    and an accepted connection is checked for one option instead of having
+    six set (:meth:`apply`). The one checked is the one set last, and is off
+    by default: a connection that was accepted before the listener had it,
+    or on a system that does not copy options, gets them set as before.
+    Once a connection of a listener is seen to have inherited them, the
+    later ones of that listener have too (the kernel queues connections in
+    the order it made them), and are not checked: no system call at all.
     """
 
-    __slots__ = ("_marker", "_options")
+    __slots__ = ("_inheriting", "_marker", "_options")
 
     def __init__(self, keepalive: KeepaliveSettings | None, user_timeout: float | None) -> None:
         options = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
@@ -223,6 +227,9 @@ class SessionSocketOptions:
             options.append((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1))
         self._options = tuple(options)
         self._marker = options[-1]
+        # The listeners these options were set on: True once one of their
+        # connections was seen to have inherited them.
+        self._inheriting: weakref.WeakKeyDictionary[object, bool] = weakref.WeakKeyDictionary()
 
     def _set(self, sock: socket.socket) -> None:
         for level, name, value in self._options:
@@ -234,12 +241,20 @@ class SessionSocketOptions:
         one, only those it did not inherit from its listener. ``False`` when
         there is no TCP socket.
         """
+        listener = None
+        if accepted:
+            connection = find_tcp_connection(transport)
+            listener = None if connection is None else private.listener_of(connection)
+            if listener is not None and self._inheriting.get(listener):
+                return True
         sock = _raw_socket(transport)
         if sock is None:
             return False
         if accepted:
             level, name, value = self._marker
             if sock.getsockopt(level, name) == value:
+                if listener is not None and listener in self._inheriting:
+                    self._inheriting[listener] = True
                 return True
         self._set(sock)
         return True
@@ -252,4 +267,5 @@ class SessionSocketOptions:
         if sock.family not in (socket.AF_INET, socket.AF_INET6):
             return False
         self._set(sock)
+        self._inheriting[port] = False
         return True
