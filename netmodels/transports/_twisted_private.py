@@ -83,8 +83,10 @@ _SOCKET_IO = io_goes_through_socket()
 
 def socket_of(connection: tcp.Connection) -> socket.socket | None:
     """The socket object ``connection`` does its I/O through (a proxy if swapped), if any."""
-    sock = connection.__dict__.get("socket")
-    return sock if sock is not None else None
+    # getattr, not __dict__: reading an instance's __dict__ makes CPython
+    # build it as a dict object, one more for the collector per connection.
+    sock: socket.socket | None = getattr(connection, "socket", None)
+    return sock
 
 
 def listening_socket(port: object) -> socket.socket | None:
@@ -178,7 +180,7 @@ def listener_of(connection: object) -> object | None:
     """The ``tcp.Port`` that accepted ``connection`` (a ``tcp.Server``); ``None`` for others."""
     if not isinstance(connection, tcp.Server):
         return None
-    return connection.__dict__.get("server")
+    return getattr(connection, "server", None)
 
 
 def raw_sendto(port: object) -> Callable[[bytes, tuple[str, int]], object] | None:
