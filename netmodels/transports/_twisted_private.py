@@ -12,7 +12,9 @@ feature (the errno of an RST, a send without a reactor pass), never a crash:
 - ``tcp.Port`` keeps its listening socket in ``socket``, where
   :func:`listening_socket` finds it to set options its connections inherit,
   and each ``tcp.Server`` it accepts keeps the port in ``server``, where
-  :func:`listener_of` finds it;
+  :func:`listener_of` finds it; ``tcp.Port.doRead`` accepts through that
+  socket's ``accept()`` (in ``tcp._accept``), which :func:`accept_ahead`
+  replaces with one that first takes all the kernel holds;
 - ``udp.Port`` keeps its socket in ``socket``, which :func:`raw_sendto` uses
   to skip Twisted's per-call address validation, and reads it in ``doRead``
   (``recvfrom`` in a loop up to ``maxThroughput`` bytes), which
@@ -25,6 +27,7 @@ and that each degrades when its check fails.
 
 from __future__ import annotations
 
+import collections
 import socket
 from collections.abc import Callable
 from functools import partial
@@ -37,6 +40,7 @@ from twisted.python import log
 __all__ = [
     "BUFFER_ATTRIBUTES",
     "SOCKET_IO",
+    "accept_ahead",
     "can_send_around_buffer",
     "direct_writer",
     "io_goes_through_socket",
@@ -181,6 +185,99 @@ def listener_of(connection: object) -> object | None:
     if not isinstance(connection, tcp.Server):
         return None
     return getattr(connection, "server", None)
+
+
+# tcp.Port.doRead accepts through self.socket, by way of tcp._accept, which
+# calls the listening socket's accept().
+_PORT_ACCEPTS = (
+    isinstance(getattr(tcp.Port, "doRead", None), FunctionType)
+    and "socket" in tcp.Port.doRead.__code__.co_names
+    and isinstance(getattr(tcp, "_accept", None), FunctionType)
+    and "accept" in tcp._accept.__code__.co_names
+)
+
+
+class _AcceptAhead:
+    """
+    A listening socket whose ``accept()`` first takes every connection the
+    kernel holds (up to ``limit`` held here), then hands out the oldest.
+    Whatever else is asked of it goes to the socket.
+    """
+
+    __slots__ = ("_held", "_limit", "_socket")
+
+    def __init__(self, sock: socket.socket, limit: int) -> None:
+        self._socket = sock
+        self._limit = limit
+        self._held: collections.deque[tuple[socket.socket, Any]] = collections.deque()
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        held = self._held
+        accept = self._socket.accept
+        try:
+            while len(held) < self._limit:
+                held.append(accept())
+        except OSError:
+            # EAGAIN: the kernel holds no more. Any other error (EMFILE, ...)
+            # comes back on a later accept(), once nothing is held, and
+            # Twisted deals with it as it would have.
+            if not held:
+                raise
+        return held.popleft()
+
+    def close(self) -> None:
+        held = self._held
+        while held:
+            held.popleft()[0].close()
+        self._socket.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._socket, name)
+
+
+def accept_ahead(port: object, limit: int) -> bool:
+    """
+    Make a listening ``tcp.Port`` take every connection the kernel holds
+    each time it accepts one (up to ``limit`` held in the process), and set
+    them up as Twisted does, ``numberAccepts`` per reactor pass.
+
+    The kernel holds at most ``backlog`` connections that were not
+    accepted yet, and drops a SYN when full: that client's ``connect``
+    then waits a whole second for its retransmission. Twisted accepts a
+    connection only as fast as it sets connections up, so a burst of
+    connects much larger than the backlog overflows it. Taken at once,
+    they wait here instead, in order. Closing the port closes those still
+    held. ``False`` (and nothing done) when ``port`` is not a ``tcp.Port``
+    that accepts as this expects.
+    """
+    if not _PORT_ACCEPTS or not isinstance(port, tcp.Port):
+        return False
+    sock = getattr(port, "socket", None)
+    if not isinstance(sock, socket.socket):
+        return False
+    listener = _AcceptAhead(sock, limit)
+    port.socket = listener
+    accept_some = port.doRead
+    reactor: Any = port.reactor
+    pending: list[Any] = []
+
+    def listening() -> bool:
+        return bool(port.connected) and not port.disconnecting
+
+    def again() -> None:
+        pending.clear()
+        if listening():
+            do_read()
+
+    def do_read() -> None:
+        accept_some()
+        # The listening socket is readable only while the kernel holds
+        # connections: those held here are set up on the next pass.
+        if listener._held and not pending and listening():
+            pending.append(reactor.callLater(0, again))
+
+    port.doRead = do_read  # type: ignore[method-assign]
+    return True
 
 
 def raw_sendto(port: object) -> Callable[[bytes, tuple[str, int]], object] | None:

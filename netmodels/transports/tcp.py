@@ -26,8 +26,10 @@ from netmodels.transports._twisted_private import send_around_buffer
 from netmodels.transports.interfaces import IErrnoSource
 
 __all__ = [
+    "ACCEPT_AHEAD",
     "ErrnoObserver",
     "SessionSocketOptions",
+    "accept_ahead",
     "apply_kernel_keepalive",
     "capture_errno",
     "direct_writer",
@@ -37,6 +39,23 @@ __all__ = [
     "unsent_bytes",
     "watch_socket",
 ]
+
+
+#: Connections a listener holds at most, accepted but not set up yet
+#: (see :func:`accept_ahead`).
+ACCEPT_AHEAD = 8192
+
+
+def accept_ahead(port: object, limit: int = ACCEPT_AHEAD) -> bool:
+    """
+    Have a listening TCP ``port`` accept every connection the kernel holds
+    whenever it accepts one, holding up to ``limit`` of them until it sets
+    them up: a burst of connects larger than the listen backlog then
+    waits in the process, in order, instead of overflowing the kernel's
+    queue, where each connect that overflows it waits a second for its
+    SYN to be sent again. ``False`` for other ports (UDP, fakes).
+    """
+    return private.accept_ahead(port, limit)
 
 
 def find_tcp_connection(transport: object) -> tcp.Connection | None:
