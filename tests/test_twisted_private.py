@@ -153,6 +153,39 @@ class AcceptAheadTests(TestCase):
             with contextlib.suppress(ConnectionResetError):
                 self.assertEqual(client.recv(1), b"")
 
+    def test_looks_at_the_kernels_queue_every_few_connections(self) -> None:
+        """
+        Emptying the kernel's queue ends with an accept that fails (EAGAIN):
+        while connections are held, it is done once every _DRAIN_EVERY
+        connections handed out, and always when none is held.
+        """
+
+        class Listening:
+            def __init__(self) -> None:
+                self.queued = list(range(40))
+                self.calls = 0
+
+            def accept(self) -> tuple[Any, Any]:
+                self.calls += 1
+                if not self.queued:
+                    raise BlockingIOError(11, "EAGAIN")
+                return self.queued.pop(0), ("127.0.0.1", 1)
+
+        kernel = Listening()
+        listener = private._AcceptAhead(kernel, 1000)  # type: ignore[arg-type]
+        handed = [listener.accept()[0]]
+        self.assertEqual(kernel.calls, 41)
+        kernel.queued = [100, 101]
+        handed += [listener.accept()[0] for _ in range(private._DRAIN_EVERY - 1)]
+        self.assertEqual(kernel.calls, 41)
+        handed.append(listener.accept()[0])
+        self.assertEqual(kernel.calls, 44)
+        handed += [listener.accept()[0] for _ in range(40 - len(handed))]
+        handed += [listener.accept()[0] for _ in range(2)]
+        self.assertEqual(handed, [*range(40), 100, 101])
+        with self.assertRaises(BlockingIOError):
+            listener.accept()
+
     def test_degrades(self) -> None:
         self.assertTrue(private._PORT_ACCEPTS)
         self.assertFalse(nm_tcp.accept_ahead(object()))

@@ -197,6 +197,11 @@ _PORT_ACCEPTS = (
 )
 
 
+#: How many held connections an accepting port hands out between two looks
+#: at the kernel's queue.
+_DRAIN_EVERY = 16
+
+
 class _AcceptAhead:
     """
     A listening socket whose ``accept()`` first takes every connection the
@@ -204,15 +209,25 @@ class _AcceptAhead:
     Whatever else is asked of it goes to the socket.
     """
 
-    __slots__ = ("_held", "_limit", "_socket")
+    __slots__ = ("_held", "_limit", "_socket", "_undrained")
 
     def __init__(self, sock: socket.socket, limit: int) -> None:
         self._socket = sock
         self._limit = limit
         self._held: collections.deque[tuple[socket.socket, Any]] = collections.deque()
+        # Connections handed out from those held since the kernel's queue
+        # was last emptied.
+        self._undrained = 0
 
     def accept(self) -> tuple[socket.socket, Any]:
         held = self._held
+        if held and self._undrained < _DRAIN_EVERY:
+            # Emptied a few connection set-ups ago: the kernel's queue can
+            # have grown little since, and emptying it costs a system call
+            # that fails (EAGAIN) when there is nothing more.
+            self._undrained += 1
+            return held.popleft()
+        self._undrained = 1
         accept = self._socket.accept
         try:
             while len(held) < self._limit:
