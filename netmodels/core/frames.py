@@ -470,6 +470,9 @@ def decode_hello(body: bytes) -> Hello:
     max_frame = document.get("max_frame", DEFAULT_MAX_FRAME)
     if not isinstance(max_frame, int) or isinstance(max_frame, bool) or not 64 <= max_frame < 2**32:
         raise MalformedMessage("HELLO max_frame must be an integer from 64 to 2**32 - 1")
+    if max_frame == DEFAULT_MAX_FRAME:
+        # The value nearly every peer sends, as one object: a session keeps its peer's HELLO.
+        max_frame = DEFAULT_MAX_FRAME
     app = document.get("app", "")
     if not isinstance(app, str) or len(app) > 64:
         raise MalformedMessage("HELLO app must be a string of at most 64 characters")
