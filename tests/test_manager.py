@@ -19,9 +19,10 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
+from zope.interface import implementer, providedBy
 
 from netmodels.core.connection import (
     DEFAULT_CLOSE_POLICY,
@@ -32,9 +33,11 @@ from netmodels.core.connection import (
     Direction,
 )
 from netmodels.core.reasons import CloseReason, Initiator
+from netmodels.runtime import manager as manager_module
 from netmodels.runtime.manager import ConnectFailed, ConnectionManager, ManagedConnection
 from netmodels.runtime.session import encode_bye
 from netmodels.testing import MemoryNetwork
+from netmodels.transports.interfaces import IConnectionObserver
 from tests.test_testing import (
     ADDRESS,
     CLIENT_HOST,
@@ -637,3 +640,86 @@ class ApplicationErrorTests(_ManagerTestCase):
         self.assertFalse(self.healthy_server.record.closed)
         self.assertEqual(bytes(self.healthy_server.wrappedProtocol.received), b"still here")
         self.flushLoggedErrors(ValueError)
+
+
+class LogEventTests(_ManagerTestCase):
+    """
+    The log events of every open and close: what ``Logger.info`` would
+    emit with the same fields (the manager builds them itself, cheaper).
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.logged: list[dict[str, Any]] = []
+        self.logger = Logger(namespace="netmodels.manager", observer=self.logged.append)
+        self.patch(manager_module, "_log", self.logger)
+
+    def manager_events(self, name: str, node: str) -> list[dict[str, Any]]:
+        return [e for e in self.logged if e.get("event") == name and e.get("node") == node]
+
+    def assert_like_logger_info(self, event: dict[str, Any], fields: dict[str, Any]) -> None:
+        """``event`` is what ``Logger.info(event's format, **fields)`` on the manager's logger makes."""
+        made: list[dict[str, Any]] = []
+        Logger(namespace=manager_module._log.namespace, observer=made.append).info(
+            event["log_format"], **fields
+        )
+        (reference,) = made
+        self.assertEqual(set(event), set(reference))
+        for key in set(reference) - {"log_logger", "log_time"}:
+            self.assertEqual(event[key], reference[key], key)
+        self.assertIs(event["log_logger"], self.logger)
+        self.assertLess(abs(event["log_time"] - reference["log_time"]), 5.0)
+
+    def test_opened_and_closed_events(self) -> None:
+        client, server = self.connect()
+        self.client.reset(client)
+        self.clock.advance(0)
+        (opened,) = self.manager_events("opened", "server")
+        (closed,) = self.manager_events("closed", "server")
+        self.assertEqual(opened["log_level"], LogLevel.info)
+        self.assertEqual(
+            formatEvent(opened),
+            f"[server] connection {server.record.id} opened: inbound {server.record.peer}",
+        )
+        self.assert_like_logger_info(
+            opened,
+            {
+                "node": "server",
+                "id": server.record.id,
+                "direction": "inbound",
+                "peer": server.record.peer,
+                "record": server.record,
+                "event": "opened",
+            },
+        )
+        self.assertEqual(
+            formatEvent(closed),
+            f"[server] connection {server.record.id} to {server.record.peer} closed: "
+            "reset (remote, ECONNRESET)",
+        )
+        self.assert_like_logger_info(
+            closed,
+            {
+                "node": "server",
+                "id": server.record.id,
+                "peer": server.record.peer,
+                "reason": "reset",
+                "initiator": "remote",
+                "errno_text": ", ECONNRESET",
+                "detail_text": "",
+                "record": server.record,
+                "event": "closed",
+            },
+        )
+
+
+class DeclarationTests(_ManagerTestCase):
+    def test_connections_provide_what_their_transport_provides(self) -> None:
+        """As with ProtocolWrapper: every connection, not only the first of its kind."""
+        for _ in range(3):
+            client, server = self.connect()
+            for managed in (client, server):
+                transport_provides = set(providedBy(managed.transport))
+                self.assertTrue(transport_provides)
+                self.assertLessEqual(transport_provides, set(providedBy(managed)))
+                self.assertTrue(IConnectionObserver.providedBy(managed))

@@ -112,6 +112,53 @@ class ListenerInheritanceTests(TestCase):
         found = options_of(transport.getHandle())
         self.assertEqual((found["nodelay"], found["keepalive"], found["user_timeout"]), (1, 0, 0))
 
+    def listen_twice(self, options: SessionSocketOptions) -> list[defer.Deferred[Any]]:
+        """A listener with ``options``, and two connections to it, accepted in order."""
+        accepted: list[defer.Deferred[Any]] = [defer.Deferred(), defer.Deferred()]
+        waiting = list(accepted)
+        port = reactor.listenTCP(  # type: ignore[attr-defined]
+            0, Factory.forProtocol(lambda: _Accepted(waiting.pop(0))), interface=LOOPBACK
+        )
+        self.addCleanup(port.stopListening)
+        self.assertTrue(options.apply_to_listener(port))
+        for deferred in accepted:
+            client = socket.create_connection((LOOPBACK, port.getHost().port))
+            self.addCleanup(client.close)
+            deferred.addCallback(self._abort_later)
+        return accepted
+
+    @defer.inlineCallbacks
+    def test_a_listener_seen_to_pass_its_options_on_is_trusted(self) -> Any:
+        """
+        Once one connection of a listener has inherited the options, its
+        later connections are not even checked (no system call): here the
+        second one lost its keepalive after accept, and keeps it off.
+        """
+        options = SessionSocketOptions(KEEPALIVE, USER_TIMEOUT)
+        first, second = self.listen_twice(options)
+        transport = yield first
+        self.assertTrue(options.apply(transport, accepted=True))
+        transport = yield second
+        sock = transport.getHandle()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
+        self.assertTrue(options.apply(transport, accepted=True))
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 0)
+
+    @defer.inlineCallbacks
+    def test_a_listener_not_seen_to_pass_its_options_on_is_checked(self) -> Any:
+        """
+        Until a connection of a listener is seen with the options, each one
+        is checked: those without them (accepted before the listener had
+        them) get them set, however many there are.
+        """
+        options = SessionSocketOptions(KEEPALIVE, USER_TIMEOUT)
+        for deferred in self.listen_twice(options):
+            transport = yield deferred
+            sock = transport.getHandle()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
+            self.assertTrue(options.apply(transport, accepted=True))
+            self.assertEqual(options_of(sock), expected(KEEPALIVE, USER_TIMEOUT))
+
     def test_not_a_tcp_listener(self) -> None:
         options = SessionSocketOptions(KEEPALIVE, None)
         self.assertFalse(options.apply_to_listener(object()))

@@ -6,10 +6,11 @@ doing without when its check fails.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from typing import Any
 
-from twisted.internet import reactor, tcp
+from twisted.internet import defer, reactor, task, tcp
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -94,6 +95,105 @@ class BufferTests(SynchronousTestCase):
         del connection._tempDataLen
         self.assertIsNone(nm_tcp.direct_writer(connection, Errnos()))
         self.assertIsNone(nm_tcp.direct_writer(StringTransport(), Errnos()))
+
+
+class AcceptAheadTests(TestCase):
+    """A listening port that takes every connection the kernel holds, and sets them up in order."""
+
+    def listen(self) -> tuple[Any, list[int]]:
+        built: list[int] = []
+
+        class Recorded(Protocol):
+            def connectionMade(self) -> None:
+                built.append(self.transport.getPeer().port)  # type: ignore[union-attr]
+
+        port: Any = reactor.listenTCP(0, Factory.forProtocol(Recorded), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        return port, built
+
+    def connect(self, port: Any, count: int) -> list[socket.socket]:
+        clients = []
+        for _ in range(count):
+            client = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10)
+            self.addCleanup(client.close)
+            clients.append(client)
+        return clients
+
+    @defer.inlineCallbacks
+    def test_takes_all_the_kernel_holds_and_sets_them_up_in_order(self) -> Any:
+        port, built = self.listen()
+        self.assertTrue(nm_tcp.accept_ahead(port))
+        clients = self.connect(port, 5)
+        port.numberAccepts = 2
+        port.doRead()
+        self.assertEqual(len(built), 2)
+        # The kernel holds none of them any more: three wait in the process.
+        with self.assertRaises(BlockingIOError):
+            port.socket._socket.accept()
+        self.assertEqual(len(port.socket._held), 3)
+        # Set up on the next passes, though the listening socket is not readable.
+        for _ in range(50):
+            if len(built) == 5:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(built, [client.getsockname()[1] for client in clients])
+
+    @defer.inlineCallbacks
+    def test_closing_the_port_closes_those_held(self) -> Any:
+        port, built = self.listen()
+        self.assertTrue(nm_tcp.accept_ahead(port))
+        clients = self.connect(port, 3)
+        port.numberAccepts = 1
+        port.doRead()
+        yield port.stopListening()
+        yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(built), 1)
+        for client in clients[1:]:
+            # Closed: an orderly end of stream or a reset, never data or a hang.
+            with contextlib.suppress(ConnectionResetError):
+                self.assertEqual(client.recv(1), b"")
+
+    def test_looks_at_the_kernels_queue_every_few_connections(self) -> None:
+        """
+        Emptying the kernel's queue ends with an accept that fails (EAGAIN):
+        while connections are held, it is done once every _DRAIN_EVERY
+        connections handed out, and always when none is held.
+        """
+
+        class Listening:
+            def __init__(self) -> None:
+                self.queued = list(range(40))
+                self.calls = 0
+
+            def accept(self) -> tuple[Any, Any]:
+                self.calls += 1
+                if not self.queued:
+                    raise BlockingIOError(11, "EAGAIN")
+                return self.queued.pop(0), ("127.0.0.1", 1)
+
+        kernel = Listening()
+        listener = private._AcceptAhead(kernel, 1000)  # type: ignore[arg-type]
+        handed = [listener.accept()[0]]
+        self.assertEqual(kernel.calls, 41)
+        kernel.queued = [100, 101]
+        handed += [listener.accept()[0] for _ in range(private._DRAIN_EVERY - 1)]
+        self.assertEqual(kernel.calls, 41)
+        handed.append(listener.accept()[0])
+        self.assertEqual(kernel.calls, 44)
+        handed += [listener.accept()[0] for _ in range(40 - len(handed))]
+        handed += [listener.accept()[0] for _ in range(2)]
+        self.assertEqual(handed, [*range(40), 100, 101])
+        with self.assertRaises(BlockingIOError):
+            listener.accept()
+
+    def test_degrades(self) -> None:
+        self.assertTrue(private._PORT_ACCEPTS)
+        self.assertFalse(nm_tcp.accept_ahead(object()))
+        port, _ = self.listen()
+        sock = port.socket
+        self.patch(private, "_PORT_ACCEPTS", False)
+        self.assertFalse(nm_tcp.accept_ahead(port))
+        self.assertIs(port.socket, sock)
 
 
 class UdpSocketTests(SynchronousTestCase):

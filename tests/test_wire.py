@@ -500,6 +500,17 @@ class HelloRoundTripTests(SynchronousTestCase):
         self.assertEqual(len(body), MAX_HELLO)
         self.assertEqual(decode_hello(body).node_id, "node-a")
 
+    def test_any_encoding_json_accepts(self) -> None:
+        """
+        A body is read as ``json.loads`` reads bytes: UTF-16 and UTF-32 too
+        (found by where the NUL bytes are), and a UTF-8 byte order mark;
+        the quicker path taken for UTF-8 changes none of that.
+        """
+        text = json.dumps(hello_document())
+        for encoding in ("utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"):
+            self.assertEqual(decode_hello(text.encode(encoding)).node_id, "node-a", encoding)
+        self.assertEqual(decode_hello(b" \n" + text.encode()).node_id, "node-a")
+
 
 class MalformedHelloTests(SynchronousTestCase):
     """Every defect in a HELLO body raises MalformedMessage, nothing else."""

@@ -39,7 +39,7 @@ from netmodels.runtime.secure import SessionSecurity
 from netmodels.runtime.session import DATA_TYPES, Session, SessionFactory, SessionSettings, encode_bye
 from netmodels.runtime.timers import TimerWheel
 from netmodels.runtime.topology import default_settings
-from netmodels.transports.tcp import SessionSocketOptions
+from netmodels.transports.tcp import SessionSocketOptions, accept_ahead
 from netmodels.transports.udp import DatagramListeningPort, DatagramOptions, is_datagram, parse_endpoint
 
 if TYPE_CHECKING:
@@ -161,6 +161,10 @@ class ListeningService(Service):
         self.port = result[0]
         if self.socket_options is not None:
             self.socket_options.apply_to_listener(self.port)
+        # A storm of connects (every client of a restarted server at once)
+        # waits in the process, not in the kernel's queue, which drops
+        # what overflows it for a second.
+        accept_ahead(self.port)
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()

@@ -7,10 +7,14 @@ feature (the errno of an RST, a send without a reactor pass), never a crash:
 - ``tcp.Connection`` reads and writes through its ``socket`` attribute, which
   :func:`swap_socket` replaces with a proxy that records errnos;
 - its write buffer is ``dataBuffer``/``offset``/``_tempDataLen``, read by
-  :func:`direct_writer` (to send around an empty buffer) and
+  :func:`send_around_buffer` (to send around an empty buffer) and
   :func:`unsent_bytes`;
 - ``tcp.Port`` keeps its listening socket in ``socket``, where
-  :func:`listening_socket` finds it to set options its connections inherit;
+  :func:`listening_socket` finds it to set options its connections inherit,
+  and each ``tcp.Server`` it accepts keeps the port in ``server``, where
+  :func:`listener_of` finds it; ``tcp.Port.doRead`` accepts through that
+  socket's ``accept()`` (in ``tcp._accept``), which :func:`accept_ahead`
+  replaces with one that first takes all the kernel holds;
 - ``udp.Port`` keeps its socket in ``socket``, which :func:`raw_sendto` uses
   to skip Twisted's per-call address validation, and reads it in ``doRead``
   (``recvfrom`` in a loop up to ``maxThroughput`` bytes), which
@@ -23,8 +27,10 @@ and that each degrades when its check fails.
 
 from __future__ import annotations
 
+import collections
 import socket
 from collections.abc import Callable
+from functools import partial
 from types import FunctionType
 from typing import Any, Protocol
 
@@ -34,11 +40,15 @@ from twisted.python import log
 __all__ = [
     "BUFFER_ATTRIBUTES",
     "SOCKET_IO",
+    "accept_ahead",
+    "can_send_around_buffer",
     "direct_writer",
     "io_goes_through_socket",
+    "listener_of",
     "listening_socket",
     "raw_sendto",
     "read_in_bursts",
+    "send_around_buffer",
     "socket_of",
     "swap_socket",
     "unsent_bytes",
@@ -77,8 +87,10 @@ _SOCKET_IO = io_goes_through_socket()
 
 def socket_of(connection: tcp.Connection) -> socket.socket | None:
     """The socket object ``connection`` does its I/O through (a proxy if swapped), if any."""
-    sock = connection.__dict__.get("socket")
-    return sock if sock is not None else None
+    # getattr, not __dict__: reading an instance's __dict__ makes CPython
+    # build it as a dict object, one more for the collector per connection.
+    sock: socket.socket | None = getattr(connection, "socket", None)
+    return sock
 
 
 def listening_socket(port: object) -> socket.socket | None:
@@ -114,40 +126,173 @@ def unsent_bytes(connection: tcp.Connection) -> int | None:
     return len(connection.dataBuffer) - connection.offset + connection._tempDataLen
 
 
+def can_send_around_buffer(transport: object) -> bool:
+    """
+    Whether :func:`send_around_buffer` may be used on ``transport``: a plain
+    ``tcp.Connection`` (not TLS or another wrapper, whose bytes must not be
+    bypassed) whose buffer is where we look.
+    """
+    return isinstance(transport, tcp.Connection) and _has_buffer(transport)
+
+
+def send_around_buffer(
+    connection: tcp.Connection, sock: socket.socket, observer: _ErrnoObserver, data: bytes
+) -> bytes:
+    """
+    Send ``data`` on ``sock`` (``connection``'s own socket) at once when
+    Twisted's buffer is empty, and return what is left for
+    ``connection.write`` (all of it while anything is buffered). Errnos of a
+    failed send go to ``observer`` (the kernel reports an RST once, and the
+    read that ends the connection then only sees EOF). Only for a
+    ``connection`` that passed :func:`can_send_around_buffer`.
+
+    A function, not a closure per connection: a closure and its cells are
+    five objects more for every connection, and the garbage collector
+    walks each of them.
+    """
+    if (
+        connection._tempDataLen
+        or connection.offset != len(connection.dataBuffer)
+        or not connection.connected
+        or connection.disconnecting
+    ):
+        return data
+    try:
+        sent = sock.send(data)
+    except OSError as e:
+        if e.errno is not None:
+            observer.record_errno(e.errno)
+        return data
+    return data[sent:] if sent != len(data) else b""
+
+
 def direct_writer(
     transport: object, sock: socket.socket, observer: _ErrnoObserver
 ) -> Callable[[bytes], bytes] | None:
     """
-    For a plain ``tcp.Connection`` (not TLS or another wrapper, whose bytes
-    must not be bypassed): a function that sends ``data`` on ``sock`` at once
-    when Twisted's buffer is empty, and returns what is left for
-    ``transport.write`` (all of it while anything is buffered). Errnos of a
-    failed send go to ``observer`` (the kernel reports an RST once, and the
-    read that ends the connection then only sees EOF). ``None`` when
-    ``transport`` is not one, or its buffer is not where we look.
+    :func:`send_around_buffer` bound to ``transport``, ``sock`` and
+    ``observer``: a function that sends ``data`` at once when Twisted's
+    buffer is empty and returns what is left. ``None`` when ``transport``
+    is not a plain ``tcp.Connection``, or its buffer is not where we look.
     """
-    if not isinstance(transport, tcp.Connection) or not _has_buffer(transport):
+    if not can_send_around_buffer(transport):
         return None
-    connection = transport
-    send = sock.send
+    return partial(send_around_buffer, transport, sock, observer)  # type: ignore[arg-type]
 
-    def write_around_buffer(data: bytes) -> bytes:
-        if (
-            connection._tempDataLen
-            or connection.offset != len(connection.dataBuffer)
-            or not connection.connected
-            or connection.disconnecting
-        ):
-            return data
+
+def listener_of(connection: object) -> object | None:
+    """The ``tcp.Port`` that accepted ``connection`` (a ``tcp.Server``); ``None`` for others."""
+    if not isinstance(connection, tcp.Server):
+        return None
+    return getattr(connection, "server", None)
+
+
+# tcp.Port.doRead accepts through self.socket, by way of tcp._accept, which
+# calls the listening socket's accept().
+_PORT_ACCEPTS = (
+    isinstance(getattr(tcp.Port, "doRead", None), FunctionType)
+    and "socket" in tcp.Port.doRead.__code__.co_names
+    and isinstance(getattr(tcp, "_accept", None), FunctionType)
+    and "accept" in tcp._accept.__code__.co_names
+)
+
+
+#: How many held connections an accepting port hands out between two looks
+#: at the kernel's queue.
+_DRAIN_EVERY = 16
+
+
+class _AcceptAhead:
+    """
+    A listening socket whose ``accept()`` first takes every connection the
+    kernel holds (up to ``limit`` held here), then hands out the oldest.
+    Whatever else is asked of it goes to the socket.
+    """
+
+    __slots__ = ("_held", "_limit", "_socket", "_undrained")
+
+    def __init__(self, sock: socket.socket, limit: int) -> None:
+        self._socket = sock
+        self._limit = limit
+        self._held: collections.deque[tuple[socket.socket, Any]] = collections.deque()
+        # Connections handed out from those held since the kernel's queue
+        # was last emptied.
+        self._undrained = 0
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        held = self._held
+        if held and self._undrained < _DRAIN_EVERY:
+            # Emptied a few connection set-ups ago: the kernel's queue can
+            # have grown little since, and emptying it costs a system call
+            # that fails (EAGAIN) when there is nothing more.
+            self._undrained += 1
+            return held.popleft()
+        self._undrained = 1
+        accept = self._socket.accept
         try:
-            sent = send(data)
-        except OSError as e:
-            if e.errno is not None:
-                observer.record_errno(e.errno)
-            return data
-        return data[sent:] if sent != len(data) else b""
+            while len(held) < self._limit:
+                held.append(accept())
+        except OSError:
+            # EAGAIN: the kernel holds no more. Any other error (EMFILE, ...)
+            # comes back on a later accept(), once nothing is held, and
+            # Twisted deals with it as it would have.
+            if not held:
+                raise
+        return held.popleft()
 
-    return write_around_buffer
+    def close(self) -> None:
+        held = self._held
+        while held:
+            held.popleft()[0].close()
+        self._socket.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._socket, name)
+
+
+def accept_ahead(port: object, limit: int) -> bool:
+    """
+    Make a listening ``tcp.Port`` take every connection the kernel holds
+    each time it accepts one (up to ``limit`` held in the process), and set
+    them up as Twisted does, ``numberAccepts`` per reactor pass.
+
+    The kernel holds at most ``backlog`` connections that were not
+    accepted yet, and drops a SYN when full: that client's ``connect``
+    then waits a whole second for its retransmission. Twisted accepts a
+    connection only as fast as it sets connections up, so a burst of
+    connects much larger than the backlog overflows it. Taken at once,
+    they wait here instead, in order. Closing the port closes those still
+    held. ``False`` (and nothing done) when ``port`` is not a ``tcp.Port``
+    that accepts as this expects.
+    """
+    if not _PORT_ACCEPTS or not isinstance(port, tcp.Port):
+        return False
+    sock = getattr(port, "socket", None)
+    if not isinstance(sock, socket.socket):
+        return False
+    listener = _AcceptAhead(sock, limit)
+    port.socket = listener
+    accept_some = port.doRead
+    reactor: Any = port.reactor
+    pending: list[Any] = []
+
+    def listening() -> bool:
+        return bool(port.connected) and not port.disconnecting
+
+    def again() -> None:
+        pending.clear()
+        if listening():
+            do_read()
+
+    def do_read() -> None:
+        accept_some()
+        # The listening socket is readable only while the kernel holds
+        # connections: those held here are set up on the next pass.
+        if listener._held and not pending and listening():
+            pending.append(reactor.callLater(0, again))
+
+    port.doRead = do_read  # type: ignore[method-assign]
+    return True
 
 
 def raw_sendto(port: object) -> Callable[[bytes, tuple[str, int]], object] | None:

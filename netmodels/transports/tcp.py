@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import socket
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -21,18 +22,40 @@ from twisted.internet import tcp
 
 from netmodels.core.keepalive import KeepaliveSettings
 from netmodels.transports import _twisted_private as private
+from netmodels.transports._twisted_private import send_around_buffer
 from netmodels.transports.interfaces import IErrnoSource
 
 __all__ = [
+    "ACCEPT_AHEAD",
     "ErrnoObserver",
     "SessionSocketOptions",
+    "accept_ahead",
     "apply_kernel_keepalive",
     "capture_errno",
     "direct_writer",
     "find_tcp_connection",
+    "send_around_buffer",
     "set_no_delay",
     "unsent_bytes",
+    "watch_socket",
 ]
+
+
+#: Connections a listener holds at most, accepted but not set up yet
+#: (see :func:`accept_ahead`).
+ACCEPT_AHEAD = 8192
+
+
+def accept_ahead(port: object, limit: int = ACCEPT_AHEAD) -> bool:
+    """
+    Have a listening TCP ``port`` accept every connection the kernel holds
+    whenever it accepts one, holding up to ``limit`` of them until it sets
+    them up: a burst of connects larger than the listen backlog then
+    waits in the process, in order, instead of overflowing the kernel's
+    queue, where each connect that overflows it waits a second for its
+    SYN to be sent again. ``False`` for other ports (UDP, fakes).
+    """
+    return private.accept_ahead(port, limit)
 
 
 def find_tcp_connection(transport: object) -> tcp.Connection | None:
@@ -124,6 +147,20 @@ def direct_writer(transport: object, observer: ErrnoObserver) -> Callable[[bytes
     return private.direct_writer(transport, sock, observer)
 
 
+def watch_socket(transport: object, observer: ErrnoObserver) -> socket.socket | None:
+    """
+    :func:`capture_errno` on ``transport`` for ``observer``; and if
+    ``transport`` *is* a plain ``tcp.Connection``, its socket, for
+    :func:`send_around_buffer` to send on at once while Twisted's buffer is
+    empty (``None`` otherwise). What :func:`direct_writer` does, without a
+    function object per connection.
+    """
+    capture_errno(transport, observer)
+    if not private.can_send_around_buffer(transport):
+        return None
+    return _unwrapped(private.socket_of(transport))  # type: ignore[arg-type]
+
+
 def unsent_bytes(transport: object) -> int | None:
     """Bytes Twisted holds unsent for ``transport``'s TCP connection; ``None`` if unknown."""
     connection = find_tcp_connection(transport)
@@ -184,13 +221,16 @@ class SessionSocketOptions:
 
     Linux copies a listening socket's options to each connection it accepts,
     so a node sets them once on its listener (:meth:`apply_to_listener`),
-    and each accepted connection reads one option back instead of setting
-    six (:meth:`apply`). The one read back is the one set last, and is off by
-    default: a connection that was accepted before the listener had it, or
-    on a system that does not copy options, gets them set as before.
+    and an accepted connection is checked for one option instead of having
+    six set (:meth:`apply`). The one checked is the one set last, and is off
+    by default: a connection that was accepted before the listener had it,
+    or on a system that does not copy options, gets them set as before.
+    Once a connection of a listener is seen to have inherited them, the
+    later ones of that listener have too (the kernel queues connections in
+    the order it made them), and are not checked: no system call at all.
     """
 
-    __slots__ = ("_marker", "_options")
+    __slots__ = ("_inheriting", "_marker", "_options")
 
     def __init__(self, keepalive: KeepaliveSettings | None, user_timeout: float | None) -> None:
         options = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
@@ -206,6 +246,9 @@ class SessionSocketOptions:
             options.append((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1))
         self._options = tuple(options)
         self._marker = options[-1]
+        # The listeners these options were set on: True once one of their
+        # connections was seen to have inherited them.
+        self._inheriting: weakref.WeakKeyDictionary[object, bool] = weakref.WeakKeyDictionary()
 
     def _set(self, sock: socket.socket) -> None:
         for level, name, value in self._options:
@@ -217,12 +260,20 @@ class SessionSocketOptions:
         one, only those it did not inherit from its listener. ``False`` when
         there is no TCP socket.
         """
+        listener = None
+        if accepted:
+            connection = find_tcp_connection(transport)
+            listener = None if connection is None else private.listener_of(connection)
+            if listener is not None and self._inheriting.get(listener):
+                return True
         sock = _raw_socket(transport)
         if sock is None:
             return False
         if accepted:
             level, name, value = self._marker
             if sock.getsockopt(level, name) == value:
+                if listener is not None and listener in self._inheriting:
+                    self._inheriting[listener] = True
                 return True
         self._set(sock)
         return True
@@ -235,4 +286,5 @@ class SessionSocketOptions:
         if sock.family not in (socket.AF_INET, socket.AF_INET6):
             return False
         self._set(sock)
+        self._inheriting[port] = False
         return True
