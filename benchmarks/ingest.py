@@ -54,16 +54,15 @@ def build_netmodels_server(
 
     With ``keepalive=False`` netmodels keepalive is OFF, meaning all of:
     no kernel keepalive (``SessionSettings.kernel_keepalive=False``), no
-    ``TCP_USER_TIMEOUT`` (``user_timeout=0``), and no application keepalive:
-    each session stops its tracker and timer right after ``connectionMade``
-    (``setKeepalive(None)``), so ``dataReceived`` skips its time stamp too. The
-    HELLO still advertises keepalive settings (huge ones: 1e6,1e6,1), which a
-    peer may use for its own side.
+    ``TCP_USER_TIMEOUT`` (``user_timeout=0``), and an application keepalive
+    that never probes (idle 1e6 s: its timer never fires). What stays is the
+    session's time stamp per received chunk, which it takes for its
+    deadlines whatever the keepalive.
     """
     import attrs
     from netmodels.core.keepalive import KeepaliveSettings
     from netmodels.runtime.node import Node, NodeConfig
-    from netmodels.runtime.session import Session, SessionFactory
+    from netmodels.runtime.session import SessionFactory
     from netmodels.topologies.client_server import ClientServer
 
     listen = f"tcp:0:interface={common.HOST}"
@@ -87,16 +86,7 @@ def build_netmodels_server(
     if not keepalive:
         node.session_settings = attrs.evolve(node.session_settings, kernel_keepalive=False)
 
-        class NoKeepaliveSession(Session):
-            def connectionMade(self) -> None:
-                super().connectionMade()
-                self.setKeepalive(None)
-
-        class NoKeepaliveFactory(SessionFactory):
-            def buildProtocol(self, addr: Any) -> Session:
-                return NoKeepaliveSession(self.settings, self.clock)
-
-        factory = NoKeepaliveFactory(node.session_settings, node.clock)
+        factory = SessionFactory(node.session_settings, node.clock)
     node.listen(listen, factory)
     node.startService()
     return node
