@@ -18,6 +18,7 @@ from netmodels.runtime.node import Node
 from netmodels.runtime.session import MessageTooLarge, Session
 from netmodels.testing import DatagramNetwork
 from netmodels.topologies.client_server import ClientServer
+from netmodels.transports.udp.transport import GROUPED_FRAMES
 from tests.test_testing import (
     CLIENT_ID,
     EPSILON,
@@ -526,20 +527,66 @@ class BurstTests(SynchronousTestCase):
         self.assertEqual(expected_window.lost, 3)  # 3, 4 and 10
         self.assertEqual(len(pair.server_app.messages), 11)
 
-    def test_replies_to_a_burst_leave_in_one_datagram(self) -> None:
+    def test_replies_to_a_burst_leave_grouped_and_part_way(self) -> None:
         pair = UdpPair()
         pair.start()
         transport = self._server_transport(pair)
-        sent_before = transport.datagrams_out
         base = transport._window.highest + 1
+        # When each request is handled: how many datagrams had left by then.
+        out_at_request: list[int] = []
+
+        def answer(payload: bytes) -> bytes:
+            out_at_request.append(transport.datagrams_out)
+            return payload
+
+        pair.server_app.answer = answer
+        sent_before = transport.datagrams_out
         burst = [
             datagram.encode_data_header(transport.session_id, base + n)
             + encode_frame(MessageType.REQUEST, (n + 1).to_bytes(4, "big") + b"question")
-            for n in range(16)
+            for n in range(2 * GROUPED_FRAMES + 3)
         ]
         transport.data_burst(burst)
-        self.assertEqual(transport.datagrams_out, sent_before + 1)
+        # GROUPED_FRAMES replies to a datagram, the rest at the end of the burst...
+        self.assertEqual(transport.datagrams_out, sent_before + 3)
+        # ... and a full datagram leaves at once, while the burst is still handled:
+        # the peer need not wait for all of them.
+        self.assertEqual(
+            out_at_request,
+            [sent_before] * GROUPED_FRAMES + [sent_before + 1] * GROUPED_FRAMES + [sent_before + 2] * 3,
+        )
+        reply = len(encode_frame(MessageType.RESPONSE, b"0000question"))
+        sizes = [size for source, _, size in pair.network.log if source == SERVER][-3:]
+        header = datagram.DATA_HEADER
+        self.assertEqual(sizes, [header + GROUPED_FRAMES * reply] * 2 + [header + 3 * reply])
         # Writes outside a burst go at once, a datagram each.
         transport.write_unreliable(encode_frame(MessageType.DATA, b"a"))
         transport.write_unreliable(encode_frame(MessageType.DATA, b"b"))
-        self.assertEqual(transport.datagrams_out, sent_before + 3)
+        self.assertEqual(transport.datagrams_out, sent_before + 5)
+
+    def test_grouped_replies_never_exceed_a_datagram(self) -> None:
+        pair = UdpPair()
+        pair.start()
+        transport = self._server_transport(pair)
+        base = transport._window.highest + 1
+        body = b"q" * 400  # two replies fit a datagram of 1200 bytes, three do not
+        out_at_request: list[int] = []
+
+        def answer(payload: bytes) -> bytes:
+            out_at_request.append(transport.datagrams_out)
+            return payload
+
+        pair.server_app.answer = answer
+        sent_before = transport.datagrams_out
+        burst = [
+            datagram.encode_data_header(transport.session_id, base + n)
+            + encode_frame(MessageType.REQUEST, (n + 1).to_bytes(4, "big") + body)
+            for n in range(5)
+        ]
+        transport.data_burst(burst)
+        reply = len(encode_frame(MessageType.RESPONSE, (1).to_bytes(4, "big") + body))
+        sizes = [size for source, _, size in pair.network.log if source == SERVER][-3:]
+        header = datagram.DATA_HEADER
+        self.assertEqual(sizes, [header + 2 * reply, header + 2 * reply, header + reply])
+        # A full datagram leaves before the next request is handled.
+        self.assertEqual(out_at_request, [sent_before + n for n in (0, 0, 0, 1, 1)])
