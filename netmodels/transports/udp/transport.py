@@ -317,7 +317,17 @@ class DatagramTransport:
         self.datagrams_in += count
         window = self._window
         highest = window.highest
-        if count > 1 and highest >= 0:
+        if count == 1 and highest >= 0:
+            # A request or its response, alone: the next datagram, carrying one frame?
+            data = batch[0]
+            size = len(data)
+            if size > _ONE_FRAME:
+                sequence, length = _SEQUENCE_AND_LENGTH.unpack_from(data, 9)
+                if sequence == (highest + 1) & 0xFFFFFFFF and length + _ONE_FRAME == size:
+                    window.advance(1)
+                    self._deliver_data(data[DATA_HEADER:])
+                    return
+        elif count > 1 and highest >= 0:
             sizes = set(map(len, batch))
             size = sizes.pop()
             if not sizes and size > _ONE_FRAME:
