@@ -108,6 +108,32 @@ class UdpSocketTests(SynchronousTestCase):
         sendto(b"hi", receiver.getsockname())
         self.assertEqual(receiver.recv(16), b"hi")
 
+    def test_raw_send_of_a_connected_port(self) -> None:
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(receiver.close)
+        receiver.bind(("127.0.0.1", 0))
+        port: Any = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        # Not connected: Twisted's write needs the address, so no raw send.
+        self.assertIsNone(private.raw_send(port))
+        port.connect(*receiver.getsockname())
+        send = private.raw_send(port)
+        assert send is not None
+        send(b"hi")
+        self.assertEqual(receiver.recv(16), b"hi")
+
+    def test_raw_send_degrades(self) -> None:
+        self.assertIsNone(private.raw_send(object()))
+        port: Any = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        port.connect("127.0.0.1", 9)
+        sock = port.socket
+        del port.socket
+        try:
+            self.assertIsNone(private.raw_send(port))
+        finally:
+            port.socket = sock
+
     def test_raw_sendto_degrades(self) -> None:
         self.assertIsNone(private.raw_sendto(object()))
         port: Any = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")  # type: ignore[attr-defined]

@@ -6,8 +6,10 @@ reason, limits, and what forged or malformed datagrams may (not) do.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -590,3 +592,35 @@ class BurstTests(SynchronousTestCase):
         self.assertEqual(sizes, [header + 2 * reply, header + 2 * reply, header + reply])
         # A full datagram leaves before the next request is handled.
         self.assertEqual(out_at_request, [sent_before + n for n in (0, 0, 0, 1, 1)])
+
+
+class DiallerSocketTests(SynchronousTestCase):
+    """The dialler on a real connected socket (sends skip Twisted's ``write``)."""
+
+    def test_refused_on_send_fails_the_dial(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.error import ConnectionRefusedError
+        from twisted.internet.protocol import Factory
+        from twisted.python.failure import Failure
+
+        from netmodels.transports.udp.dialler import Dialler
+        from netmodels.transports.udp.options import DatagramOptions
+
+        closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        closed.bind(("127.0.0.1", 0))
+        peer = closed.getsockname()
+        closed.close()  # nobody listens there now
+        clock = Clock()
+        result: Deferred[Any] = Deferred()
+        dialler = Dialler(Factory(), peer, DatagramOptions(), clock, result)
+        port: Any = reactor.listenUDP(0, dialler, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(lambda: port.stopListening() if port.connected else None)
+        port.connect(*peer)
+        dialler.begin()  # INIT; on loopback its ICMP port unreachable is queued at once
+        self.assertIsNotNone(dialler._raw_send)  # the socket's own send, not Twisted's write
+        outcomes: list[Failure] = []
+        result.addErrback(outcomes.append)
+        dialler.send(b"again", peer)  # the kernel reports it on this send
+        [failure] = outcomes
+        self.assertIsInstance(failure.value, ConnectionRefusedError)
+        self.assertEqual(dialler.counters["send_dropped"], 0)

@@ -12,7 +12,8 @@ feature (the errno of an RST, a send without a reactor pass), never a crash:
 - ``tcp.Port`` keeps its listening socket in ``socket``, where
   :func:`listening_socket` finds it to set options its connections inherit;
 - ``udp.Port`` keeps its socket in ``socket``, which :func:`raw_sendto` uses
-  to skip Twisted's per-call address validation, and reads it in ``doRead``
+  to skip Twisted's per-call address validation (and :func:`raw_send`, on a
+  port connected as ``_connectedAddr`` says, its checks), and reads it in ``doRead``
   (``recvfrom`` in a loop up to ``maxThroughput`` bytes), which
   :func:`read_in_bursts` replaces on one port with a loop that hands a
   session all its DATA datagrams of one read burst at once.
@@ -37,6 +38,7 @@ __all__ = [
     "direct_writer",
     "io_goes_through_socket",
     "listening_socket",
+    "raw_send",
     "raw_sendto",
     "read_in_bursts",
     "socket_of",
@@ -148,6 +150,21 @@ def direct_writer(
         return data[sent:] if sent != len(data) else b""
 
     return write_around_buffer
+
+
+def raw_send(port: object) -> Callable[[bytes], object] | None:
+    """
+    ``send`` of a connected ``udp.Port``'s socket; ``None`` for other ports
+    (unconnected ones, fakes). Twisted's ``write`` checks the address and
+    catches errnos on every call; the caller handles ``OSError`` itself.
+    """
+    if not isinstance(port, udp.Port) or not getattr(port, "_connectedAddr", None):
+        return None
+    sock = port.__dict__.get("socket")
+    if not isinstance(sock, socket.socket):
+        return None
+    send: Callable[[bytes], object] = sock.send
+    return send
 
 
 def raw_sendto(port: object) -> Callable[[bytes, tuple[str, int]], object] | None:
