@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -594,8 +594,8 @@ class BurstTests(SynchronousTestCase):
         self.assertEqual(out_at_request, [sent_before + n for n in (0, 0, 0, 1, 1)])
 
 
-class DiallerSocketTests(SynchronousTestCase):
-    """The dialler on a real connected socket (sends skip Twisted's ``write``)."""
+class DiallerTests(SynchronousTestCase):
+    """The dialler on its own: on a real connected socket (sends skip Twisted's ``write``), and cancelled."""
 
     def test_refused_on_send_fails_the_dial(self) -> None:
         from twisted.internet import reactor
@@ -624,3 +624,42 @@ class DiallerSocketTests(SynchronousTestCase):
         [failure] = outcomes
         self.assertIsInstance(failure.value, ConnectionRefusedError)
         self.assertEqual(dialler.counters["send_dropped"], 0)
+
+    def test_a_dial_cancelled_while_its_session_is_set_up(self) -> None:
+        """Cancelled from the protocol's own set-up: the dial fails once, the session is reset."""
+        from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+        from twisted.python.failure import Failure
+
+        from netmodels.transports.udp.dialler import Dialler
+        from netmodels.transports.udp.options import DatagramOptions
+
+        clock = Clock()
+        network = DatagramNetwork(clock, LATENCY, source=CLIENT_HOST)
+        outcomes: list[Failure] = []
+        result: Deferred[Any] = Deferred(lambda _: dialler.cancel())
+        result.addErrback(outcomes.append)
+
+        class Cancelling(Factory):
+            def buildProtocol(self, addr: Any) -> Protocol:
+                result.cancel()  # say, the node stops while the session starts
+                return Protocol()
+
+        heard: list[bytes] = []
+        server = DatagramProtocol()
+        server.datagramReceived = lambda data, addr: heard.append(data)  # type: ignore[method-assign]
+        network.listenUDP(SERVER[1], server, interface=SERVER[0])
+        dialler = Dialler(Cancelling(), SERVER, DatagramOptions(), clock, result)
+        port = network.listenUDP(0, dialler)
+        port.connected_to = SERVER
+        dialler.begin()
+        dialler.datagramReceived(datagram.encode_accept(dialler.nonce, 42), SERVER)
+        [failure] = outcomes
+        self.assertIsInstance(failure.value, CancelledError)
+        self.assertIsNone(dialler.session)
+        self.assertIsNone(network.port_at(port.address))  # the socket is closed
+        # The server is told (RESET) rather than left with a session nobody uses.
+        clock.advance(LATENCY)
+        kinds = [parse(data).kind for data in heard]
+        self.assertEqual(
+            kinds, [datagram.Kind.INIT, datagram.Kind.RESET, datagram.Kind.RESET]
+        )  # RESET goes twice

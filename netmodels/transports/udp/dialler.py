@@ -163,10 +163,19 @@ class Dialler(DatagramProtocol, SessionSocket):
             self.options,
             self.clock,
         )
+        # Setting the session up runs the protocol's code, which may cancel
+        # the dial (``cancel`` cannot undo it: the dial counts as done, and
+        # the Deferred fails itself): then nobody wants the session.
+        cancelled = self.result.called
         if session is None:
             self.send(datagram.encode_reset(session_id), self.peer)
             self._close_socket()
-            self.result.errback(error.ConnectError("factory refused the connection"))
+            if not cancelled:
+                self.result.errback(error.ConnectError("factory refused the connection"))
+            return
+        if cancelled:
+            if session.connected:
+                session.abortConnection()  # RESET: the peer's session ends too
             return
         if session.connected:
             self.session = session
