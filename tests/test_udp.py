@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from netmodels.core import datagram
 from netmodels.core.datagram import parse
@@ -594,10 +594,10 @@ class BurstTests(SynchronousTestCase):
         self.assertEqual(out_at_request, [sent_before + n for n in (0, 0, 0, 1, 1)])
 
 
-class DiallerTests(SynchronousTestCase):
-    """The dialler on its own: on a real connected socket (sends skip Twisted's ``write``), and cancelled."""
+class DiallerSocketTests(TestCase):
+    """The dialler on a real connected socket: its sends skip Twisted's ``write``."""
 
-    def test_refused_on_send_fails_the_dial(self) -> None:
+    def test_refused_on_send_fails_the_dial(self) -> Deferred[None]:
         from twisted.internet import reactor
         from twisted.internet.error import ConnectionRefusedError
         from twisted.internet.protocol import Factory
@@ -610,11 +610,19 @@ class DiallerTests(SynchronousTestCase):
         closed.bind(("127.0.0.1", 0))
         peer = closed.getsockname()
         closed.close()  # nobody listens there now
-        clock = Clock()
         result: Deferred[Any] = Deferred()
-        dialler = Dialler(Factory(), peer, DatagramOptions(), clock, result)
+        dialler = Dialler(Factory(), peer, DatagramOptions(), Clock(), result)
+        # The reactor closes the port on a later turn: the test waits for it,
+        # so that nothing of it runs in another test.
+        stopped: Deferred[None] = Deferred()
+        stop_protocol = dialler.stopProtocol
+
+        def stop() -> None:
+            stop_protocol()
+            stopped.callback(None)
+
+        dialler.stopProtocol = stop  # type: ignore[method-assign]
         port: Any = reactor.listenUDP(0, dialler, interface="127.0.0.1")  # type: ignore[attr-defined]
-        self.addCleanup(lambda: port.stopListening() if port.connected else None)
         port.connect(*peer)
         dialler.begin()  # INIT; on loopback its ICMP port unreachable is queued at once
         self.assertIsNotNone(dialler._raw_send)  # the socket's own send, not Twisted's write
@@ -624,6 +632,12 @@ class DiallerTests(SynchronousTestCase):
         [failure] = outcomes
         self.assertIsInstance(failure.value, ConnectionRefusedError)
         self.assertEqual(dialler.counters["send_dropped"], 0)
+        self.assertIsNone(dialler.transport)  # the dialler closed its socket
+        return stopped
+
+
+class DiallerTests(SynchronousTestCase):
+    """The dialler on a fake network."""
 
     def test_a_dial_cancelled_while_its_session_is_set_up(self) -> None:
         """Cancelled from the protocol's own set-up: the dial fails once, the session is reset."""
