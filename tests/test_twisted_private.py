@@ -208,6 +208,32 @@ class UdpSocketTests(SynchronousTestCase):
         sendto(b"hi", receiver.getsockname())
         self.assertEqual(receiver.recv(16), b"hi")
 
+    def test_raw_send_of_a_connected_port(self) -> None:
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(receiver.close)
+        receiver.bind(("127.0.0.1", 0))
+        port: Any = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        # Not connected: Twisted's write needs the address, so no raw send.
+        self.assertIsNone(private.raw_send(port))
+        port.connect(*receiver.getsockname())
+        send = private.raw_send(port)
+        assert send is not None
+        send(b"hi")
+        self.assertEqual(receiver.recv(16), b"hi")
+
+    def test_raw_send_degrades(self) -> None:
+        self.assertIsNone(private.raw_send(object()))
+        port: Any = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        port.connect("127.0.0.1", 9)
+        sock = port.socket
+        del port.socket
+        try:
+            self.assertIsNone(private.raw_send(port))
+        finally:
+            port.socket = sock
+
     def test_raw_sendto_degrades(self) -> None:
         self.assertIsNone(private.raw_sendto(object()))
         port: Any = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")  # type: ignore[attr-defined]
@@ -281,6 +307,28 @@ class ReadInBurstsTests(SynchronousTestCase):
             log,
             [("burst", [b"AA1", b"AA2"]), ("one", b"BB3"), ("one", b"AA4"), ("burst", [b"AA5", b"AA6"])],
         )
+
+    def test_a_failing_target_is_logged_and_reading_goes_on(self) -> None:
+        log: list[Any] = []
+        port: Any = reactor.listenUDP(0, _Recording(log), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(sender.close)
+        sender.bind(("127.0.0.1", 0))
+
+        class Failing(_Target):
+            def data_burst(self, batch: list[bytes]) -> None:
+                super().data_burst(batch)
+                raise RuntimeError("a bug in the session")
+
+        routes: dict[bytes, Any] = {b"AA": Failing(sender.getsockname(), log)}
+        self.assertTrue(private.read_in_bursts(port, routes, 2))
+        address = port.getHost()
+        for data in (b"AA1", b"BB2", b"AA3"):
+            sender.sendto(data, (address.host, address.port))
+        port.doRead()  # raises nothing: both bursts (the last one at the end of the read) are logged
+        self.assertEqual(log, [("burst", [b"AA1"]), ("one", b"BB2"), ("burst", [b"AA3"])])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
 
     def test_read_in_bursts_degrades(self) -> None:
         self.assertFalse(private.read_in_bursts(object(), {}, 2))

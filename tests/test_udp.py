@@ -6,10 +6,12 @@ reason, limits, and what forged or malformed datagrams may (not) do.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from netmodels.core import datagram
 from netmodels.core.datagram import parse
@@ -18,6 +20,7 @@ from netmodels.runtime.node import Node
 from netmodels.runtime.session import MessageTooLarge, Session
 from netmodels.testing import DatagramNetwork
 from netmodels.topologies.client_server import ClientServer
+from netmodels.transports.udp.transport import GROUPED_FRAMES
 from tests.test_testing import (
     CLIENT_ID,
     EPSILON,
@@ -526,20 +529,151 @@ class BurstTests(SynchronousTestCase):
         self.assertEqual(expected_window.lost, 3)  # 3, 4 and 10
         self.assertEqual(len(pair.server_app.messages), 11)
 
-    def test_replies_to_a_burst_leave_in_one_datagram(self) -> None:
+    def test_replies_to_a_burst_leave_grouped_and_part_way(self) -> None:
         pair = UdpPair()
         pair.start()
         transport = self._server_transport(pair)
-        sent_before = transport.datagrams_out
         base = transport._window.highest + 1
+        # When each request is handled: how many datagrams had left by then.
+        out_at_request: list[int] = []
+
+        def answer(payload: bytes) -> bytes:
+            out_at_request.append(transport.datagrams_out)
+            return payload
+
+        pair.server_app.answer = answer
+        sent_before = transport.datagrams_out
         burst = [
             datagram.encode_data_header(transport.session_id, base + n)
             + encode_frame(MessageType.REQUEST, (n + 1).to_bytes(4, "big") + b"question")
-            for n in range(16)
+            for n in range(2 * GROUPED_FRAMES + 3)
         ]
         transport.data_burst(burst)
-        self.assertEqual(transport.datagrams_out, sent_before + 1)
+        # GROUPED_FRAMES replies to a datagram, the rest at the end of the burst...
+        self.assertEqual(transport.datagrams_out, sent_before + 3)
+        # ... and a full datagram leaves at once, while the burst is still handled:
+        # the peer need not wait for all of them.
+        self.assertEqual(
+            out_at_request,
+            [sent_before] * GROUPED_FRAMES + [sent_before + 1] * GROUPED_FRAMES + [sent_before + 2] * 3,
+        )
+        reply = len(encode_frame(MessageType.RESPONSE, b"0000question"))
+        sizes = [size for source, _, size in pair.network.log if source == SERVER][-3:]
+        header = datagram.DATA_HEADER
+        self.assertEqual(sizes, [header + GROUPED_FRAMES * reply] * 2 + [header + 3 * reply])
         # Writes outside a burst go at once, a datagram each.
         transport.write_unreliable(encode_frame(MessageType.DATA, b"a"))
         transport.write_unreliable(encode_frame(MessageType.DATA, b"b"))
-        self.assertEqual(transport.datagrams_out, sent_before + 3)
+        self.assertEqual(transport.datagrams_out, sent_before + 5)
+
+    def test_grouped_replies_never_exceed_a_datagram(self) -> None:
+        pair = UdpPair()
+        pair.start()
+        transport = self._server_transport(pair)
+        base = transport._window.highest + 1
+        body = b"q" * 400  # two replies fit a datagram of 1200 bytes, three do not
+        out_at_request: list[int] = []
+
+        def answer(payload: bytes) -> bytes:
+            out_at_request.append(transport.datagrams_out)
+            return payload
+
+        pair.server_app.answer = answer
+        sent_before = transport.datagrams_out
+        burst = [
+            datagram.encode_data_header(transport.session_id, base + n)
+            + encode_frame(MessageType.REQUEST, (n + 1).to_bytes(4, "big") + body)
+            for n in range(5)
+        ]
+        transport.data_burst(burst)
+        reply = len(encode_frame(MessageType.RESPONSE, (1).to_bytes(4, "big") + body))
+        sizes = [size for source, _, size in pair.network.log if source == SERVER][-3:]
+        header = datagram.DATA_HEADER
+        self.assertEqual(sizes, [header + 2 * reply, header + 2 * reply, header + reply])
+        # A full datagram leaves before the next request is handled.
+        self.assertEqual(out_at_request, [sent_before + n for n in (0, 0, 0, 1, 1)])
+
+
+class DiallerSocketTests(TestCase):
+    """The dialler on a real connected socket: its sends skip Twisted's ``write``."""
+
+    def test_refused_on_send_fails_the_dial(self) -> Deferred[None]:
+        from twisted.internet import reactor
+        from twisted.internet.error import ConnectionRefusedError
+        from twisted.internet.protocol import Factory
+        from twisted.python.failure import Failure
+
+        from netmodels.transports.udp.dialler import Dialler
+        from netmodels.transports.udp.options import DatagramOptions
+
+        closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        closed.bind(("127.0.0.1", 0))
+        peer = closed.getsockname()
+        closed.close()  # nobody listens there now
+        result: Deferred[Any] = Deferred()
+        dialler = Dialler(Factory(), peer, DatagramOptions(), Clock(), result)
+        # The reactor closes the port on a later turn: the test waits for it,
+        # so that nothing of it runs in another test.
+        stopped: Deferred[None] = Deferred()
+        stop_protocol = dialler.stopProtocol
+
+        def stop() -> None:
+            stop_protocol()
+            stopped.callback(None)
+
+        dialler.stopProtocol = stop  # type: ignore[method-assign]
+        port: Any = reactor.listenUDP(0, dialler, interface="127.0.0.1")  # type: ignore[attr-defined]
+        port.connect(*peer)
+        dialler.begin()  # INIT; on loopback its ICMP port unreachable is queued at once
+        self.assertIsNotNone(dialler._raw_send)  # the socket's own send, not Twisted's write
+        outcomes: list[Failure] = []
+        result.addErrback(outcomes.append)
+        dialler.send(b"again", peer)  # the kernel reports it on this send
+        [failure] = outcomes
+        self.assertIsInstance(failure.value, ConnectionRefusedError)
+        self.assertEqual(dialler.counters["send_dropped"], 0)
+        self.assertIsNone(dialler.transport)  # the dialler closed its socket
+        return stopped
+
+
+class DiallerTests(SynchronousTestCase):
+    """The dialler on a fake network."""
+
+    def test_a_dial_cancelled_while_its_session_is_set_up(self) -> None:
+        """Cancelled from the protocol's own set-up: the dial fails once, the session is reset."""
+        from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+        from twisted.python.failure import Failure
+
+        from netmodels.transports.udp.dialler import Dialler
+        from netmodels.transports.udp.options import DatagramOptions
+
+        clock = Clock()
+        network = DatagramNetwork(clock, LATENCY, source=CLIENT_HOST)
+        outcomes: list[Failure] = []
+        result: Deferred[Any] = Deferred(lambda _: dialler.cancel())
+        result.addErrback(outcomes.append)
+
+        class Cancelling(Factory):
+            def buildProtocol(self, addr: Any) -> Protocol:
+                result.cancel()  # say, the node stops while the session starts
+                return Protocol()
+
+        heard: list[bytes] = []
+        server = DatagramProtocol()
+        server.datagramReceived = lambda data, addr: heard.append(data)  # type: ignore[method-assign]
+        network.listenUDP(SERVER[1], server, interface=SERVER[0])
+        dialler = Dialler(Cancelling(), SERVER, DatagramOptions(), clock, result)
+        port = network.listenUDP(0, dialler)
+        port.connected_to = SERVER
+        dialler.begin()
+        dialler.datagramReceived(datagram.encode_accept(dialler.nonce, 42), SERVER)
+        [failure] = outcomes
+        self.assertIsInstance(failure.value, CancelledError)
+        self.assertIsNone(dialler.session)
+        self.assertIsNone(network.port_at(port.address))  # the socket is closed
+        # The server is told (RESET) rather than left with a session nobody uses.
+        clock.advance(LATENCY)
+        kinds = [parse(data).kind for data in heard]
+        self.assertEqual(
+            kinds, [datagram.Kind.INIT, datagram.Kind.RESET, datagram.Kind.RESET]
+        )  # RESET goes twice

@@ -18,7 +18,7 @@ import struct
 from typing import TYPE_CHECKING, Any, Final
 
 from netmodels.core.connection import ConnectionRecord
-from netmodels.core.frames import MessageType, encode_correlated
+from netmodels.core.frames import MessageType
 
 if TYPE_CHECKING:
     from netmodels.core.handshake import SessionRules
@@ -31,6 +31,8 @@ _REQUEST: Final = int(MessageType.REQUEST)
 _RESPONSE: Final = int(MessageType.RESPONSE)
 _ERROR: Final = int(MessageType.ERROR)
 _ID: Final = struct.Struct("!I").unpack_from
+#: A REQUEST, RESPONSE or ERROR frame's header, as ``encode_correlated`` packs it.
+_CORRELATED: Final = struct.Struct("!IBI").pack
 
 #: Shared by sessions with no request in flight (most of them), saving a dict each.
 _NO_REQUESTS: Final[dict[int, tuple[Any, float]]] = {}
@@ -116,7 +118,8 @@ class RequestTable:
             self.request_due = deadline
             self.output.schedule_requests(deadline)
         self.record.messages_out += 1
-        self.output.transmit(encode_correlated(_REQUEST, request_id, payload))
+        # encode_correlated's bytes, without the call: this runs for every request.
+        self.output.transmit(_CORRELATED(len(payload) + 5, _REQUEST, request_id) + payload)
 
     def requests_due(self, now: float) -> None:
         """The request timer fired: fail every request past its deadline."""
@@ -153,7 +156,7 @@ class RequestTable:
             message_type = _ERROR
             body = f"response exceeds the {self.limit_name}".encode()
         self.record.messages_out += 1
-        self.output.transmit(encode_correlated(message_type, request_id, body))
+        self.output.transmit(_CORRELATED(len(body) + 5, message_type, request_id) + body)
 
     def _response_received(self, message_type: int, body: bytes) -> None:
         if len(body) < 4:

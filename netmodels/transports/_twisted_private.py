@@ -16,7 +16,8 @@ feature (the errno of an RST, a send without a reactor pass), never a crash:
   socket's ``accept()`` (in ``tcp._accept``), which :func:`accept_ahead`
   replaces with one that first takes all the kernel holds;
 - ``udp.Port`` keeps its socket in ``socket``, which :func:`raw_sendto` uses
-  to skip Twisted's per-call address validation, and reads it in ``doRead``
+  to skip Twisted's per-call address validation (and :func:`raw_send`, on a
+  port connected as ``_connectedAddr`` says, its checks), and reads it in ``doRead``
   (``recvfrom`` in a loop up to ``maxThroughput`` bytes), which
   :func:`read_in_bursts` replaces on one port with a loop that hands a
   session all its DATA datagrams of one read burst at once.
@@ -46,6 +47,7 @@ __all__ = [
     "io_goes_through_socket",
     "listener_of",
     "listening_socket",
+    "raw_send",
     "raw_sendto",
     "read_in_bursts",
     "send_around_buffer",
@@ -295,6 +297,21 @@ def accept_ahead(port: object, limit: int) -> bool:
     return True
 
 
+def raw_send(port: object) -> Callable[[bytes], object] | None:
+    """
+    ``send`` of a connected ``udp.Port``'s socket; ``None`` for other ports
+    (unconnected ones, fakes). Twisted's ``write`` checks the address and
+    catches errnos on every call; the caller handles ``OSError`` itself.
+    """
+    if not isinstance(port, udp.Port) or not getattr(port, "_connectedAddr", None):
+        return None
+    sock = port.__dict__.get("socket")
+    if not isinstance(sock, socket.socket):
+        return None
+    send: Callable[[bytes], object] = sock.send
+    return send
+
+
 def raw_sendto(port: object) -> Callable[[bytes, tuple[str, int]], object] | None:
     """``sendto`` of a listening ``udp.Port``'s socket; ``None`` for other ports (and fakes)."""
     if not isinstance(port, udp.Port):
@@ -390,7 +407,11 @@ def read_in_bursts(
                     log.err()
         finally:
             if target is not None:
-                flush(target, batch)
+                # flush(), inline: at one datagram per read this runs for every datagram.
+                try:
+                    target.data_burst(batch)
+                except BaseException:
+                    log.err()
 
     port.doRead = do_read  # type: ignore[method-assign]
     return True

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, error
@@ -12,7 +14,7 @@ from twisted.python.failure import Failure
 
 from netmodels.core import datagram
 from netmodels.core.datagram import DATA_HEADER, Kind, MalformedDatagram
-from netmodels.transports._twisted_private import BurstTarget, read_in_bursts
+from netmodels.transports._twisted_private import BurstTarget, raw_send, read_in_bursts
 from netmodels.transports.udp.options import DatagramOptions, udp_address
 from netmodels.transports.udp.transport import (
     DATA_KIND,
@@ -59,10 +61,13 @@ class Dialler(DatagramProtocol, SessionSocket):
         self._resend_call: IDelayedCall | None = None
         self._deadline: IDelayedCall | None = None
         self._done = False
+        self._raw_send: Callable[[bytes], object] | None = None
 
     def begin(self) -> None:
         # The socket is connected: the kernel checks the source, the reader need not.
         read_in_bursts(self.transport, self.data_routes, ROUTE_PREFIX, check_address=False)
+        # A real port's socket directly: Twisted's write checks the address on every call.
+        self._raw_send = raw_send(self.transport)
         self._deadline = self.clock.callLater(self.options.connect_timeout, self._timed_out)
         self._transmit()
 
@@ -73,6 +78,17 @@ class Dialler(DatagramProtocol, SessionSocket):
         self._resend_delay = min(_HANDSHAKE_MAX, self._resend_delay * 2)
 
     def send(self, data: bytes, address: tuple[str, int]) -> None:
+        send = self._raw_send
+        if send is not None:
+            try:
+                send(data)
+            except OSError as e:
+                if e.errno == errno.ECONNREFUSED:
+                    # An earlier datagram's ICMP port unreachable (Twisted's write says so too).
+                    self.connectionRefused()
+                else:
+                    self.counters["send_dropped"] += 1
+            return
         transport = self.transport
         if transport is None:
             # The socket is gone (see stopProtocol): nothing can be sent.
@@ -92,6 +108,7 @@ class Dialler(DatagramProtocol, SessionSocket):
         reading the ECONNREFUSED (``connectionRefused`` is then never called).
         Either way nothing can be sent on it any more: the peer refused us.
         """
+        self._raw_send = None
         if self.session is not None:
             self.session.refused()
         elif not self._done:
@@ -146,10 +163,19 @@ class Dialler(DatagramProtocol, SessionSocket):
             self.options,
             self.clock,
         )
+        # Setting the session up runs the protocol's code, which may cancel
+        # the dial (``cancel`` cannot undo it: the dial counts as done, and
+        # the Deferred fails itself): then nobody wants the session.
+        cancelled = self.result.called
         if session is None:
             self.send(datagram.encode_reset(session_id), self.peer)
             self._close_socket()
-            self.result.errback(error.ConnectError("factory refused the connection"))
+            if not cancelled:
+                self.result.errback(error.ConnectError("factory refused the connection"))
+            return
+        if cancelled:
+            if session.connected:
+                session.abortConnection()  # RESET: the peer's session ends too
             return
         if session.connected:
             self.session = session
@@ -189,6 +215,7 @@ class Dialler(DatagramProtocol, SessionSocket):
         self._resend_call = None
 
     def _close_socket(self) -> None:
+        self._raw_send = None
         transport = self.transport
         if transport is not None:
             self.transport = None

@@ -78,6 +78,12 @@ def data_route(session_id: int) -> bytes:
     return bytes((DATA_KIND,)) + SESSION_ID.pack(session_id)
 
 
+#: Frames written during a burst that share one datagram, at most: a datagram
+#: leaves as soon as it holds this many, so the peer works on those while we
+#: handle the rest of the burst. Grouping a whole burst's replies would leave
+#: one datagram in flight each way, the two sides taking turns.
+GROUPED_FRAMES = 8
+
 #: Bytes waiting for the reliable window past which the writer is paused
 #: (Twisted pauses a TCP producer at the same size).
 _HIGH_WATER = 65536
@@ -137,8 +143,9 @@ class DatagramTransport:
         self._data_prefix = data_route(session_id)
         self._stream = bytearray()
         #: While a burst of DATA is delivered: the frames written unreliably meanwhile,
-        #: sent together after it (a reply to each request of a burst, in one datagram).
+        #: sent together (a reply to each request of a burst), GROUPED_FRAMES at a time.
         self._outbox: list[bytes] | None = None
+        self._outbox_size = 0
         self._retransmit_call: IDelayedCall | None = None
         self._ack_call: IDelayedCall | None = None
         self._producer: Any = None
@@ -173,7 +180,16 @@ class DatagramTransport:
         outbox = self._outbox
         if size <= limit:
             if outbox is not None:
+                held = self._outbox_size + size
+                if held > limit:
+                    # Not in one datagram with those held: they leave first.
+                    self._flush_outbox()
+                    held = size
                 outbox.append(frames)
+                if len(outbox) < GROUPED_FRAMES:
+                    self._outbox_size = held
+                else:
+                    self._flush_outbox()
                 return
             # A message, a request, a probe (or a corked burst that fits): one datagram.
             self._send_data(frames)
@@ -186,12 +202,11 @@ class DatagramTransport:
         outbox = self._outbox
         if not outbox:
             return
+        # Never over one datagram: write_unreliable sends what is held before it would be.
         frames = outbox[0] if len(outbox) == 1 else b"".join(outbox)
         outbox.clear()
-        if len(frames) <= self._max_payload:
-            self._send_data(frames)
-        else:
-            self._send_frames(frames)
+        self._outbox_size = 0
+        self._send_data(frames)
 
     def _send_frames(self, frames: bytes) -> None:
         """Whole frames over one datagram's size: as few datagrams as hold them."""
@@ -295,14 +310,24 @@ class DatagramTransport:
         """
         DATA datagrams of this session (headers included) from one read
         burst, in arrival order. Their frames go up in one piece, as a TCP
-        read's do, and what is written unreliably meanwhile leaves together
-        at the end (see ``write_unreliable``).
+        read's do, and what is written unreliably meanwhile leaves grouped,
+        :data:`GROUPED_FRAMES` frames to a datagram (see ``write_unreliable``).
         """
         count = len(batch)
         self.datagrams_in += count
         window = self._window
         highest = window.highest
-        if count > 1 and highest >= 0:
+        if count == 1 and highest >= 0:
+            # A request or its response, alone: the next datagram, carrying one frame?
+            data = batch[0]
+            size = len(data)
+            if size > _ONE_FRAME:
+                sequence, length = _SEQUENCE_AND_LENGTH.unpack_from(data, 9)
+                if sequence == (highest + 1) & 0xFFFFFFFF and length + _ONE_FRAME == size:
+                    window.advance(1)
+                    self._deliver_data(data[DATA_HEADER:])
+                    return
+        elif count > 1 and highest >= 0:
             sizes = set(map(len, batch))
             size = sizes.pop()
             if not sizes and size > _ONE_FRAME:
