@@ -21,12 +21,23 @@ which catches no probe). Kernel socket memory (~10 KB per loopback pair) is not
 in RSS and not counted.
 
     python benchmarks/idle_mem.py [--idle-conns 10000] [--idle-seconds 15] [--idle-reps 1]
+
+To see where the netmodels server's idle CPU goes: ``--profile-dir DIR``
+writes a cProfile of its window (``DIR/idle-nm-REP.prof``; the CPU figure of
+such a run is not valid), and ``--attach COMMAND`` runs COMMAND (``{pid}``
+replaced by the netmodels server's pid) for the length of its window and stops
+it with SIGINT, e.g. ``--attach 'strace -c -f -p {pid}'`` for the system calls
+per probe, or ``--attach 'perf stat -e instructions -p {pid}'``.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
+import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -36,7 +47,14 @@ from common import Row
 BACKLOG = 4096
 
 
-def serve(impl: str, conns: int, settle: float, seconds: float, trace: str | None = None) -> None:
+def serve(
+    impl: str,
+    conns: int,
+    settle: float,
+    seconds: float,
+    trace: str | None = None,
+    profile: str | None = None,
+) -> None:
     if trace:
         import tracemalloc
 
@@ -91,13 +109,28 @@ def serve(impl: str, conns: int, settle: float, seconds: float, trace: str | Non
     result: dict[str, Any] = {"rss_base_kb": baseline, "conns": conns}
     common.emit("READY", str(number))
 
-    def finish_window(cpu0: float, t0: float) -> None:
+    def probes_sent() -> int:
+        if node is None:
+            return 0
+        return sum(c.record.probes_sent for c in node.manager.live.values())
+
+    profiler: Any = None
+
+    def finish_window(cpu0: float, t0: float, probes0: int) -> None:
         elapsed = time.monotonic() - t0
+        cpu = common.cpu_seconds() - cpu0
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile)
         result["idle_seconds"] = elapsed
-        result["idle_cpu_pct"] = 100 * (common.cpu_seconds() - cpu0) / elapsed
+        result["idle_cpu_pct"] = 100 * cpu / elapsed
         result["conns_at_end"] = connected[0]
         if node is not None:
             result["pings_answered"] = sum(1 for c in node.manager.live.values() if c.record.rtt is not None)
+            probes = probes_sent() - probes0
+            result["probes_in_window"] = probes
+            # All the server's CPU in the window, shared out over the probes.
+            result["cpu_us_per_probe"] = cpu / probes * 1e6 if probes else None
         common.emit("RESULT", result)
 
     def measure() -> None:
@@ -108,7 +141,15 @@ def serve(impl: str, conns: int, settle: float, seconds: float, trace: str | Non
         result["kb_per_conn"] = (rss - baseline) / max(1, connected[0])
         if trace and before is not None:
             write_trace(trace, before, max(1, connected[0]))
-        reactor.callLater(seconds, finish_window, common.cpu_seconds(), time.monotonic())
+        nonlocal profiler
+        probes0 = probes_sent()
+        common.emit("WINDOW", str(os.getpid()))
+        if profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        reactor.callLater(seconds, finish_window, common.cpu_seconds(), time.monotonic(), probes0)
 
     def poll() -> None:
         elapsed = time.monotonic() - started
@@ -142,8 +183,9 @@ def write_trace(path: str, before: Any, connections: int) -> None:
             )
 
 
-def run_once(impl: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_once(impl: str, args: argparse.Namespace, rep: int = 0) -> dict[str, Any]:
     loadgen = common.build_loadgen()
+    profile = common.profile_path(args, f"idle-{impl}-{rep}") if impl == "nm" else None
     with common.Children() as children:
         server = children.start(
             f"idle {impl} server",
@@ -162,6 +204,7 @@ def run_once(impl: str, args: argparse.Namespace) -> dict[str, Any]:
                         if getattr(args, "trace_memory", None)
                         else []
                     ),
+                    *(["--profile", profile] if profile else []),
                 ),
                 common.server_cpu(),
             ),
@@ -171,7 +214,15 @@ def run_once(impl: str, args: argparse.Namespace) -> dict[str, Any]:
         if impl != "raw":
             command += ["-x", common.netmodels_hello_hex()]
         children.start("loadgen idle", common.pinned(command, common.client_cpu()))
+        attached = None
+        if impl == "nm" and getattr(args, "attach", None):
+            pid = server.expect("WINDOW", 200)
+            attached = subprocess.Popen(args.attach.replace("{pid}", pid), shell=True)
         result = server.result(args.idle_seconds + 200)
+        if attached is not None:
+            attached.send_signal(signal.SIGINT)
+            attached.wait(30)
+            sys.stdout.flush()
         server.stop()  # the server first: closing 10,000 sockets by exiting is quickest
     return result
 
@@ -181,7 +232,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
     for rep in range(args.idle_reps):
         for impl in ("raw", "nm"):
             common.progress(f"idle rep {rep + 1}/{args.idle_reps}: {impl}, {args.idle_conns} connections")
-            results[impl].append(run_once(impl, args))
+            results[impl].append(run_once(impl, args, rep))
 
     def series(impl: str, key: str) -> list[float]:
         return [r[key] for r in results[impl] if r.get(key) is not None]
@@ -233,6 +284,11 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
     else:
         answered = [r.get("pings_answered") for r in results["nm"]]
         notes.append(f"netmodels connections with an answered keepalive probe in the window: {answered}")
+        per_probe = [
+            f"{r['cpu_us_per_probe']:.1f}" for r in results["nm"] if r.get("cpu_us_per_probe") is not None
+        ]
+        probes = [r.get("probes_in_window") for r in results["nm"]]
+        notes.append(f"netmodels probes sent in the window: {probes}; server CPU µs per probe: {per_probe}")
     return rows, notes
 
 
@@ -268,11 +324,23 @@ def main() -> None:
     p.add_argument("--impl", choices=("raw", "nm"), required=True)
     add_arguments(p)
     p.add_argument("--settle", type=float, default=1.0)
+    p.add_argument("--profile", default=None, help="write a cProfile of the idle window here")
     add_arguments(parser)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--profile-dir",
+        default=None,
+        help="write a cProfile of the netmodels server's window into this folder (CPU figure not valid)",
+    )
+    parser.add_argument(
+        "--attach",
+        default=None,
+        metavar="COMMAND",
+        help="run COMMAND ({pid}: the netmodels server's pid) over its idle window, stopped with SIGINT",
+    )
     args = parser.parse_args()
     if args.command == "server":
-        serve(args.impl, args.idle_conns, args.settle, args.idle_seconds, args.trace_memory)
+        serve(args.impl, args.idle_conns, args.settle, args.idle_seconds, args.trace_memory, args.profile)
         return
     apply_quick(args)
     print("\n".join(common.machine_info()))
