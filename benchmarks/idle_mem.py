@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -64,8 +65,12 @@ def serve(
     from twisted.internet.task import LoopingCall
 
     connected = [0]
+    #: Probes the floor implementation sent.
+    floor_probes = [0]
     node = None
-    if impl == "raw":
+    if impl == "floor":
+        number = serve_floor(reactor, connected, floor_probes)
+    elif impl == "raw":
         from twisted.internet.protocol import Factory
         from twisted.protocols.basic import Int32StringReceiver
 
@@ -111,14 +116,27 @@ def serve(
 
     def probes_sent() -> int:
         if node is None:
-            return 0
+            return floor_probes[0]
         return sum(c.record.probes_sent for c in node.manager.live.values())
 
     profiler: Any = None
+    # The garbage collector's passes in the window, by generation, and their time.
+    collections = [0, 0, 0]
+    collecting = [0.0, 0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collecting[0] = time.perf_counter()
+        else:
+            collections[info["generation"]] += 1
+            collecting[1] += time.perf_counter() - collecting[0]
 
     def finish_window(cpu0: float, t0: float, probes0: int) -> None:
         elapsed = time.monotonic() - t0
         cpu = common.cpu_seconds() - cpu0
+        gc.callbacks.remove(on_gc)
+        result["gc_collections"] = collections
+        result["gc_ms"] = collecting[1] * 1e3
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(profile)
@@ -127,6 +145,7 @@ def serve(
         result["conns_at_end"] = connected[0]
         if node is not None:
             result["pings_answered"] = sum(1 for c in node.manager.live.values() if c.record.rtt is not None)
+        if impl != "raw":
             probes = probes_sent() - probes0
             result["probes_in_window"] = probes
             # All the server's CPU in the window, shared out over the probes.
@@ -149,6 +168,7 @@ def serve(
 
             profiler = cProfile.Profile()
             profiler.enable()
+        gc.callbacks.append(on_gc)
         reactor.callLater(seconds, finish_window, common.cpu_seconds(), time.monotonic(), probes0)
 
     def poll() -> None:
@@ -161,6 +181,65 @@ def serve(
     loop = LoopingCall(poll)
     reactor.callLater(0.2, loop.start, 0.05)
     reactor.run()
+
+
+def serve_floor(reactor: Any, connected: list[int], probes: list[int]) -> int:
+    """
+    The floor under netmodels' idle cost: raw Twisted, no framing, sending
+    each connection a ready-made PING one idle period (15 s) after it was last
+    heard from, and checking an interval (10 s) after each probe, on 1/64 s
+    slots as netmodels' timer wheel does. What it costs is the probes' system
+    calls, wakeups and Twisted's own read path. Returns the port.
+    """
+    import math
+    import struct
+
+    from twisted.internet.protocol import Factory, Protocol
+
+    ping = struct.pack("!IBI", 5, 3, 1)
+    idle, interval, granularity = 15.0, 10.0, 1 / 64
+    slots: dict[int, list[Probed]] = {}
+    seconds = reactor.seconds
+
+    def add(protocol: Probed, when: float) -> None:
+        slot = math.ceil(when / granularity)
+        bucket = slots.get(slot)
+        if bucket is None:
+            slots[slot] = [protocol]
+            reactor.callLater(max(0.0, slot * granularity - seconds()), due, slot)
+        else:
+            bucket.append(protocol)
+
+    def due(slot: int) -> None:
+        now = seconds()
+        for protocol in slots.pop(slot):
+            if protocol.last >= protocol.sent and now < protocol.last + idle:
+                add(protocol, protocol.last + idle)
+                continue
+            protocol.sent = now
+            probes[0] += 1
+            protocol.send(ping)
+            add(protocol, now + interval)
+
+    class Probed(Protocol):
+        last = 0.0
+        sent = -1.0
+
+        def connectionMade(self) -> None:
+            self.transport.setTcpNoDelay(True)
+            self.send = self.transport.socket.send
+            self.last = seconds()
+            connected[0] += 1
+            add(self, self.last + idle)
+
+        def dataReceived(self, data: bytes) -> None:
+            self.last = seconds()
+
+        def connectionLost(self, reason: Any = None) -> None:
+            connected[0] -= 1
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Probed), interface=common.HOST, backlog=BACKLOG)
+    return int(port.getHost().port)
 
 
 def write_trace(path: str, before: Any, connections: int) -> None:
@@ -215,9 +294,9 @@ def run_once(impl: str, args: argparse.Namespace, rep: int = 0) -> dict[str, Any
             command += ["-x", common.netmodels_hello_hex()]
         children.start("loadgen idle", common.pinned(command, common.client_cpu()))
         attached = None
-        if impl == "nm" and getattr(args, "attach", None):
+        if impl != "raw" and getattr(args, "attach", None):
             pid = server.expect("WINDOW", 200)
-            attached = subprocess.Popen(args.attach.replace("{pid}", pid), shell=True)
+            attached = subprocess.Popen([part.replace("{pid}", pid) for part in shlex.split(args.attach)])
         result = server.result(args.idle_seconds + 200)
         if attached is not None:
             attached.send_signal(signal.SIGINT)
@@ -228,9 +307,10 @@ def run_once(impl: str, args: argparse.Namespace, rep: int = 0) -> dict[str, Any
 
 
 def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
-    results: dict[str, list[dict[str, Any]]] = {"raw": [], "nm": []}
+    impls = ("raw", "nm", "floor") if getattr(args, "floor", False) else ("raw", "nm")
+    results: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
     for rep in range(args.idle_reps):
-        for impl in ("raw", "nm"):
+        for impl in impls:
             common.progress(f"idle rep {rep + 1}/{args.idle_reps}: {impl}, {args.idle_conns} connections")
             results[impl].append(run_once(impl, args, rep))
 
@@ -289,6 +369,14 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
         ]
         probes = [r.get("probes_in_window") for r in results["nm"]]
         notes.append(f"netmodels probes sent in the window: {probes}; server CPU µs per probe: {per_probe}")
+    gcs = [f"{r.get('gc_collections')} in {r.get('gc_ms', 0):.1f} ms" for r in results["nm"]]
+    notes.append(f"netmodels garbage collections in the window (gen 0, 1, 2): {gcs}")
+    for r in results.get("floor", []):
+        notes.append(
+            f"floor (raw Twisted sending ready-made PINGs on the same schedule): idle CPU "
+            f"{r['idle_cpu_pct']:.2f} %, {r.get('probes_in_window')} probes, "
+            f"{r.get('cpu_us_per_probe') or 0:.1f} µs per probe"
+        )
     return rows, notes
 
 
@@ -321,7 +409,7 @@ def main() -> None:
     )
     sub = parser.add_subparsers(dest="command")
     p = sub.add_parser("server")
-    p.add_argument("--impl", choices=("raw", "nm"), required=True)
+    p.add_argument("--impl", choices=("raw", "nm", "floor"), required=True)
     add_arguments(p)
     p.add_argument("--settle", type=float, default=1.0)
     p.add_argument("--profile", default=None, help="write a cProfile of the idle window here")
@@ -333,10 +421,15 @@ def main() -> None:
         help="write a cProfile of the netmodels server's window into this folder (CPU figure not valid)",
     )
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run the floor: raw Twisted sending the same probes (netmodels' cost per probe, compared)",
+    )
+    parser.add_argument(
         "--attach",
         default=None,
         metavar="COMMAND",
-        help="run COMMAND ({pid}: the netmodels server's pid) over its idle window, stopped with SIGINT",
+        help="run COMMAND ({pid}: the server's pid; not for raw) over its idle window, stopped with SIGINT",
     )
     args = parser.parse_args()
     if args.command == "server":
