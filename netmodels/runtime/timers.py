@@ -170,8 +170,13 @@ class TimerWheel:
                         continue
                     timer.called = True
                     self._live -= 1
+                    # timer.fire(), inlined: this runs for every connection every keepalive period.
+                    target = timer.target
                     try:
-                        timer.fire()
+                        if target is _NO_TARGET:
+                            timer.function()
+                        else:
+                            timer.function(target)
                     except Exception:
                         _log.failure("timer callback failed")
         finally:
