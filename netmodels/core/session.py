@@ -115,8 +115,11 @@ _PROBE: Final = KeepaliveAction.PROBE
 class ISessionOutput(Interface):
     """What a :class:`SessionMachine` asks of its owner, one call per action."""
 
-    def transmit(data: bytes) -> None:
-        """Send ``data`` (whole frames) to the peer."""
+    def transmit(data: bytes, corked: bool = False) -> None:
+        """
+        Send ``data`` (whole frames) to the peer; ``corked``: at the end of
+        the reactor turn, with the rest of a burst.
+        """
 
     def opened(hello: Hello) -> None:
         """The peer's HELLO was accepted: the session is open."""
@@ -423,9 +426,12 @@ class SessionMachine(RequestTable):
         record.probes_sent += 1
         sequence = self.ping_sequence = (self.ping_sequence + 1) & 0xFFFFFFFF
         self.ping_sent_at = now
-        # As _control does, one call less: this runs for every connection every idle period.
         record.messages_out += 1
-        self.output.transmit(encode_ping(sequence))
+        # Corked: the probes that fall due together (a timer wheel slot) leave
+        # together at the end of the reactor turn, back to back, so the peers
+        # are woken (and answer) in a burst, and one read wakeup takes many
+        # answers, rather than one wakeup each.
+        self.output.transmit(encode_ping(sequence), True)
 
     def _keepalive_dead(self, now: float) -> None:
         # The last probe went unanswered too.
