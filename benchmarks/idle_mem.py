@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import resource
 import shlex
 import signal
 import subprocess
@@ -131,15 +132,21 @@ def serve(
             collections[info["generation"]] += 1
             collecting[1] += time.perf_counter() - collecting[0]
 
-    def finish_window(cpu0: float, t0: float, probes0: int) -> None:
+    def system_seconds() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+    def finish_window(cpu0: float, t0: float, probes0: int, system0: float, switches0: int) -> None:
         elapsed = time.monotonic() - t0
         cpu = common.cpu_seconds() - cpu0
+        # The kernel's share (sampled at the scheduler tick, so rough over a short window).
+        result["idle_system_share"] = (system_seconds() - system0) / cpu if cpu else None
         gc.callbacks.remove(on_gc)
         result["gc_collections"] = collections
         result["gc_ms"] = collecting[1] * 1e3
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(profile)
+        result["server_wakeups"] = common.context_switches()[0] - switches0
         result["idle_seconds"] = elapsed
         result["idle_cpu_pct"] = 100 * cpu / elapsed
         result["conns_at_end"] = connected[0]
@@ -169,7 +176,15 @@ def serve(
             profiler = cProfile.Profile()
             profiler.enable()
         gc.callbacks.append(on_gc)
-        reactor.callLater(seconds, finish_window, common.cpu_seconds(), time.monotonic(), probes0)
+        reactor.callLater(
+            seconds,
+            finish_window,
+            common.cpu_seconds(),
+            time.monotonic(),
+            probes0,
+            system_seconds(),
+            common.context_switches()[0],
+        )
 
     def poll() -> None:
         elapsed = time.monotonic() - started
@@ -292,18 +307,30 @@ def run_once(impl: str, args: argparse.Namespace, rep: int = 0) -> dict[str, Any
         command = [str(loadgen), "-m", "idle", "-p", port, "-c", str(args.idle_conns), "-t", "3600"]
         if impl != "raw":
             command += ["-x", common.netmodels_hello_hex()]
-        children.start("loadgen idle", common.pinned(command, common.client_cpu()))
+        loadgen_child = children.start("loadgen idle", common.pinned(command, common.client_cpu()))
+        pid = server.expect("WINDOW", 200)
+        woken = voluntary_switches(loadgen_child.proc.pid)
         attached = None
         if impl != "raw" and getattr(args, "attach", None):
-            pid = server.expect("WINDOW", 200)
             attached = subprocess.Popen([part.replace("{pid}", pid) for part in shlex.split(args.attach)])
         result = server.result(args.idle_seconds + 200)
+        # How often the load generator slept and was woken in the window.
+        result["loadgen_wakeups"] = voluntary_switches(loadgen_child.proc.pid) - woken
         if attached is not None:
             attached.send_signal(signal.SIGINT)
             attached.wait(30)
             sys.stdout.flush()
         server.stop()  # the server first: closing 10,000 sockets by exiting is quickest
     return result
+
+
+def voluntary_switches(pid: int) -> int:
+    """The voluntary context switches of process ``pid`` so far (its sleeps)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
 
 
 def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
@@ -365,9 +392,13 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
         answered = [r.get("pings_answered") for r in results["nm"]]
         notes.append(f"netmodels connections with an answered keepalive probe in the window: {answered}")
         per_probe = [
-            f"{r['cpu_us_per_probe']:.1f}" for r in results["nm"] if r.get("cpu_us_per_probe") is not None
+            f"{r['cpu_us_per_probe']:.1f} ({100 * (r.get('idle_system_share') or 0):.0f} % system)"
+            for r in results["nm"]
+            if r.get("cpu_us_per_probe") is not None
         ]
         probes = [r.get("probes_in_window") for r in results["nm"]]
+        wakeups = [(r.get("server_wakeups"), r.get("loadgen_wakeups")) for r in results["nm"]]
+        notes.append(f"netmodels window: (server, load generator) sleeps and wakeups: {wakeups}")
         notes.append(f"netmodels probes sent in the window: {probes}; server CPU µs per probe: {per_probe}")
     gcs = [f"{r.get('gc_collections')} in {r.get('gc_ms', 0):.1f} ms" for r in results["nm"]]
     notes.append(f"netmodels garbage collections in the window (gen 0, 1, 2): {gcs}")
@@ -375,7 +406,9 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
         notes.append(
             f"floor (raw Twisted sending ready-made PINGs on the same schedule): idle CPU "
             f"{r['idle_cpu_pct']:.2f} %, {r.get('probes_in_window')} probes, "
-            f"{r.get('cpu_us_per_probe') or 0:.1f} µs per probe"
+            f"{r.get('cpu_us_per_probe') or 0:.1f} µs per probe "
+            f"({100 * (r.get('idle_system_share') or 0):.0f} % system), (server, load generator) "
+            f"wakeups {r.get('server_wakeups')}, {r.get('loadgen_wakeups')}"
         )
     return rows, notes
 
