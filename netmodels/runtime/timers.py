@@ -24,10 +24,15 @@ _log = Logger(namespace="netmodels.keepalive")
 _NO_TARGET = object()
 
 
+#: A wheel timer's states.
+_PENDING, _CALLED, _CANCELLED = 0, 1, 2
+
+
 class _WheelTimer:
     """One timer of a :class:`TimerWheel`; answers like an ``IDelayedCall``."""
 
-    __slots__ = ("called", "cancelled", "function", "slot", "target", "wheel", "when")
+    # One state field, not two flags: the slot below costs no memory.
+    __slots__ = ("function", "slot", "state", "target", "wheel", "when")
 
     def __init__(self, wheel: TimerWheel, when: float, callback: Callable[[], object]) -> None:
         self.wheel = wheel
@@ -43,8 +48,15 @@ class _WheelTimer:
         else:
             self.function = callback
             self.target = _NO_TARGET
-        self.cancelled = False
-        self.called = False
+        self.state = _PENDING
+
+    @property
+    def called(self) -> bool:
+        return self.state == _CALLED
+
+    @property
+    def cancelled(self) -> bool:
+        return self.state == _CANCELLED
 
     def fire(self) -> None:
         if self.target is _NO_TARGET:
@@ -56,11 +68,11 @@ class _WheelTimer:
         return self.when
 
     def active(self) -> bool:
-        return not (self.cancelled or self.called)
+        return self.state == _PENDING
 
     def cancel(self) -> None:
-        if self.active():
-            self.cancelled = True
+        if self.state == _PENDING:
+            self.state = _CANCELLED
             self.wheel._retire()
 
     def reset(self, delay: float) -> None:
@@ -75,8 +87,8 @@ class _WheelTimer:
         without allocating.
         """
         wheel = self.wheel
-        if self.called or self.cancelled:
-            self.called = self.cancelled = False
+        if self.state:
+            self.state = _PENDING
             wheel._live += 1
         self.when = when
         wheel._insert(self)
@@ -166,9 +178,9 @@ class TimerWheel:
                 for timer in self._slots.pop(slot, ()):
                     # Skip cancelled timers and entries left behind by a move
                     # (reset(), rearm_at()).
-                    if timer.cancelled or timer.called or timer.slot != slot:
+                    if timer.state or timer.slot != slot:
                         continue
-                    timer.called = True
+                    timer.state = _CALLED
                     self._live -= 1
                     # timer.fire(), inlined: this runs for every connection every keepalive period.
                     target = timer.target
