@@ -21,12 +21,25 @@ which catches no probe). Kernel socket memory (~10 KB per loopback pair) is not
 in RSS and not counted.
 
     python benchmarks/idle_mem.py [--idle-conns 10000] [--idle-seconds 15] [--idle-reps 1]
+
+To see where the netmodels server's idle CPU goes: ``--profile-dir DIR``
+writes a cProfile of its window (``DIR/idle-nm-REP.prof``; the CPU figure of
+such a run is not valid), and ``--attach COMMAND`` runs COMMAND (``{pid}``
+replaced by the netmodels server's pid) for the length of its window and stops
+it with SIGINT, e.g. ``--attach 'strace -c -f -p {pid}'`` for the system calls
+per probe, or ``--attach 'perf stat -e instructions -p {pid}'``.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
+import resource
+import shlex
+import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -36,7 +49,14 @@ from common import Row
 BACKLOG = 4096
 
 
-def serve(impl: str, conns: int, settle: float, seconds: float, trace: str | None = None) -> None:
+def serve(
+    impl: str,
+    conns: int,
+    settle: float,
+    seconds: float,
+    trace: str | None = None,
+    profile: str | None = None,
+) -> None:
     if trace:
         import tracemalloc
 
@@ -46,8 +66,12 @@ def serve(impl: str, conns: int, settle: float, seconds: float, trace: str | Non
     from twisted.internet.task import LoopingCall
 
     connected = [0]
+    #: Probes the floor implementation sent.
+    floor_probes = [0]
     node = None
-    if impl == "raw":
+    if impl == "floor":
+        number = serve_floor(reactor, connected, floor_probes)
+    elif impl == "raw":
         from twisted.internet.protocol import Factory
         from twisted.protocols.basic import Int32StringReceiver
 
@@ -91,13 +115,48 @@ def serve(impl: str, conns: int, settle: float, seconds: float, trace: str | Non
     result: dict[str, Any] = {"rss_base_kb": baseline, "conns": conns}
     common.emit("READY", str(number))
 
-    def finish_window(cpu0: float, t0: float) -> None:
+    def probes_sent() -> int:
+        if node is None:
+            return floor_probes[0]
+        return sum(c.record.probes_sent for c in node.manager.live.values())
+
+    profiler: Any = None
+    # The garbage collector's passes in the window, by generation, and their time.
+    collections = [0, 0, 0]
+    collecting = [0.0, 0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collecting[0] = time.perf_counter()
+        else:
+            collections[info["generation"]] += 1
+            collecting[1] += time.perf_counter() - collecting[0]
+
+    def system_seconds() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+    def finish_window(cpu0: float, t0: float, probes0: int, system0: float, switches0: int) -> None:
         elapsed = time.monotonic() - t0
+        cpu = common.cpu_seconds() - cpu0
+        # The kernel's share (sampled at the scheduler tick, so rough over a short window).
+        result["idle_system_share"] = (system_seconds() - system0) / cpu if cpu else None
+        gc.callbacks.remove(on_gc)
+        result["gc_collections"] = collections
+        result["gc_ms"] = collecting[1] * 1e3
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile)
+        result["server_wakeups"] = common.context_switches()[0] - switches0
         result["idle_seconds"] = elapsed
-        result["idle_cpu_pct"] = 100 * (common.cpu_seconds() - cpu0) / elapsed
+        result["idle_cpu_pct"] = 100 * cpu / elapsed
         result["conns_at_end"] = connected[0]
         if node is not None:
             result["pings_answered"] = sum(1 for c in node.manager.live.values() if c.record.rtt is not None)
+        if impl != "raw":
+            probes = probes_sent() - probes0
+            result["probes_in_window"] = probes
+            # All the server's CPU in the window, shared out over the probes.
+            result["cpu_us_per_probe"] = cpu / probes * 1e6 if probes else None
         common.emit("RESULT", result)
 
     def measure() -> None:
@@ -108,7 +167,24 @@ def serve(impl: str, conns: int, settle: float, seconds: float, trace: str | Non
         result["kb_per_conn"] = (rss - baseline) / max(1, connected[0])
         if trace and before is not None:
             write_trace(trace, before, max(1, connected[0]))
-        reactor.callLater(seconds, finish_window, common.cpu_seconds(), time.monotonic())
+        nonlocal profiler
+        probes0 = probes_sent()
+        common.emit("WINDOW", str(os.getpid()))
+        if profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        gc.callbacks.append(on_gc)
+        reactor.callLater(
+            seconds,
+            finish_window,
+            common.cpu_seconds(),
+            time.monotonic(),
+            probes0,
+            system_seconds(),
+            common.context_switches()[0],
+        )
 
     def poll() -> None:
         elapsed = time.monotonic() - started
@@ -120,6 +196,65 @@ def serve(impl: str, conns: int, settle: float, seconds: float, trace: str | Non
     loop = LoopingCall(poll)
     reactor.callLater(0.2, loop.start, 0.05)
     reactor.run()
+
+
+def serve_floor(reactor: Any, connected: list[int], probes: list[int]) -> int:
+    """
+    The floor under netmodels' idle cost: raw Twisted, no framing, sending
+    each connection a ready-made PING one idle period (15 s) after it was last
+    heard from, and checking an interval (10 s) after each probe, on 1/64 s
+    slots as netmodels' timer wheel does. What it costs is the probes' system
+    calls, wakeups and Twisted's own read path. Returns the port.
+    """
+    import math
+    import struct
+
+    from twisted.internet.protocol import Factory, Protocol
+
+    ping = struct.pack("!IBI", 5, 3, 1)
+    idle, interval, granularity = 15.0, 10.0, 1 / 64
+    slots: dict[int, list[Probed]] = {}
+    seconds = reactor.seconds
+
+    def add(protocol: Probed, when: float) -> None:
+        slot = math.ceil(when / granularity)
+        bucket = slots.get(slot)
+        if bucket is None:
+            slots[slot] = [protocol]
+            reactor.callLater(max(0.0, slot * granularity - seconds()), due, slot)
+        else:
+            bucket.append(protocol)
+
+    def due(slot: int) -> None:
+        now = seconds()
+        for protocol in slots.pop(slot):
+            if protocol.last >= protocol.sent and now < protocol.last + idle:
+                add(protocol, protocol.last + idle)
+                continue
+            protocol.sent = now
+            probes[0] += 1
+            protocol.send(ping)
+            add(protocol, now + interval)
+
+    class Probed(Protocol):
+        last = 0.0
+        sent = -1.0
+
+        def connectionMade(self) -> None:
+            self.transport.setTcpNoDelay(True)
+            self.send = self.transport.socket.send
+            self.last = seconds()
+            connected[0] += 1
+            add(self, self.last + idle)
+
+        def dataReceived(self, data: bytes) -> None:
+            self.last = seconds()
+
+        def connectionLost(self, reason: Any = None) -> None:
+            connected[0] -= 1
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Probed), interface=common.HOST, backlog=BACKLOG)
+    return int(port.getHost().port)
 
 
 def write_trace(path: str, before: Any, connections: int) -> None:
@@ -142,8 +277,9 @@ def write_trace(path: str, before: Any, connections: int) -> None:
             )
 
 
-def run_once(impl: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_once(impl: str, args: argparse.Namespace, rep: int = 0) -> dict[str, Any]:
     loadgen = common.build_loadgen()
+    profile = common.profile_path(args, f"idle-{impl}-{rep}") if impl == "nm" else None
     with common.Children() as children:
         server = children.start(
             f"idle {impl} server",
@@ -162,6 +298,7 @@ def run_once(impl: str, args: argparse.Namespace) -> dict[str, Any]:
                         if getattr(args, "trace_memory", None)
                         else []
                     ),
+                    *(["--profile", profile] if profile else []),
                 ),
                 common.server_cpu(),
             ),
@@ -170,18 +307,39 @@ def run_once(impl: str, args: argparse.Namespace) -> dict[str, Any]:
         command = [str(loadgen), "-m", "idle", "-p", port, "-c", str(args.idle_conns), "-t", "3600"]
         if impl != "raw":
             command += ["-x", common.netmodels_hello_hex()]
-        children.start("loadgen idle", common.pinned(command, common.client_cpu()))
+        loadgen_child = children.start("loadgen idle", common.pinned(command, common.client_cpu()))
+        pid = server.expect("WINDOW", 200)
+        woken = voluntary_switches(loadgen_child.proc.pid)
+        attached = None
+        if impl != "raw" and getattr(args, "attach", None):
+            attached = subprocess.Popen([part.replace("{pid}", pid) for part in shlex.split(args.attach)])
         result = server.result(args.idle_seconds + 200)
+        # How often the load generator slept and was woken in the window.
+        result["loadgen_wakeups"] = voluntary_switches(loadgen_child.proc.pid) - woken
+        if attached is not None:
+            attached.send_signal(signal.SIGINT)
+            attached.wait(30)
+            sys.stdout.flush()
         server.stop()  # the server first: closing 10,000 sockets by exiting is quickest
     return result
 
 
+def voluntary_switches(pid: int) -> int:
+    """The voluntary context switches of process ``pid`` so far (its sleeps)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
+
+
 def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
-    results: dict[str, list[dict[str, Any]]] = {"raw": [], "nm": []}
+    impls = ("raw", "nm", "floor") if getattr(args, "floor", False) else ("raw", "nm")
+    results: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
     for rep in range(args.idle_reps):
-        for impl in ("raw", "nm"):
+        for impl in impls:
             common.progress(f"idle rep {rep + 1}/{args.idle_reps}: {impl}, {args.idle_conns} connections")
-            results[impl].append(run_once(impl, args))
+            results[impl].append(run_once(impl, args, rep))
 
     def series(impl: str, key: str) -> list[float]:
         return [r[key] for r in results[impl] if r.get(key) is not None]
@@ -233,6 +391,25 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
     else:
         answered = [r.get("pings_answered") for r in results["nm"]]
         notes.append(f"netmodels connections with an answered keepalive probe in the window: {answered}")
+        per_probe = [
+            f"{r['cpu_us_per_probe']:.1f} ({100 * (r.get('idle_system_share') or 0):.0f} % system)"
+            for r in results["nm"]
+            if r.get("cpu_us_per_probe") is not None
+        ]
+        probes = [r.get("probes_in_window") for r in results["nm"]]
+        wakeups = [(r.get("server_wakeups"), r.get("loadgen_wakeups")) for r in results["nm"]]
+        notes.append(f"netmodels window: (server, load generator) sleeps and wakeups: {wakeups}")
+        notes.append(f"netmodels probes sent in the window: {probes}; server CPU µs per probe: {per_probe}")
+    gcs = [f"{r.get('gc_collections')} in {r.get('gc_ms', 0):.1f} ms" for r in results["nm"]]
+    notes.append(f"netmodels garbage collections in the window (gen 0, 1, 2): {gcs}")
+    for r in results.get("floor", []):
+        notes.append(
+            f"floor (raw Twisted sending ready-made PINGs on the same schedule): idle CPU "
+            f"{r['idle_cpu_pct']:.2f} %, {r.get('probes_in_window')} probes, "
+            f"{r.get('cpu_us_per_probe') or 0:.1f} µs per probe "
+            f"({100 * (r.get('idle_system_share') or 0):.0f} % system), (server, load generator) "
+            f"wakeups {r.get('server_wakeups')}, {r.get('loadgen_wakeups')}"
+        )
     return rows, notes
 
 
@@ -265,14 +442,31 @@ def main() -> None:
     )
     sub = parser.add_subparsers(dest="command")
     p = sub.add_parser("server")
-    p.add_argument("--impl", choices=("raw", "nm"), required=True)
+    p.add_argument("--impl", choices=("raw", "nm", "floor"), required=True)
     add_arguments(p)
     p.add_argument("--settle", type=float, default=1.0)
+    p.add_argument("--profile", default=None, help="write a cProfile of the idle window here")
     add_arguments(parser)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--profile-dir",
+        default=None,
+        help="write a cProfile of the netmodels server's window into this folder (CPU figure not valid)",
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run the floor: raw Twisted sending the same probes (netmodels' cost per probe, compared)",
+    )
+    parser.add_argument(
+        "--attach",
+        default=None,
+        metavar="COMMAND",
+        help="run COMMAND ({pid}: the server's pid; not for raw) over its idle window, stopped with SIGINT",
+    )
     args = parser.parse_args()
     if args.command == "server":
-        serve(args.impl, args.idle_conns, args.settle, args.idle_seconds, args.trace_memory)
+        serve(args.impl, args.idle_conns, args.settle, args.idle_seconds, args.trace_memory, args.profile)
         return
     apply_quick(args)
     print("\n".join(common.machine_info()))

@@ -583,6 +583,53 @@ class TimerWheelTests(SynchronousTestCase):
         self.assertEqual([at for _, at in self.fired], [1.0, 2.0, 3.0])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_rearmed_into_the_past_fires_on_the_next_slot(self) -> None:
+        """
+        A callback re-arming its timer for a time already reached (a timer
+        that ran late, re-armed for when it was due) fires a slot later, in
+        the wheel's next reactor call, never again in the same one: the
+        reactor reads what arrived meanwhile in between.
+        """
+
+        def late() -> None:
+            self.fired.append(("late", self.clock.seconds()))
+            if len(self.fired) < 3:
+                timer.rearm_at(self.clock.seconds() - 5)
+
+        timer = self.wheel.callLater(1, late)
+        self.clock.advance(1)
+        self.assertEqual(self.fired, [("late", 1.0)])
+        self.clock.advance(self.GRANULARITY)
+        self.assertEqual(self.fired, [("late", 1.0), ("late", 1.0 + self.GRANULARITY)])
+        advance_to(self.clock, 2)
+        self.assertEqual(len(self.fired), 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_rearm_at_moves_a_pending_timer(self) -> None:
+        timer = self.wheel.callLater(5, self.note("moved"))
+        timer.rearm_at(2)
+        self.assertEqual(timer.getTime(), 2)
+        advance_to(self.clock, 10)
+        self.assertEqual(self.fired, [("moved", 2.0)])
+        self.assertFalse(timer.active())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_rearm_at_reuses_a_fired_or_cancelled_timer(self) -> None:
+        """One timer object serves again and again, and leaves nothing behind once done."""
+        timer = self.wheel.callLater(1, self.note("again"))
+        advance_to(self.clock, 1)
+        self.assertFalse(timer.active())
+        timer.rearm_at(3)
+        self.assertTrue(timer.active())
+        advance_to(self.clock, 4)
+        timer.rearm_at(6)
+        timer.cancel()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        timer.rearm_at(7)
+        advance_to(self.clock, 10)
+        self.assertEqual(self.fired, [("again", 1.0), ("again", 3.0), ("again", 7.0)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_a_failing_callback_does_not_stop_the_others(self) -> None:
         def fails() -> None:
             raise ZeroDivisionError

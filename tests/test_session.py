@@ -727,6 +727,37 @@ class KeepaliveTests(_SessionTestCase):
         advance_to(pair.clock, probe_sent + 2 * LATENCY)
         self.assertEqual(pair.client_record().rtt, 2 * LATENCY)
 
+    def test_one_timer_for_the_session_life(self) -> None:
+        """Keepalive re-arms the session's one wheel timer period after period: no allocation per probe."""
+        pair = Pair(latency=LATENCY)
+        pair.start()
+        advance_to(pair.clock, IDLE / 2)
+        session = pair.client_session()
+        timer = session._timer
+        advance_to(pair.clock, WATCH)
+        self.assertGreater(pair.client_record().probes_sent, 2)
+        self.assertIs(session._timer, timer)
+        self.assertStopsClean(pair)
+
+    def test_late_timers_read_before_probing_again(self) -> None:
+        """
+        Both processes stopped for longer than the bound (one jump of the
+        clock: every timer runs late, at once): each sends one probe on
+        waking, and reads what arrived before deciding again, so neither
+        declares the other dead when the answers come within a wheel slot.
+        """
+        pair = Pair(latency=EPSILON)
+        pair.start()
+        advance_to(pair.clock, IDLE / 2)
+        pair.clock.advance(3 * KEEPALIVE_BOUND)
+        self.assertEqual((pair.client_record().probes_sent, pair.server_record().probes_sent), (1, 1))
+        advance_by(pair.clock, KEEPALIVE_BOUND)
+        self.assertEqual(
+            (pair.client_record().state, pair.server_record().state),
+            (ConnectionState.OPEN, ConnectionState.OPEN),
+        )
+        self.assertStopsClean(pair)
+
     def test_busy_link_never_probes(self) -> None:
         """A link with traffic every idle/2 seconds never sends a PING either way."""
         pair = Pair(server_app=EchoMessages())

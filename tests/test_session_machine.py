@@ -60,8 +60,8 @@ class Recorder:
         events, self.events = self.events, []
         return events
 
-    def transmit(self, data: bytes) -> None:
-        self.events.append(("transmit", data))
+    def transmit(self, data: bytes, corked: bool = False) -> None:
+        self.events.append(("cork" if corked else "transmit", data))
 
     def opened(self, hello: Hello) -> None:
         self.events.append(("opened", hello.node_id))
@@ -396,7 +396,7 @@ class KeepaliveTests(_MachineTestCase):
         self.open(at=START)
         self.machine.timer_due(START + IDLE)
         self.assertEqual(
-            self.output.take(), [("schedule", START + IDLE + INTERVAL), ("transmit", encode_ping(1))]
+            self.output.take(), [("schedule", START + IDLE + INTERVAL), ("cork", encode_ping(1))]
         )
         self.machine.receive(encode_ping(1, pong=True), START + IDLE + 0.25)
         self.assertEqual(self.output.take(), [])
@@ -411,10 +411,10 @@ class KeepaliveTests(_MachineTestCase):
             self.output.take(),
             [
                 ("schedule", START + IDLE + INTERVAL),
-                ("transmit", encode_ping(1)),
+                ("cork", encode_ping(1)),
                 ("schedule", START + IDLE + 2 * INTERVAL),
                 ("liveness_changed", "suspect"),
-                ("transmit", encode_ping(2)),
+                ("cork", encode_ping(2)),
             ],
         )
         self.machine.receive(encode_ping(2, pong=True), START + IDLE + INTERVAL + 1)
@@ -453,7 +453,7 @@ class LongIdleTests(_MachineTestCase):
         self.machine.timer_due(START + 2 + self.idle)
         self.assertEqual(
             self.output.take(),
-            [("schedule", START + 2 + self.idle + INTERVAL), ("transmit", encode_ping(1))],
+            [("schedule", START + 2 + self.idle + INTERVAL), ("cork", encode_ping(1))],
         )
 
     def test_traffic_after_open_still_defers_the_probe(self) -> None:

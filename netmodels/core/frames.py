@@ -226,7 +226,15 @@ class FrameDecoder:
         if self.error is not None:
             return []
         buffer = self._buffer
-        if buffer is not None:
+        if buffer is None:
+            # The most common read, one whole frame (a request, a PING or a
+            # PONG) with nothing held back, needs no walk.
+            size = len(data)
+            if size > 4:
+                (length,) = _LENGTH.unpack_from(data)
+                if length == size - 4 and length <= self.max_frame and data[4] in _KNOWN_TYPES:
+                    return [(data[4], data[5:])]
+        else:
             buffer += data
             if len(buffer) < self._needed:
                 return []
@@ -302,10 +310,15 @@ def encode_frame(message_type: int, body: bytes = b"") -> bytes:
     return _HEADER.pack(len(body) + 1, message_type) + body
 
 
+_PING_FRAME: Final = struct.Struct("!IBI")
+_PING_TYPE: Final = int(MessageType.PING)
+_PONG_TYPE: Final = int(MessageType.PONG)
+
+
 def encode_ping(sequence: int, pong: bool = False) -> bytes:
     """A keepalive probe (PING) or its answer (PONG), carrying a u32 sequence number."""
-    kind = MessageType.PONG if pong else MessageType.PING
-    return _HEADER.pack(5, kind) + _U32.pack(sequence & 0xFFFFFFFF)
+    # One pack, no concatenation: this runs once per probe per connection.
+    return _PING_FRAME.pack(5, _PONG_TYPE if pong else _PING_TYPE, sequence & 0xFFFFFFFF)
 
 
 def decode_ping(body: bytes) -> int:

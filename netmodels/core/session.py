@@ -115,8 +115,11 @@ _PROBE: Final = KeepaliveAction.PROBE
 class ISessionOutput(Interface):
     """What a :class:`SessionMachine` asks of its owner, one call per action."""
 
-    def transmit(data: bytes) -> None:
-        """Send ``data`` (whole frames) to the peer."""
+    def transmit(data: bytes, corked: bool = False) -> None:
+        """
+        Send ``data`` (whole frames) to the peer; ``corked``: at the end of
+        the reactor turn, with the rest of a burst.
+        """
 
     def opened(hello: Hello) -> None:
         """The peer's HELLO was accepted: the session is open."""
@@ -329,13 +332,17 @@ class SessionMachine(RequestTable):
             elif message_type in (_RESPONSE, _ERROR):
                 self._response_received(message_type, body)
             elif message_type == _PING:
-                sequence = self._sequence(body)
-                if sequence < 0:
+                try:
+                    sequence = decode_ping(body)
+                except ProtocolError as e:
+                    self.protocol_error(str(e))
                     return
                 self._control(encode_ping(sequence, pong=True))
             elif message_type == _PONG:
-                sequence = self._sequence(body)
-                if sequence < 0:
+                try:
+                    sequence = decode_ping(body)
+                except ProtocolError as e:
+                    self.protocol_error(str(e))
                     return
                 if sequence == self.ping_sequence:
                     self.record.rtt = now - self.ping_sent_at
@@ -401,13 +408,6 @@ class SessionMachine(RequestTable):
         if len(frames) > 1 and self.phase is _OPEN:
             self._dispatch(frames[1:], now)
 
-    def _sequence(self, body: bytes) -> int:
-        try:
-            return decode_ping(body)
-        except ProtocolError as e:
-            self.protocol_error(str(e))
-            return -1
-
     def _bye_received(self, body: bytes) -> None:
         self.bye_received = True
         reason, detail, fatal = decode_bye(body)
@@ -424,9 +424,14 @@ class SessionMachine(RequestTable):
                 if self.phase is not _OPEN:
                     return
         record.probes_sent += 1
-        self.ping_sequence = (self.ping_sequence + 1) & 0xFFFFFFFF
+        sequence = self.ping_sequence = (self.ping_sequence + 1) & 0xFFFFFFFF
         self.ping_sent_at = now
-        self._control(encode_ping(self.ping_sequence))
+        record.messages_out += 1
+        # Corked: the probes that fall due together (a timer wheel slot) leave
+        # together at the end of the reactor turn, back to back, so the peers
+        # are woken (and answer) in a burst, and one read wakeup takes many
+        # answers, rather than one wakeup each.
+        self.output.transmit(encode_ping(sequence), True)
 
     def _keepalive_dead(self, now: float) -> None:
         # The last probe went unanswered too.

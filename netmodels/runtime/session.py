@@ -476,8 +476,13 @@ class Session(SlowConsumerPolicy, Protocol):
         call_application(self.application.peer_lost, self, self.machine.record_or_placeholder())
 
     def schedule(self, when: float) -> None:
-        delay = max(0.0, when - self.clock.seconds())
         timer = self._timer
+        if type(timer) is _WheelTimer:
+            # The session's one wheel timer, moved (or re-armed from its own
+            # callback) in place: no allocation per keepalive period.
+            timer.rearm_at(when)
+            return
+        delay = max(0.0, when - self.clock.seconds())
         if timer is not None and timer.active():
             timer.reset(delay)
         else:
@@ -494,7 +499,7 @@ class Session(SlowConsumerPolicy, Protocol):
     # Internals
 
     def _timer_fired(self) -> None:
-        self._timer = None
+        # The timer is kept: schedule() re-arms it (a wheel's) or replaces it.
         self.machine.timer_due(self.clock.seconds())
 
     def _requests_fired(self) -> None:

@@ -24,14 +24,22 @@ _log = Logger(namespace="netmodels.keepalive")
 _NO_TARGET = object()
 
 
+#: A wheel timer's states.
+_PENDING, _CALLED, _CANCELLED = 0, 1, 2
+
+
 class _WheelTimer:
     """One timer of a :class:`TimerWheel`; answers like an ``IDelayedCall``."""
 
-    __slots__ = ("called", "cancelled", "function", "target", "wheel", "when")
+    # One state field, not two flags: the slot below costs no memory.
+    __slots__ = ("function", "slot", "state", "target", "wheel", "when")
 
     def __init__(self, wheel: TimerWheel, when: float, callback: Callable[[], object]) -> None:
         self.wheel = wheel
         self.when = when
+        #: The wheel slot it waits in; entries left in other slots (moved by
+        #: reset() or rearm_at()) are skipped there.
+        self.slot = 0
         # A bound method is kept as its function and object: one object less
         # per pending timer, which at 10,000 connections is most of them.
         if isinstance(callback, MethodType):
@@ -40,8 +48,15 @@ class _WheelTimer:
         else:
             self.function = callback
             self.target = _NO_TARGET
-        self.cancelled = False
-        self.called = False
+        self.state = _PENDING
+
+    @property
+    def called(self) -> bool:
+        return self.state == _CALLED
+
+    @property
+    def cancelled(self) -> bool:
+        return self.state == _CANCELLED
 
     def fire(self) -> None:
         if self.target is _NO_TARGET:
@@ -53,16 +68,30 @@ class _WheelTimer:
         return self.when
 
     def active(self) -> bool:
-        return not (self.cancelled or self.called)
+        return self.state == _PENDING
 
     def cancel(self) -> None:
-        if self.active():
-            self.cancelled = True
+        if self.state == _PENDING:
+            self.state = _CANCELLED
             self.wheel._retire()
 
     def reset(self, delay: float) -> None:
         self.when = self.wheel.clock.seconds() + delay
         self.wheel._insert(self)
+
+    def rearm_at(self, when: float) -> None:
+        """
+        Fire at clock time ``when``, whether this timer is pending, has fired
+        or was cancelled: an owner that is due again and again (keepalive)
+        keeps one timer for its whole life, and its callback re-arms it
+        without allocating.
+        """
+        wheel = self.wheel
+        if self.state:
+            self.state = _PENDING
+            wheel._live += 1
+        self.when = when
+        wheel._insert(self)
 
 
 class TimerWheel:
@@ -85,6 +114,8 @@ class TimerWheel:
         self._call: IDelayedCall | None = None
         self._call_slot: int | None = None
         self._firing = False
+        #: While firing, the last slot this call fires.
+        self._fire_limit = 0
         self._live = 0
 
     def callLater(self, delay: float, callback: Callable[[], object]) -> _WheelTimer:
@@ -107,6 +138,12 @@ class TimerWheel:
 
     def _insert(self, timer: _WheelTimer) -> None:
         slot = math.ceil(timer.when / self.granularity)
+        if self._firing and slot <= self._fire_limit:
+            # Armed from a callback for a time already reached (a timer that
+            # ran late re-armed for its due time): the next slot, so the
+            # reactor reads what arrived meanwhile before it fires again.
+            slot = self._fire_limit + 1
+        timer.slot = slot
         bucket = self._slots.get(slot)
         if bucket is None:
             self._slots[slot] = [timer]
@@ -133,19 +170,25 @@ class TimerWheel:
         self._call = self._call_slot = None
         self._firing = True
         try:
-            now = self.clock.seconds()
             granularity = self.granularity
+            limit = self._fire_limit = math.floor(self.clock.seconds() / granularity)
             order = self._order
-            while order and order[0] * granularity <= now:
+            while order and order[0] <= limit:
                 slot = heapq.heappop(order)
                 for timer in self._slots.pop(slot, ()):
-                    # Skip cancelled timers and ones moved by reset().
-                    if timer.cancelled or timer.called or math.ceil(timer.when / granularity) != slot:
+                    # Skip cancelled timers and entries left behind by a move
+                    # (reset(), rearm_at()).
+                    if timer.state or timer.slot != slot:
                         continue
-                    timer.called = True
+                    timer.state = _CALLED
                     self._live -= 1
+                    # timer.fire(), inlined: this runs for every connection every keepalive period.
+                    target = timer.target
                     try:
-                        timer.fire()
+                        if target is _NO_TARGET:
+                            timer.function()
+                        else:
+                            timer.function(target)
                     except Exception:
                         _log.failure("timer callback failed")
         finally:
