@@ -110,8 +110,9 @@ def child(count: int, max_peers: int, swim: str) -> None:
         )
 
     def swim_bytes(node: Any) -> int:
-        membership = mesh_of(node).membership
-        swim = None if membership is None else membership.swim
+        membership = mesh_of(node).swim  # None with --mesh-swim off
+        port = None if membership is None else membership.port
+        swim = None if port is None else port.swim
         return 0 if swim is None else swim.counts["bytes_received"]
 
     def snapshot(elapsed: float | None) -> dict[str, Any]:

@@ -271,6 +271,21 @@ def ready_pair(server: RunningNode, client: RunningNode) -> defer.Deferred[tuple
 # --- raw peers -----------------------------------------------------------------------
 
 
+class RecordedLink:
+    """A linked peer's session as a topology sees it: the frames written to it, the errors it was given."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.frames: list[bytes] = []
+        self.errors: list[str] = []
+
+    def write_frame(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def protocol_error(self, detail: str) -> None:
+        self.errors.append(detail)
+
+
 def raw_hello(
     role: str = "client", version: int = 1, topology: str = "client-server", node_id: str = ""
 ) -> bytes:

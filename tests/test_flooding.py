@@ -14,6 +14,8 @@ from netmodels.topologies.p2p.flooding import INCARNATIONS_KEPT, SEEN_WINDOW, Fl
 from netmodels.topologies.p2p.members import Member
 from netmodels.topologies.p2p.messages import BROADCAST, Broadcast, decode_broadcast, encode_broadcast
 
+from ._support import RecordedLink
+
 
 class SeenWindowTests(SynchronousTestCase):
     """The de-duplication window of one origin incarnation: bounded, whatever goes missing."""
@@ -48,19 +50,8 @@ class SeenWindowTests(SynchronousTestCase):
         self.assertEqual((seen.low, seen.above), (6, set()))
 
 
-class RecordedSession:
+class RecordedSession(RecordedLink):
     """A link: the frames written to it."""
-
-    def __init__(self, node_id: str) -> None:
-        self.node_id = node_id
-        self.frames: list[bytes] = []
-        self.errors: list[str] = []
-
-    def write_frame(self, frame: bytes) -> None:
-        self.frames.append(frame)
-
-    def protocol_error(self, detail: str) -> None:
-        self.errors.append(detail)
 
     def broadcasts(self) -> list[Broadcast]:
         """The BROADCAST frames written, and forget them."""

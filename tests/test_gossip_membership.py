@@ -24,6 +24,8 @@ from netmodels.topologies.p2p.members import Member, PeerState
 from netmodels.topologies.p2p.membership import IMembership, IMeshMembers
 from netmodels.topologies.p2p.messages import PEERS
 
+from ._support import RecordedLink
+
 ALIVE, SUSPECT, DEAD, LEFT = PeerState.ALIVE, PeerState.SUSPECT, PeerState.DEAD, PeerState.LEFT
 #: This node's incarnation in every test.
 OWN = 1000
@@ -82,21 +84,13 @@ class _Transport:
         return _Address()
 
 
-class RecordedSession:
+class RecordedSession(RecordedLink):
     """A linked peer's session: the frames written to it, and what ended it."""
 
     def __init__(self, node_id: str, bye_received: bool = False) -> None:
-        self.node_id = node_id
+        super().__init__(node_id)
         self.bye_received = bye_received
         self.transport = _Transport()
-        self.frames: list[bytes] = []
-        self.errors: list[str] = []
-
-    def write_frame(self, frame: bytes) -> None:
-        self.frames.append(frame)
-
-    def protocol_error(self, detail: str) -> None:
-        self.errors.append(detail)
 
     def peers(self) -> list[list[dict[str, Any]]]:
         """The members of each PEERS frame written, and forget them."""

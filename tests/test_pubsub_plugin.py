@@ -39,6 +39,7 @@ from netmodels.core.frames import MalformedMessage, encode_frame
 from ._support import (
     TIMEOUT,
     ChildProcess,
+    RecordedLink,
     bye_bodies,
     connect_raw,
     raw_hello,
@@ -225,18 +226,10 @@ class _FakeNode:
         self.sections[name] = render
 
 
-class _FakePeer:
+class _FakePeer(RecordedLink):
     def __init__(self, connection_id: int, node_id: str) -> None:
+        super().__init__(node_id)
         self.connection_id = connection_id
-        self.node_id = node_id
-        self.frames: list[bytes] = []
-        self.errors: list[str] = []
-
-    def write_frame(self, frame: bytes) -> None:
-        self.frames.append(frame)
-
-    def protocol_error(self, detail: str) -> None:
-        self.errors.append(detail)
 
 
 class _Closed:
