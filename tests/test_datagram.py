@@ -103,6 +103,42 @@ class FormatTests(SynchronousTestCase):
         self.assertFalse(whole_frames(frames[:-1]))
         self.assertFalse(whole_frames(frames + b"\0\0"))
 
+    @settings(max_examples=300, deadline=None, derandomize=True, database=None)
+    @given(
+        first=st.one_of(
+            st.integers(0, 2**32 - 1),
+            st.sampled_from([0, 250, 2**8 - 3, 2**16 - 5, 2**24 - 7, 2**32 - 300]),
+        ),
+        count=st.integers(1, 1200),
+        body=st.integers(1, 9),
+        change=st.one_of(st.none(), st.tuples(st.integers(0, 1199), st.integers(9, 16), st.integers(0, 7))),
+    )
+    def test_single_frames_in_order(
+        self, first: int, count: int, body: int, change: tuple[int, int, int] | None
+    ) -> None:
+        """Checked a header byte at a time, as checking each datagram's fields would."""
+        count = min(count, 2**32 - first)
+        datagrams = [
+            datagram.encode_data_header(7, first + i) + encode_frame(MessageType.DATA, b"x" * (body - 1))
+            for i in range(count)
+        ]
+        if change is not None:
+            index, offset, bit = change
+            changed = bytearray(datagrams[index % count])
+            changed[offset] ^= 1 << bit
+            datagrams[index % count] = bytes(changed)
+        size = len(datagrams[0])
+
+        def expected() -> bool:
+            for i, data in enumerate(datagrams):
+                sequence = int.from_bytes(data[9:13], "big")
+                length = int.from_bytes(data[13:17], "big")
+                if sequence != first + i or length != size - 17:
+                    return False
+            return True
+
+        self.assertEqual(datagram.single_frames_in_order(b"".join(datagrams), size, first, count), expected())
+
     def test_unwrap(self) -> None:
         self.assertEqual(unwrap(5, 2**32 - 3), 2**32 + 5)
         self.assertEqual(unwrap(2**32 - 3, 2**32 + 5), 2**32 - 3)

@@ -216,6 +216,48 @@ def whole_frames(payload: bytes) -> bool:
     return walk_frames(payload, len(payload))[1] == 0
 
 
+#: Where a DATA datagram's sequence number starts (after its kind and session id).
+_SEQUENCE_AT: Final = 9
+_BYTE_CYCLE: Final = bytes(range(256))
+
+
+def single_frames_in_order(joined: bytes, size: int, first: int, count: int) -> bool:
+    """
+    Whether ``joined``, ``count`` DATA datagrams of ``size`` bytes each one
+    after the other, carry the sequence numbers ``first`` to ``first +
+    count - 1`` in turn (``first + count`` at most 2**32) and one whole frame
+    each: a flood of one message size, arriving in order.
+
+    Checked a header byte at a time: one byte of every header is one stride
+    of ``joined``, compared in C with the bytes it must hold.
+    """
+    length = (size - DATA_HEADER - 4).to_bytes(4, "big")
+    for offset in range(4):
+        if joined[DATA_HEADER + offset :: size] != length[offset : offset + 1] * count:
+            return False
+    last = first + count - 1
+    for offset, shift in enumerate((24, 16, 8, 0)):
+        if joined[_SEQUENCE_AT + offset :: size] != _sequence_bytes(first, last, shift):
+            return False
+    return True
+
+
+def _sequence_bytes(first: int, last: int, shift: int) -> bytes:
+    """Byte ``(s >> shift) & 0xFF`` of each sequence number ``s`` from ``first`` to ``last``."""
+    count = last - first + 1
+    if shift == 0:
+        start = first & 0xFF
+        return (_BYTE_CYCLE * ((start + count - 1) // 256 + 1))[start : start + count]
+    high, top = first >> shift, last >> shift
+    if high == top:
+        return bytes((high & 0xFF,)) * count
+    run = 1 << shift
+    parts = [bytes((high & 0xFF,)) * (run - (first & (run - 1)))]
+    parts += [bytes((value & 0xFF,)) * run for value in range(high + 1, top)]
+    parts.append(bytes((top & 0xFF,)) * ((last & (run - 1)) + 1))
+    return b"".join(parts)
+
+
 # The handshake
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno as _errno
 import struct
-from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
@@ -47,27 +46,11 @@ _SEQUENCE = struct.Struct("!I")
 _SEQUENCE_AND_LENGTH = struct.Struct("!II")
 #: A DATA datagram carrying one frame is this long plus the frame's length field.
 _ONE_FRAME = DATA_HEADER + 4
-_FIRST = itemgetter(0)
 
 
-class _Layouts(dict[int, tuple[struct.Struct, struct.Struct]]):
-    """
-    By datagram size: the layouts that read a run of DATA datagrams of that
-    size, joined, in C: (sequence, first frame's length) of each, and each
-    one's frames.
-    """
+#: A DATA datagram's frames: all of it after the header.
+_FRAMES = itemgetter(slice(DATA_HEADER, None))
 
-    def __missing__(self, size: int) -> tuple[struct.Struct, struct.Struct]:
-        layouts = (
-            struct.Struct(f"!9xII{size - _ONE_FRAME}x"),
-            struct.Struct(f"!{DATA_HEADER}x{size - DATA_HEADER}s"),
-        )
-        if len(self) < 64:  # message sizes vary: keep the common few
-            self[size] = layouts
-        return layouts
-
-
-_LAYOUTS = _Layouts()
 
 #: The bytes that begin every DATA datagram of a session: its key in a socket's routes.
 ROUTE_PREFIX = 9
@@ -328,23 +311,21 @@ class DatagramTransport:
                     self._deliver_data(data[DATA_HEADER:])
                     return
         elif count > 1 and highest >= 0:
-            sizes = set(map(len, batch))
-            size = sizes.pop()
-            if not sizes and size > _ONE_FRAME:
+            size = len(batch[0])
+            if size > _ONE_FRAME and list(map(len, batch)).count(size) == count:
                 # A flood of messages of one size: are they in order (after
                 # the highest, perhaps past some lost before the burst), a
-                # frame each? Checked, and cut, by struct in C.
+                # frame each? Checked in C.
                 first = _SEQUENCE.unpack_from(batch[0], 9)[0]
-                if first + count <= 0x100000000 and datagram.unwrap(first, highest) > highest:
-                    fields, frames = _LAYOUTS[size]
-                    joined = b"".join(batch)
-                    if list(fields.iter_unpack(joined)) == list(
-                        zip(range(first, first + count), repeat(size - _ONE_FRAME, count), strict=True)
-                    ):
-                        window.accept(first)  # counts what was lost before it
-                        window.advance(count - 1)
-                        self._deliver_data(b"".join(map(_FIRST, frames.iter_unpack(joined))))
-                        return
+                if (
+                    first + count <= 0x100000000
+                    and datagram.unwrap(first, highest) > highest
+                    and datagram.single_frames_in_order(b"".join(batch), size, first, count)
+                ):
+                    window.accept(first)  # counts what was lost before it
+                    window.advance(count - 1)
+                    self._deliver_data(b"".join(map(_FRAMES, batch)))
+                    return
         # The sequence number that comes next in order (none before the first).
         expected = (highest + 1) & 0xFFFFFFFF if highest >= 0 else -1
         in_order = 0
