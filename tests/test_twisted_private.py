@@ -308,6 +308,38 @@ class ReadInBurstsTests(SynchronousTestCase):
             [("burst", [b"AA1", b"AA2"]), ("one", b"BB3"), ("one", b"AA4"), ("burst", [b"AA5", b"AA6"])],
         )
 
+    def test_connected_port_reads_without_addresses(self) -> None:
+        """With ``peer``, every datagram is the peer's: no address is read or checked."""
+        log: list[Any] = []
+
+        class Addresses(_Recording):
+            def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+                self.log.append(("one", datagram, addr))
+
+            def connectionRefused(self) -> None:
+                self.log.append("refused")
+
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(sender.close)
+        sender.bind(("127.0.0.1", 0))
+        peer = sender.getsockname()
+        port: Any = reactor.listenUDP(0, Addresses(log), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        port.connect(*peer)
+        # The target's own address does not matter: the kernel checked the source.
+        routes: dict[bytes, Any] = {b"AA": _Target(("192.0.2.1", 9), log)}
+        self.assertTrue(private.read_in_bursts(port, routes, 2, peer=peer))
+        address = port.getHost()
+        for data in (b"AA1", b"AA2", b"BB3", b"AA4"):
+            sender.sendto(data, (address.host, address.port))
+        port.doRead()
+        self.assertEqual(log, [("burst", [b"AA1", b"AA2"]), ("one", b"BB3", peer), ("burst", [b"AA4"])])
+        # The peer's port closes: our next datagram draws an ICMP port unreachable.
+        sender.close()
+        port.write(b"AA5")
+        port.doRead()
+        self.assertEqual(log[-1], "refused")
+
     def test_a_failing_target_is_logged_and_reading_goes_on(self) -> None:
         log: list[Any] = []
         port: Any = reactor.listenUDP(0, _Recording(log), interface="127.0.0.1")  # type: ignore[attr-defined]

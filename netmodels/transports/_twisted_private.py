@@ -333,16 +333,21 @@ _READ_REFUSE = frozenset(getattr(udp, "_sockErrReadRefuse", ()))
 
 
 def read_in_bursts(
-    port: object, routes: dict[bytes, BurstTarget], prefix: int, check_address: bool = True
+    port: object, routes: dict[bytes, BurstTarget], prefix: int, peer: tuple[str, int] | None = None
 ) -> bool:
     """
     Read ``port`` (a ``udp.Port``) as Twisted does, except that a datagram
     whose first ``prefix`` bytes are a key of ``routes`` (and which comes
-    from that target's ``peer_address``, with ``check_address``) is not
-    handed to the protocol: the target gets all of them from one read burst
-    in one ``data_burst`` call, in arrival order. Any other datagram goes to
-    ``datagramReceived`` as usual, after what was collected before it, so a
-    target sees its datagrams in order whichever way they come.
+    from that target's ``peer_address``) is not handed to the protocol: the
+    target gets all of them from one read burst in one ``data_burst`` call,
+    in arrival order. Any other datagram goes to ``datagramReceived`` as
+    usual, after what was collected before it, so a target sees its
+    datagrams in order whichever way they come.
+
+    ``peer``: the address the port's socket is connected to. The kernel
+    then drops datagrams from anywhere else, so reads skip the source
+    address (``recv``, not ``recvfrom``: building the address is about 40 %
+    of a small datagram's read) and every datagram comes from ``peer``.
 
     ``False`` (and nothing done) when ``port`` is not a ``udp.Port`` whose
     ``doRead`` reads ``socket`` as this expects.
@@ -353,6 +358,7 @@ def read_in_bursts(
     if not isinstance(sock, socket.socket):
         return False
     recvfrom = sock.recvfrom
+    recv = sock.recv
     protocol = port.protocol
     ipv6 = port.addressFamily == socket.AF_INET6
 
@@ -369,10 +375,17 @@ def read_in_bursts(
         read = 0
         target: BurstTarget | None = None
         batch: list[bytes] = []
+        addr: tuple[str, int]
         try:
             while read < limit:
                 try:
-                    data, addr = recvfrom(size)
+                    if peer is None:
+                        data, addr = recvfrom(size)
+                        if ipv6:
+                            addr = addr[:2]
+                    else:
+                        data = recv(size)
+                        addr = peer
                 except OSError as e:
                     number = e.args[0]
                     if number in _READ_IGNORE:
@@ -381,15 +394,13 @@ def read_in_bursts(
                         if target is not None:
                             flush(target, batch)
                             target = None
-                        if port._connectedAddr:
+                        if peer is not None or port._connectedAddr:
                             protocol.connectionRefused()
                         return
                     raise
                 read += len(data)
-                if ipv6:
-                    addr = addr[:2]
                 routed = lookup(data[:prefix])
-                if routed is not None and (not check_address or routed.peer_address == addr):
+                if routed is not None and (peer is not None or routed.peer_address == addr):
                     if routed is target:
                         batch.append(data)
                         continue

@@ -65,7 +65,7 @@ class Dialler(DatagramProtocol, SessionSocket):
 
     def begin(self) -> None:
         # The socket is connected: the kernel checks the source, the reader need not.
-        read_in_bursts(self.transport, self.data_routes, ROUTE_PREFIX, check_address=False)
+        read_in_bursts(self.transport, self.data_routes, ROUTE_PREFIX, peer=self.peer)
         # A real port's socket directly: Twisted's write checks the address on every call.
         self._raw_send = raw_send(self.transport)
         self._deadline = self.clock.callLater(self.options.connect_timeout, self._timed_out)
