@@ -24,16 +24,20 @@ from __future__ import annotations
 
 import collections
 import signal
+import socket
 import time
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import DatagramProtocol
 from twisted.trial.unittest import TestCase
 
 from netmodels.core.reasons import CloseReason, Initiator
 from netmodels.runtime.node import NodeConfig
 from netmodels.topologies.p2p.options import P2PSettings
 from netmodels.topologies.p2p.topology import mesh_of
+from netmodels.transports.udp.connected import open_connected, share_address
 
 from ._support import (
     LISTEN_ANY_PORT,
@@ -190,6 +194,97 @@ class ClientServerUDPTests(TestCase):
         self.assertEqual(reason_of(server_closed.record), (CloseReason.CLEAN, Initiator.LOCAL, None))
         # The listening socket waited for its session to close, not for its deadline.
         self.assertLess(time.monotonic() - started, 2.0)
+
+
+class OwnSocketUDPTests(TestCase):
+    """A listener bound to one address gives each session a socket of its own, connected to the peer."""
+
+    timeout = TIMEOUT
+
+    def test_the_kernel_routes_by_connection(self) -> None:
+        """
+        What the design rests on: a socket bound to the listener's address and
+        connected to one peer gets that peer's datagrams; anyone else's still
+        go to the listening socket; a second listener cannot bind the port.
+        """
+        listening = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(listening.close)
+        listening.bind((LOOPBACK, 0))
+        address = listening.getsockname()
+        share_address(listening.fileno(), socket.AF_INET)
+        peer, stranger = (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+        )
+        for sock in (peer, stranger):
+            self.addCleanup(sock.close)
+            sock.bind((LOOPBACK, 0))
+        own, taken = open_connected(address, peer.getsockname(), 2048)
+        self.addCleanup(own.close)
+        self.assertEqual(taken, [])
+        peer.sendto(b"from the peer", address)
+        stranger.sendto(b"from a stranger", address)
+        listening.settimeout(TIMEOUT)
+        own.settimeout(TIMEOUT)
+        self.assertEqual(own.recv(2048), b"from the peer")
+        self.assertEqual(listening.recvfrom(2048), (b"from a stranger", stranger.getsockname()))
+        second = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(second.close)
+        with self.assertRaises(OSError):
+            second.bind(address)
+
+    @defer.inlineCallbacks
+    def test_a_session_gets_its_own_socket(self) -> Any:
+        """The session's datagrams use it; a node bound to the same port still fails to start."""
+        server = start_udp_server(self)
+        client = start_udp_client(self, server)
+        _, on_client = yield ready_pair(server, client)
+        listener = server.node.listeners[0].port.listener
+        (own,) = listener.own_sockets
+        client_host = on_client.session.transport.getHost()
+        self.assertEqual(own.peer, (client_host.host, client_host.port))
+        reply = yield on_client.session.request(b"over its own socket")
+        self.assertEqual(reply, b"over its own socket")
+        with self.assertRaises(CannotListenError):
+            reactor.listenUDP(server.port, DatagramProtocol(), interface=LOOPBACK)
+        self.assertEqual(listener.counters["shared_sessions"], 0)
+
+    @defer.inlineCallbacks
+    def test_a_dead_client_is_refused_at_the_server(self) -> Any:
+        """
+        The client's socket closes without a word (as when its process is
+        killed): the server's next datagram draws an ICMP port unreachable,
+        which the session's connected socket reports: ``refused``.
+        """
+        server = start_udp_server(self)
+        client = start_udp_client(self, server)
+        on_server, on_client = yield ready_pair(server, client)
+        # Under the client's session: the manager's wrapper, the UDP session, the dialler, its port.
+        dialler = on_client.session.transport.transport._socket
+        yield dialler.transport.stopListening()
+        on_server.session.send(b"anyone there?")
+        closed = yield server.events.wait("closed", record_id(on_server.record.id))
+        self.assertEqual(reason_of(closed.record), (CloseReason.REFUSED, Initiator.REMOTE, "ECONNREFUSED"))
+
+    @defer.inlineCallbacks
+    def test_sessions_share_the_socket_past_the_budget_and_on_a_wildcard(self) -> Any:
+        """Past its descriptor budget, or bound to a wildcard, a listener serves sessions on its socket."""
+        server = start_udp_server(self)
+        listener = server.node.listeners[0].port.listener
+        listener.own_socket_budget = 0
+        client = start_udp_client(self, server)
+        _, on_client = yield ready_pair(server, client)
+        reply = yield on_client.session.request(b"shared")
+        self.assertEqual(reply, b"shared")
+        self.assertEqual((listener.own_sockets, listener.counters["shared_sessions"]), (set(), 1))
+
+        wildcard = start_udp_server(self, listen=("udp:0",))
+        client = start_udp_client(self, wildcard, connect=(f"udp:{LOOPBACK}:{wildcard.port}",))
+        _, on_client = yield ready_pair(wildcard, client)
+        reply = yield on_client.session.request(b"wildcard")
+        self.assertEqual(reply, b"wildcard")
+        listener = wildcard.node.listeners[0].port.listener
+        self.assertEqual((listener.own_sockets, listener.counters["shared_sessions"]), (set(), 0))
 
 
 class ProcessKillUDPTests(TestCase):

@@ -29,6 +29,7 @@ and that each degrades when its check fails.
 from __future__ import annotations
 
 import collections
+import errno
 import socket
 from collections.abc import Callable
 from functools import partial
@@ -42,6 +43,7 @@ __all__ = [
     "BUFFER_ATTRIBUTES",
     "SOCKET_IO",
     "accept_ahead",
+    "burst_reader",
     "can_send_around_buffer",
     "direct_writer",
     "io_goes_through_socket",
@@ -328,8 +330,8 @@ _UDP_READ_NAMES = ("socket", "recvfrom", "maxThroughput", "maxPacketSize", "prot
 _UDP_READS_SOCKET = isinstance(getattr(udp.Port, "doRead", None), FunctionType) and all(
     name in udp.Port.doRead.__code__.co_names for name in _UDP_READ_NAMES
 )
-_READ_IGNORE = frozenset(getattr(udp, "_sockErrReadIgnore", ()))
-_READ_REFUSE = frozenset(getattr(udp, "_sockErrReadRefuse", ()))
+_READ_IGNORE = frozenset(getattr(udp, "_sockErrReadIgnore", (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)))
+_READ_REFUSE = frozenset(getattr(udp, "_sockErrReadRefuse", (errno.ECONNREFUSED,)))
 
 
 def read_in_bursts(
@@ -344,10 +346,8 @@ def read_in_bursts(
     usual, after what was collected before it, so a target sees its
     datagrams in order whichever way they come.
 
-    ``peer``: the address the port's socket is connected to. The kernel
-    then drops datagrams from anywhere else, so reads skip the source
-    address (``recv``, not ``recvfrom``: building the address is about 40 %
-    of a small datagram's read) and every datagram comes from ``peer``.
+    ``peer``: the address the port's socket is connected to (see
+    :func:`burst_reader`).
 
     ``False`` (and nothing done) when ``port`` is not a ``udp.Port`` whose
     ``doRead`` reads ``socket`` as this expects.
@@ -357,10 +357,57 @@ def read_in_bursts(
     sock = port.__dict__.get("socket")
     if not isinstance(sock, socket.socket):
         return False
+    port.doRead = burst_reader(  # type: ignore[method-assign]
+        sock,
+        port,
+        port.protocol,
+        routes,
+        prefix,
+        peer,
+        lambda: peer is not None or bool(port._connectedAddr),
+    )
+    return True
+
+
+class ReadLimits(Protocol):
+    """How much one read takes: ``udp.Port``'s attributes of the same names."""
+
+    maxPacketSize: int
+    #: Bytes read per call, at most; -1 once closed.
+    maxThroughput: int
+
+
+class DatagramSink(Protocol):
+    """What :func:`burst_reader` hands the datagrams of no route to (a ``DatagramProtocol``)."""
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None: ...
+
+    def connectionRefused(self) -> None: ...
+
+
+def burst_reader(
+    sock: socket.socket,
+    limits: ReadLimits,
+    sink: DatagramSink,
+    routes: dict[bytes, BurstTarget],
+    prefix: int,
+    peer: tuple[str, int] | None = None,
+    refusals: Callable[[], bool] = lambda: True,
+) -> Callable[[], None]:
+    """
+    A ``doRead`` for the non-blocking datagram socket ``sock``, routing as
+    :func:`read_in_bursts` describes; ``sink`` gets the rest, and
+    ``connectionRefused`` for an ICMP error when ``refusals()`` says the
+    socket reports them (a connected one).
+
+    ``peer``: the address ``sock`` is connected to. The kernel then drops
+    datagrams from anywhere else, so reads skip the source address
+    (``recv``, not ``recvfrom``: building the address is about 40 % of a
+    small datagram's read) and every datagram comes from ``peer``.
+    """
     recvfrom = sock.recvfrom
     recv = sock.recv
-    protocol = port.protocol
-    ipv6 = port.addressFamily == socket.AF_INET6
+    ipv6 = sock.family == socket.AF_INET6
 
     def flush(target: BurstTarget, batch: list[bytes]) -> None:
         try:
@@ -369,8 +416,8 @@ def read_in_bursts(
             log.err()
 
     def do_read() -> None:
-        size = port.maxPacketSize
-        limit = port.maxThroughput
+        size = limits.maxPacketSize
+        limit = limits.maxThroughput
         lookup = routes.get
         read = 0
         target: BurstTarget | None = None
@@ -394,8 +441,8 @@ def read_in_bursts(
                         if target is not None:
                             flush(target, batch)
                             target = None
-                        if peer is not None or port._connectedAddr:
-                            protocol.connectionRefused()
+                        if refusals():
+                            sink.connectionRefused()
                         return
                     raise
                 read += len(data)
@@ -406,6 +453,8 @@ def read_in_bursts(
                         continue
                     if target is not None:
                         flush(target, batch)
+                        # What ran may have closed the socket (-1).
+                        limit = limits.maxThroughput
                     target = routed
                     batch = [data]
                     continue
@@ -413,9 +462,10 @@ def read_in_bursts(
                     flush(target, batch)
                     target = None
                 try:
-                    protocol.datagramReceived(data, addr)
+                    sink.datagramReceived(data, addr)
                 except BaseException:
                     log.err()
+                limit = limits.maxThroughput
         finally:
             if target is not None:
                 # flush(), inline: at one datagram per read this runs for every datagram.
@@ -424,5 +474,4 @@ def read_in_bursts(
                 except BaseException:
                     log.err()
 
-    port.doRead = do_read  # type: ignore[method-assign]
-    return True
+    return do_read

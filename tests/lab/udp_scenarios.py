@@ -12,10 +12,11 @@ dead within 2.5 s).
 
 What UDP changes (see ``docs/fault-lab.rst``): no kernel tells a peer that a
 process died or a path went silent, except the ICMP port unreachable a dead
-process's host sends back, which only a *connected* socket -- the side that
-dialled -- reports (``refused``). Everything else -- a dead client, a
-blackhole, a frozen process -- is found by the application heartbeat alone,
-inside the keepalive window.
+process's host sends back, which only a *connected* socket reports
+(``refused``): the dialler's, and the socket of its own a listener bound to
+one address gives each session. Everything else -- a blackhole, a frozen
+process, a link down -- is found by the application heartbeat alone, inside
+the keepalive window.
 
 :data:`UDP_FAULTS` is the list to add to the matrix.
 """
@@ -169,12 +170,19 @@ def short_blackhole(lab: Lab, repeat: int) -> Run:
 
 # --- the rows ------------------------------------------------------------------------------
 
-_HEARTBEAT = "Only the unanswered heartbeat tells: no FIN, and no ICMP reaches a listening socket."
 _SERVED = " The other two clients keep being served."
 _VIEW = " peer-1 marks peer-2 {state} while its link to peer-3 stays up; peer-2 rejoins after {heal}."
 _CS, _M2O = "client-server", "many-to-one"
-#: What a dialler's connected socket records when its peer's host answers with ICMP port unreachable.
-_DIALLED_REFUSED = ("refused", "remote", "ECONNREFUSED", Window(0.0, IDLE + IMMEDIATE))
+#: What a session's connected socket records when its peer's host answers with ICMP port
+#: unreachable: a dialler's socket, and the socket of its own a listener gives each session.
+_REFUSED = ("refused", "remote", "ECONNREFUSED", Window(0.0, IDLE + IMMEDIATE))
+_REFUSED_BOUND = f"≤ {IDLE + IMMEDIATE:g}"
+#: Why a killed idle peer is refused within the bound.
+_NEXT_PROBE = (
+    f"No FIN, but the next probe (keepalive idle {IDLE:g} s) draws an ICMP port unreachable from the killed "
+    "process's host, which the session's connected socket reports: a listener gives each session a "
+    "socket of its own, connected to its peer."
+)
 
 
 def _m2o() -> Callable[[Lab], ManyToOneGroup]:
@@ -207,15 +215,11 @@ UDP_FAULTS: list[Fault] = [
         "udp-sigkill-idle",
         "client SIGKILL, idle",
         _CS,
-        "timeout",
-        "local",
-        None,
-        KEEPALIVE_WINDOW,
-        KEEPALIVE_BOUND,
+        *_REFUSED,
+        _REFUSED_BOUND,
         restart_after(kill, udp_pair()),
         2,
-        "No FIN, and the ICMP answering the server's probes goes to its unconnected listening "
-        "socket, which reports nothing: only the unanswered heartbeat tells.",
+        _NEXT_PROBE,
         TRANSPORT,
         "server",
     ),
@@ -352,14 +356,11 @@ UDP_FAULTS: list[Fault] = [
         "m2o-udp-sigkill-idle",
         "client SIGKILL, idle",
         _M2O,
-        "timeout",
-        "local",
-        None,
-        KEEPALIVE_WINDOW,
-        KEEPALIVE_BOUND,
+        *_REFUSED,
+        _REFUSED_BOUND,
         restart_after(kill, _m2o()),
         4,
-        _HEARTBEAT + _SERVED,
+        _NEXT_PROBE + _SERVED,
         TRANSPORT,
     ),
     row(
@@ -425,19 +426,13 @@ UDP_FAULTS: list[Fault] = [
         "p2p-udp-sigkill-idle",
         "peer SIGKILL, idle",
         "p2p",
-        "timeout",
-        "local",
-        None,
-        KEEPALIVE_WINDOW,
-        f"{KEEPALIVE_BOUND}; ≤ {IDLE + IMMEDIATE:g} if peer-1 dialled",
+        *_REFUSED,
+        _REFUSED_BOUND,
         restart_after(kill, _p2p()),
         3,
-        "Who dialled decides: if peer-2 did, peer-1 listens on an unconnected socket and only its "
-        "heartbeat tells (timeout); if peer-1 did, its next probe draws an ICMP port unreachable "
-        "that its connected socket reports (refused, ECONNREFUSED)."
+        _NEXT_PROBE.replace("the session's", "peer-1's session's, whichever side dialled,")
         + _VIEW.format(state="dead", heal="a restart"),
         TRANSPORT,
-        dialled=_DIALLED_REFUSED,
     ),
     row(
         "p2p-udp-blackhole-both",

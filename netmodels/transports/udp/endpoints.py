@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer, error
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorFDSet, IReactorTime
 from twisted.internet.protocol import Factory
 
 from netmodels.transports.udp.dialler import Dialler
@@ -134,7 +134,8 @@ class DatagramServerEndpoint:
         self._clock = clock
 
     def listen(self, factory: Factory[Any]) -> defer.Deferred[DatagramListeningPort]:
-        listener = Listener(factory, self.options, self._clock)
+        fd_set = self._reactor if IReactorFDSet.providedBy(self._reactor) else None
+        listener = Listener(factory, self.options, self._clock, fd_set)
         try:
             port = self._reactor.listenUDP(
                 self.port, listener, interface=self.interface, maxPacketSize=self.options.max_datagram + 1

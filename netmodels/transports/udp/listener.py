@@ -5,18 +5,27 @@ handshake, sessions demultiplexed by id, and TIME_WAIT for closed ones.
 
 from __future__ import annotations
 
+import errno
 import secrets
+import socket
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
+from twisted.internet.interfaces import IAddress, IListeningPort, IReactorFDSet, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Factory
 from zope.interface import implementer
 
 from netmodels.core import datagram
 from netmodels.core.datagram import DATA_HEADER, CookieJar, Kind, MalformedDatagram, Packet
 from netmodels.transports._twisted_private import BurstTarget, raw_sendto, read_in_bursts
+from netmodels.transports.udp.connected import (
+    ConnectedSessionSocket,
+    bind_address,
+    descriptor_budget,
+    open_connected,
+    share_address,
+)
 from netmodels.transports.udp.options import DatagramOptions, address_label
 from netmodels.transports.udp.transport import (
     DATA_KIND,
@@ -44,7 +53,14 @@ class Listener(DatagramProtocol, SessionSocket):
 
     noisy = False
 
-    def __init__(self, factory: Factory[Any], options: DatagramOptions, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        factory: Factory[Any],
+        options: DatagramOptions,
+        clock: IReactorTime,
+        reactor: IReactorFDSet | None = None,
+    ) -> None:
+        """``reactor`` reads sessions' own sockets (see ``connected``); without it they share ours."""
         self.factory = factory
         self.options = options
         self.clock = clock
@@ -71,6 +87,7 @@ class Listener(DatagramProtocol, SessionSocket):
                 "handshake_bytes_in",
                 "handshake_bytes_out",
                 "send_dropped",
+                "shared_sessions",
             ),
             0,
         )
@@ -82,11 +99,48 @@ class Listener(DatagramProtocol, SessionSocket):
         # A real port's socket directly: Twisted's write validates the
         # address on every call, and ours came from recvfrom.
         self._sendto: Callable[[bytes, tuple[str, int]], object] | None = None
+        self._reactor = reactor
+        #: Where sessions' own sockets bind (our address), if they get them.
+        self._own_address: tuple[Any, ...] | None = None
+        self.own_sockets: set[ConnectedSessionSocket] = set()
+        #: How many sessions may have a socket of their own at once (see ``connected``).
+        self.own_socket_budget = 0
 
     def startProtocol(self) -> None:
         self._sendto = raw_sendto(self.transport)
         # Each session gets the DATA of a read burst at once (else datagramReceived, one at a time).
         read_in_bursts(self.transport, self.data_routes, ROUTE_PREFIX)
+        if self._reactor is not None:
+            address = bind_address(self.transport.getHost())  # type: ignore[union-attr]
+            if address is not None:
+                family = socket.AF_INET6 if len(address) == 4 else socket.AF_INET
+                try:
+                    share_address(self.transport.fileno(), family)  # type: ignore[union-attr]
+                except OSError:
+                    return
+                self._own_address = address
+                self.own_socket_budget = descriptor_budget()
+
+    def _own_socket(
+        self, peer: tuple[str, int]
+    ) -> tuple[ConnectedSessionSocket | None, list[tuple[bytes, tuple[str, int]]]]:
+        """A socket of its own for a new session with ``peer``, if we can; and what it took for us."""
+        address = self._own_address
+        if address is None or self._reactor is None:
+            return None, []
+        try:
+            if len(self.own_sockets) >= self.own_socket_budget:
+                raise OSError(errno.EMFILE, "the sessions' share of descriptors is taken")
+            sock, taken = open_connected(address, peer, self._max_datagram + 1)
+        except OSError:
+            # This session shares our socket: slower, and deaf to ICMP errors.
+            self.counters["shared_sessions"] += 1
+            return None, []
+        own = ConnectedSessionSocket(
+            self, sock, self._reactor, peer, self._max_datagram + 1, self.own_sockets.discard
+        )
+        self.own_sockets.add(own)
+        return own, taken
 
     def send(self, data: bytes, address: tuple[str, int]) -> None:
         try:
@@ -180,20 +234,28 @@ class Listener(DatagramProtocol, SessionSocket):
             session_id = secrets.randbits(64)
         accept = datagram.encode_accept(packet.nonce, session_id)
         self.counters["handshake_bytes_out"] += len(accept)
-        # ACCEPT first: the session's HELLO must not overtake it.
-        self.send(accept, addr)
+        own, taken = self._own_socket(addr)
+        sock: SessionSocket = self if own is None else own
+        # ACCEPT first, from the session's socket: its HELLO must not overtake it.
+        sock.send(accept, addr)
         assert self.host is not None
-        session = new_session(self.factory, self, session_id, addr, self.host, self.options, self.clock)
+        session = new_session(self.factory, sock, session_id, addr, self.host, self.options, self.clock)
         if session is None:
-            self.send(datagram.encode_reset(session_id), addr)
-            return
-        self.counters["sessions_opened"] += 1
-        if session.connected:
-            self.sessions[session_id] = session
-            self.data_routes[data_route(session_id)] = session
-            session.opened_by = (addr, packet.nonce)
-            self.opened[session.opened_by] = session
-        self._expire_time_wait()
+            sock.send(datagram.encode_reset(session_id), addr)
+            if own is not None:
+                own.close()
+        else:
+            self.counters["sessions_opened"] += 1
+            if session.connected:
+                self.sessions[session_id] = session
+                self.data_routes[data_route(session_id)] = session
+                session.opened_by = (addr, packet.nonce)
+                self.opened[session.opened_by] = session
+                if own is not None:
+                    own.attach(session)
+            self._expire_time_wait()
+        for data, source in taken:
+            self.datagramReceived(data, source)
 
     def _unknown_session(self, packet: Packet, addr: tuple[str, int]) -> None:
         self.counters["unknown_session"] += 1
