@@ -33,6 +33,7 @@ from netmodels.topologies.callback.server import CALLBACK_RETRY_POLICY
 
 from .netlab import Lab, LabError, wait_until
 from .scenarios import (
+    IDLE,
     IMMEDIATE,
     KEEPALIVE_BOUND,
     KEEPALIVE_WINDOW,
@@ -458,14 +459,15 @@ CALLBACK_FAULTS: list[Fault] = [
         "cb-udp-sigkill-idle",
         "udp",
         f"client SIGKILL, idle; {QUEUED} messages delivered while it is down, then restarted",
-        "timeout",
-        "local",
-        None,
-        KEEPALIVE_WINDOW,
-        KEEPALIVE_BOUND,
+        "refused",
+        "remote",
+        "ECONNREFUSED",
+        Window(0.0, IDLE + IMMEDIATE),
+        f"≤ {IDLE + IMMEDIATE:g}",
         restart_after(kill, _cluster("udp", QUEUED)),
-        "No FIN over UDP, and the ICMP answering the server's probes goes to its unconnected "
-        "listening socket, which reports nothing: only the unanswered heartbeat tells." + _QUEUED,
+        "No FIN over UDP, but the server's next probe draws an ICMP port unreachable from the "
+        "client's host, which the session's own connected socket reports (a listener gives each "
+        "session a socket of its own)." + _QUEUED,
     ),
     _cb(
         "cb-udp-refused",
