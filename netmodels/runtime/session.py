@@ -433,7 +433,10 @@ class Session(SlowConsumerPolicy, Protocol):
             _log.warn("request handler answered with an error: {error!r}", error=e)
             machine.respond_error(request_id, str(e))
             return
-        if isinstance(result, defer.Deferred):
+        if type(result) is bytes:
+            # The usual answer, without isinstance's check against the Deferred ABC.
+            machine.respond(request_id, result)
+        elif isinstance(result, defer.Deferred):
             result.addCallbacks(
                 partial(machine.respond, request_id),
                 lambda failure: machine.respond_error(request_id, failure.getErrorMessage()),
