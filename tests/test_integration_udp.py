@@ -7,6 +7,10 @@ Integration: sessions over UDP (``--transport udp``) on real loopback sockets.
   server SIGKILLed while a ``twistd`` client sends leaves the client's
   connected socket an ICMP port unreachable: ``refused``, read from its
   ``GET /status``.
+- a listener bound to one address gives each session a socket of its own,
+  connected to the peer: a client whose socket closes without a word is
+  ``refused`` at the server's next datagram; past the descriptor budget, and
+  on a wildcard listener, sessions share the listening socket.
 - many-to-one chat (the reliable channel, the chat's default): a line from
   one of three clients reaches the two others exactly once.
 - p2p: four in-process nodes mesh through a bootstrap peer over ``udp:``
@@ -235,7 +239,7 @@ class OwnSocketUDPTests(TestCase):
 
     @defer.inlineCallbacks
     def test_a_session_gets_its_own_socket(self) -> Any:
-        """The session's datagrams use it; a node bound to the same port still fails to start."""
+        """The session's requests are answered; a second listener on the port still fails to bind."""
         server = start_udp_server(self)
         client = start_udp_client(self, server)
         _, on_client = yield ready_pair(server, client)

@@ -5,7 +5,6 @@ handshake, sessions demultiplexed by id, and TIME_WAIT for closed ones.
 
 from __future__ import annotations
 
-import errno
 import secrets
 import socket
 from collections.abc import Callable
@@ -129,10 +128,13 @@ class Listener(DatagramProtocol, SessionSocket):
         if address is None or self._reactor is None:
             return None, []
         try:
-            if len(self.own_sockets) >= self.own_socket_budget:
-                raise OSError(errno.EMFILE, "the sessions' share of descriptors is taken")
-            sock, taken = open_connected(address, peer, self._max_datagram + 1)
+            if len(self.own_sockets) < self.own_socket_budget:
+                sock, taken = open_connected(address, peer, self._max_datagram + 1)
+            else:
+                sock = None
         except OSError:
+            sock = None  # out of descriptors, say
+        if sock is None:
             # This session shares our socket: slower, and deaf to ICMP errors.
             self.counters["shared_sessions"] += 1
             return None, []
