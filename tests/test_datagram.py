@@ -16,15 +16,13 @@ from netmodels.core.datagram import (
     CookieJar,
     Kind,
     MalformedDatagram,
-    ReliableReceiver,
-    ReliableSender,
-    RttEstimator,
     SequenceWindow,
     parse,
     unwrap,
     whole_frames,
 )
 from netmodels.core.frames import MessageType, encode_frame
+from netmodels.core.reliable import ReliableReceiver, ReliableSender, RttEstimator
 from netmodels.transports.udp import (
     DatagramClientEndpoint,
     DatagramOptions,

@@ -23,17 +23,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netmodels.core import datagram
-from netmodels.core.datagram import (
-    DATA_HEADER,
-    SEGMENT_HEADER,
-    Kind,
-    Packet,
-    ReliableReceiver,
-    ReliableSender,
-    SequenceWindow,
-)
+from netmodels.core.datagram import DATA_HEADER, SEGMENT_HEADER, Kind, Packet, SequenceWindow
 from netmodels.core.frames import BAD_LENGTH, walk_frames
 from netmodels.core.reasons import CloseReason
+from netmodels.core.reliable import ReliableReceiver, ReliableSender
 from netmodels.transports.interfaces import IConnectionObserver, IDatagramTransport
 from netmodels.transports.udp.options import DatagramOptions, udp_address
 
