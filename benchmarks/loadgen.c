@@ -42,6 +42,13 @@
  * each, so BODY <= 255); read mode counts the whole messages the server
  * sends, not its commands.
  *
+ * With -P SECONDS the generator does not sleep for up to SECONDS after its
+ * connections are up, until each has heard from the server: over loopback,
+ * waking a sleeping receiver is work the sender's CPU does, so a server that
+ * answers HELLOs while the generator sleeps would pay for the generator's
+ * wake-ups (over a network the client's machine pays them), and which of two
+ * servers pays depends only on timing.
+ *
  * Runs for -t SECONDS after the connections are up, then closes everything and
  * prints "SENT frames=N bytes=N conns_lost=N elapsed=S cpu=S runq_wait=S": its
  * own CPU time, and the time it spent runnable but waiting for a CPU (from
@@ -78,6 +85,7 @@ struct conn {
     unsigned char ping[4];
     int ping_have;
     int is_ping;
+    int heard;              /* something arrived from the server */
     int counted;            /* read mode: the frame being read is one to count */
     uint64_t zbody_left;    /* -Z read mode: bytes of the current frame's body still to skip */
 };
@@ -127,7 +135,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: loadgen -p PORT [-h HOST] [-m stream|idle|read] [-c CONNS] [-t SECONDS]\n"
             "               [-s BODY] [-T TYPE] [-x HELLO_HEX] [-d CONNECT_DELAY_US]\n"
-            "               [-Z [-X AFTER_HANDSHAKE_HEX]]\n");
+            "               [-Z [-X AFTER_HANDSHAKE_HEX]] [-P POLL_SECONDS]\n");
     exit(2);
 }
 
@@ -289,12 +297,12 @@ int main(int argc, char **argv) {
     const char *host = "127.0.0.1";
     int port = 0, conns = 100, body = 64, type = -1, idle = 0, reader = 0, connect_delay_us = 0;
     int zmtp = 0;
-    double seconds = 5.0;
+    double seconds = 5.0, poll_seconds = 0.0;
     unsigned char *hello = NULL, *after = NULL;
     size_t hello_len = 0, after_len = 0;
     int opt;
 
-    while ((opt = getopt(argc, argv, "h:p:m:c:t:s:T:x:X:d:Z")) != -1) {
+    while ((opt = getopt(argc, argv, "h:p:m:c:t:s:T:x:X:d:ZP:")) != -1) {
         switch (opt) {
         case 'h': host = optarg; break;
         case 'p': port = atoi(optarg); break;
@@ -310,6 +318,7 @@ int main(int argc, char **argv) {
         case 'T': type = (int)strtol(optarg, NULL, 0); break;
         case 'd': connect_delay_us = atoi(optarg); break;
         case 'Z': zmtp = 1; break;
+        case 'P': poll_seconds = atof(optarg); break;
         case 'x':
             hello = unhex(optarg, &hello_len);
             break;
@@ -392,6 +401,8 @@ int main(int argc, char **argv) {
     int lost = 0, alive = conns;
     double started = now(), wait0 = runq_wait();
     double deadline = started + seconds;
+    double poll_deadline = started + poll_seconds;
+    int heard = 0;
     struct epoll_event events[MAX_EVENTS];
     unsigned char scratch[65536];
 
@@ -400,6 +411,7 @@ int main(int argc, char **argv) {
         if (left <= 0) break;
         int timeout = (int)(left * 1000) + 1;
         if (timeout > 200) timeout = 200;
+        if (heard < conns && poll_deadline > now()) timeout = 0;
         int n = epoll_wait(ep, events, MAX_EVENTS, timeout);
         if (n < 0) {
             if (errno == EINTR) continue;
@@ -414,6 +426,10 @@ int main(int argc, char **argv) {
                 for (;;) {
                     ssize_t r = recv(c->fd, scratch, sizeof scratch, MSG_DONTWAIT);
                     if (r > 0) {
+                        if (!c->heard) {
+                            c->heard = 1;
+                            heard++;
+                        }
                         if (idle && (zmtp ? (reader ? zmtp_consume(c, scratch, (size_t)r) : 0)
                                      : reader ? read_consume(c, scratch, (size_t)r, type)
                                               : idle_consume(c, scratch, (size_t)r)) < 0) {
