@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 import tempfile
 
 from cryptography import x509
@@ -17,10 +18,12 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from netmodels.core.connection import ConnectionState
+from netmodels.core.frames import Hello, encode_hello
 from netmodels.core.keepalive import KeepaliveSettings
 from netmodels.core.reasons import CloseReason
 from netmodels.runtime.node import Node, NodeConfig
 from netmodels.topologies.client_server import ClientServer, EchoApplication
+from netmodels.transports.tcp import _ErrnoRecordingSocket
 
 KEEPALIVE = KeepaliveSettings(5, 5, 3)
 
@@ -133,6 +136,43 @@ class EndpointStringTests(TestCase):
         self.assertEqual((tcp_transport._tempDataLen, tcp_transport.dataBuffer), (0, b""))
         self.assertEqual(peer.record.bytes_out - sent_before, 4 + 1 + len(b"straight out"))
         yield self.assert_round_trip_then_clean_close(server, client, "tcp")
+
+    @defer.inlineCallbacks
+    def test_accepted_tcp_connections_are_named_and_watched(self):  # type: ignore[no-untyped-def]
+        """
+        Each connection a TCP listener accepts is named after the address it
+        came from, and its socket is watched for errnos and sent on at once.
+        The first connection of a transport type is checked; later ones are
+        known to be alike and skip the checks, which must come to the same.
+        """
+        server, client = yield self.run_pair(
+            "tcp:0:interface=127.0.0.1",
+            lambda server: f"tcp:127.0.0.1:{server.listeners[0].port.getHost().port}",
+        )
+        port = server.listeners[0].port.getHost().port
+        ready: defer.Deferred[None] = defer.Deferred()
+        server.manager.subscribe(
+            lambda event, subject: event == "ready" and len(server.peers()) == 3 and ready.callback(None)
+        )
+        others = []
+        for _ in range(2):
+            sock = socket.create_connection(("127.0.0.1", port))
+            self.addCleanup(sock.close)
+            sock.sendall(
+                encode_hello(
+                    Hello(node_id="plain", topology="client-server", role="client", keepalive=KEEPALIVE)
+                )
+            )
+            others.append(sock)
+        yield ready
+        clients = {f"127.0.0.1:{sock.getsockname()[1]}" for sock in others}
+        clients.add(f"127.0.0.1:{client.peers()[0].transport.transport.getHost().port}")
+        accepted = [peer.transport for peer in server.peers()]
+        self.assertEqual({connection.record.peer for connection in accepted}, clients)
+        for connection in accepted:
+            self.assertEqual((connection.record.transport, connection.host), ("tcp", "127.0.0.1"))
+            self.assertIsInstance(connection.transport.socket, _ErrnoRecordingSocket)
+            self.assertIs(connection._direct, connection.transport.socket._socket)
 
     @defer.inlineCallbacks
     def test_unix(self):  # type: ignore[no-untyped-def]

@@ -516,8 +516,8 @@ def decode_hello(body: bytes) -> Hello:
     listen = document.get("listen", [])
     if (
         not isinstance(listen, list)
-        or not all(isinstance(item, str) and len(item) <= 512 for item in listen)
         or len(listen) > 16
+        or (listen and not all(isinstance(item, str) and len(item) <= 512 for item in listen))
     ):
         raise MalformedMessage("HELLO listen must be a list of at most 16 endpoint strings")
     max_frame = document.get("max_frame", DEFAULT_MAX_FRAME)
@@ -529,7 +529,12 @@ def decode_hello(body: bytes) -> Hello:
     app = document.get("app", "")
     if not isinstance(app, str) or len(app) > 64:
         raise MalformedMessage("HELLO app must be a string of at most 64 characters")
-    extra = {k: v for k, v in document.items() if k not in _HELLO_FIELDS}
+    # A C-level subset test first: most HELLOs have no extra fields.
+    extra = (
+        None
+        if document.keys() <= _HELLO_FIELDS
+        else {k: v for k, v in document.items() if k not in _HELLO_FIELDS}
+    )
     return Hello(
         node_id=document.get("node_id"),  # type: ignore[arg-type]
         topology=_intern(document.get("topology")),  # type: ignore[arg-type]

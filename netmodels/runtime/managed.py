@@ -13,6 +13,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -55,6 +56,9 @@ def format_address(address: IAddress | None) -> str:
         name = getattr(address, "name", None)
         return str(name) if name else "unknown"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_TCP_SERVER = tcp.Server
 
 
 def _transport_name(address: IAddress | None) -> str:
@@ -137,10 +141,16 @@ class ManagedConnection(ProtocolWrapper):
 
     def makeConnection(self, transport: Any) -> None:
         record = self.record
-        peer = transport.getPeer()
-        record.peer = format_address(peer)
-        record.transport = _transport_name(peer)
-        self.host = str(getattr(peer, "host", record.peer))
+        if type(transport) is _TCP_SERVER and record.direction is Direction.INBOUND:
+            # Accepted by a tcp.Port, whose buildProtocol named the record
+            # after the very address getPeer() would build again.
+            record.transport = "tcp"
+            self.host = transport.client[0]  # type: ignore[assignment]
+        else:
+            peer = transport.getPeer()
+            record.peer = format_address(peer)
+            record.transport = _transport_name(peer)
+            self.host = str(getattr(peer, "host", record.peer))
         self.transport = transport
         self.connected = 1
         self._direct = watch_socket(transport, self)

@@ -147,6 +147,12 @@ def direct_writer(transport: object, observer: ErrnoObserver) -> Callable[[bytes
     return private.direct_writer(transport, sock, observer)
 
 
+#: Types of transport that :func:`watch_socket` has found to be plain TCP
+#: connections it can watch and send around the buffer of: their later
+#: instances (every accepted connection) skip the checks.
+_PLAIN_TCP_TYPES: set[type] = set()
+
+
 def watch_socket(transport: object, observer: ErrnoObserver) -> socket.socket | None:
     """
     :func:`capture_errno` on ``transport`` for ``observer``; and if
@@ -155,10 +161,19 @@ def watch_socket(transport: object, observer: ErrnoObserver) -> socket.socket | 
     empty (``None`` otherwise). What :func:`direct_writer` does, without a
     function object per connection.
     """
+    kind = type(transport)
+    if kind in _PLAIN_TCP_TYPES:
+        sock = transport.socket  # type: ignore[attr-defined]
+        if type(sock) is socket.socket:
+            transport.socket = _ErrnoRecordingSocket(sock, observer)  # type: ignore[attr-defined]
+            return sock
     capture_errno(transport, observer)
     if not private.can_send_around_buffer(transport):
         return None
-    return _unwrapped(private.socket_of(transport))  # type: ignore[arg-type]
+    watched = private.socket_of(transport)  # type: ignore[arg-type]
+    if isinstance(watched, _ErrnoRecordingSocket) and len(_PLAIN_TCP_TYPES) < 8:
+        _PLAIN_TCP_TYPES.add(kind)
+    return _unwrapped(watched)
 
 
 def unsent_bytes(transport: object) -> int | None:
