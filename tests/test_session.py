@@ -595,6 +595,101 @@ class RequestTests(_SessionTestCase):
         self.assertEqual([failure.value.record.reason for failure in failures], [CloseReason.RESET] * 3)
 
 
+class SendRequestTests(_SessionTestCase):
+    """send_request: a request answered through callables, with the same outcomes as request()."""
+
+    def setUp(self) -> None:
+        self.held = HeldAnswers()
+        self.pair = Pair(server_app=self.held)
+        self.pair.start()
+        self.peer = self.pair.client_session()
+        #: What the callables were called with, in order: ("response", bytes) or ("error", exception).
+        self.outcomes: list[tuple[str, object]] = []
+
+    def tearDown(self) -> None:
+        self.assertStopsClean(self.pair)
+
+    def send(self, payload: bytes, timeout: float | None = None) -> None:
+        self.peer.send_request(
+            payload,
+            lambda response: self.outcomes.append(("response", response)),
+            lambda error: self.outcomes.append(("error", error)),
+            timeout,
+        )
+
+    def test_responses_reach_their_callers(self) -> None:
+        """Requests answered in reverse order each reach their own on_response, never from within the call."""
+        payloads = [b"request %d" % n for n in range(IN_FLIGHT)]
+        for payload in payloads:
+            self.send(payload)
+        self.assertEqual(self.outcomes, [])
+        self.pair.clock.advance(0)
+        for payload, deferred in reversed(self.held.held):
+            deferred.callback(b"answer to " + payload)
+        self.pair.clock.advance(0)
+        self.assertEqual(
+            self.outcomes, [("response", b"answer to " + payload) for payload in reversed(payloads)]
+        )
+
+    def test_timeout(self) -> None:
+        """Without an answer, on_error gets RequestTimeout at the request's own deadline."""
+        sent = self.pair.clock.seconds()
+        self.send(b"anyone?", timeout=REQUEST_TIMEOUT / 2)
+        advance_to(self.pair.clock, sent + REQUEST_TIMEOUT / 2 - EPSILON)
+        self.assertEqual(self.outcomes, [])
+        self.pair.clock.advance(EPSILON)
+        [(kind, error)] = self.outcomes
+        self.assertEqual(kind, "error")
+        self.assertIsInstance(error, RequestTimeout)
+
+    def test_remote_error(self) -> None:
+        """An error answer reaches on_error as RemoteError with its text."""
+        self.send(b"question")
+        self.pair.clock.advance(0)
+        self.held.held[0][1].errback(ValueError("bad input"))
+        self.pair.clock.advance(0)
+        [(kind, error)] = self.outcomes
+        self.assertEqual((kind, type(error), str(error)), ("error", RemoteError, "bad input"))
+
+    def test_pending_fail_with_peer_closed(self) -> None:
+        """Requests in flight when the connection ends reach on_error with PeerClosed and its record."""
+        for n in range(3):
+            self.send(b"pending %d" % n)
+        self.pair.clock.advance(0)
+        self.pair.link.reset(1)
+        self.assertEqual([kind for kind, _ in self.outcomes], ["error"] * 3)
+        self.assertEqual(
+            [error.record.reason for _, error in self.outcomes],  # type: ignore[attr-defined]
+            [CloseReason.RESET] * 3,
+        )
+
+    def test_after_close_raises(self) -> None:
+        """After the connection ended, send_request raises PeerClosed and calls neither callable."""
+        self.peer.close()
+        self.pair.clock.advance(0)
+        self.assertRaises(PeerClosed, self.send, b"too late")
+        self.assertEqual(self.outcomes, [])
+
+    def test_too_large_raises(self) -> None:
+        """Over the peer's limit (counting its 4-byte id) it raises MessageTooLarge."""
+        self.assertRaises(MessageTooLarge, self.send, b"x" * (self.peer.machine.max_data - 4 + 1))
+        self.send(b"x" * (self.peer.machine.max_data - 4))  # just fits
+
+    def test_failing_handler_is_logged_and_session_goes_on(self) -> None:
+        """An exception in on_response is logged; the session stays open and answers the next request."""
+        self.peer.send_request(b"first", lambda response: 1 / 0, self.outcomes.append)
+        self.pair.clock.advance(0)
+        self.held.held[0][1].callback(b"answer")
+        self.pair.clock.advance(0)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(self.pair.client_record().state, ConnectionState.OPEN)
+        self.send(b"second")
+        self.pair.clock.advance(0)
+        self.held.held[1][1].callback(b"still here")
+        self.pair.clock.advance(0)
+        self.assertEqual(self.outcomes, [("response", b"still here")])
+
+
 class RemoteErrorTests(_SessionTestCase):
     """A request the peer's application fails comes back as RemoteError."""
 

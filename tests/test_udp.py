@@ -510,6 +510,28 @@ class BurstTests(SynchronousTestCase):
         self.assertEqual(transport._window.as_dict(), expected_window.as_dict())
         self.assertEqual(pair.listener_counters()["malformed"], malformed_before + 1)
 
+    def test_a_malformed_datagram_in_order_is_dropped_and_moves_nothing(self) -> None:
+        """
+        The next datagram in order, carrying what is not whole frames, is
+        counted malformed and dropped; the same sequence number, whole,
+        is delivered after it, as are several frames in one datagram.
+        """
+        pair = UdpPair()
+        pair.start()
+        transport = self._server_transport(pair)
+        frame = encode_frame(MessageType.DATA, b"m")
+        base = transport._window.highest + 1
+
+        def data(offset: int, frames: bytes = frame) -> bytes:
+            return datagram.encode_data_header(transport.session_id, base + offset) + frames
+
+        malformed_before = pair.listener_counters()["malformed"]
+        transport.data_burst([data(0), data(1, frame + b"\0\0\0\x09\x02"), data(1), data(2, frame * 3)])
+        self.assertEqual(pair.server_app.messages, [b"m"] * 5)
+        self.assertEqual(pair.listener_counters()["malformed"], malformed_before + 1)
+        self.assertEqual((transport._window.highest, transport._window.lost), (base + 2, 0))
+        self.assertEqual([r["state"] for r in pair.records(pair.server)], ["open"])
+
     def test_a_same_size_burst_after_a_gap_is_counted_one_by_one(self) -> None:
         pair = UdpPair()
         pair.start()
