@@ -65,6 +65,22 @@ class ISession(IPeer):
     bye_received = Attribute("bool: the peer said BYE (it closed on purpose; a bare FIN may be a crash).")
     machine = Attribute("netmodels.core.session.SessionMachine: the protocol, sans-IO (phase, limits).")
 
+    def send_request(
+        payload: bytes,
+        on_response: Callable[[bytes], object],
+        on_error: Callable[[Exception], object],
+        timeout: float | None = None,
+    ) -> None:
+        """
+        Send a request answered through callables instead of a ``Deferred``:
+        ``on_response(response_bytes)``, or ``on_error(error)`` with
+        ``RequestTimeout``, ``RemoteError`` or ``PeerClosed``; exactly one,
+        and never from within this call. Raises ``MessageTooLarge`` over the
+        peer's limit and ``PeerClosed`` when the session is not open. For
+        clients with many requests in flight, where a ``Deferred`` each is
+        a good part of the cost.
+        """
+
     def write_frame(frame: bytes, corked: bool = False) -> None:
         """
         Send an already encoded frame (fan-out frames a message once for
