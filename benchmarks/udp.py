@@ -555,7 +555,7 @@ def rr_client(impl: str, port: int, inflight: int, warmup: float, seconds: float
             def send_next(self, slot: int) -> None:
                 sent_at[slot] = perf_counter()
                 if callbacks:
-                    self.peer.send_request(payload, self.on_response[slot], self.failed)
+                    self.peer.send_request(payload, self.on_response[slot], self.error)
                 else:
                     self.peer.request(payload).addCallbacks(self.answered, self.failed, callbackArgs=(slot,))
 
@@ -568,6 +568,9 @@ def rr_client(impl: str, port: int, inflight: int, warmup: float, seconds: float
 
             def failed(self, failure: Any) -> None:
                 print(f"request failed: {failure.getErrorMessage()}", file=sys.stderr)
+
+            def error(self, error: Exception) -> None:
+                print(f"request failed: {error}", file=sys.stderr)
 
         udp_client_node(reactor, ClosedLoops(), common.HOST, port)
     reactor.run()
