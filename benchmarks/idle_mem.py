@@ -101,6 +101,9 @@ def serve(
         reply = bytes.fromhex(common.netmodels_hello_hex("server", "server"))[4:]
 
         class Idle(Int32StringReceiver):
+            #: raw-hello: the client's HELLO was answered.
+            greeted = False
+
             def connectionMade(self) -> None:
                 self.transport.setTcpNoDelay(True)
                 if impl == "raw":
@@ -114,8 +117,6 @@ def serve(
                     self.greeted = True
                     self.sendString(reply)
                     count_up()
-
-            greeted = False
 
         port = reactor.listenTCP(0, Factory.forProtocol(Idle), interface=common.HOST, backlog=BACKLOG)
         number = port.getHost().port
