@@ -847,3 +847,5 @@ class CorkTests(_StarTestCase):
         self.session.reset()
         self.clock.advance(0)
         self.assertEqual(self.tap.kinds(), ["rst"])
+        # Nothing was written after the RST, so nothing more is counted.
+        self.assertEqual(self.session.record.bytes_out, len(self.star.server.session_settings.hello_frame))

@@ -402,6 +402,21 @@ class KeepaliveTests(_MachineTestCase):
         self.assertEqual(self.output.take(), [])
         self.assertEqual(self.record.rtt, 0.25)
 
+    def test_stale_pong_sets_no_rtt(self) -> None:
+        """A PONG to an earlier probe is traffic, not a measure of this probe's round trip."""
+        self.open(at=START)
+        self.machine.timer_due(START + IDLE)
+        self.output.take()
+        self.machine.receive(encode_ping(0, pong=True), START + IDLE + 0.25)
+        self.assertEqual(self.output.take(), [])
+        self.assertIsNone(self.record.rtt)
+
+    def test_malformed_pong(self) -> None:
+        self.open()
+        self.machine.receive(encode_frame(MessageType.PONG, b"\x00\x01\x02"), START + 2)
+        detail = "PING/PONG body must be 4 bytes, not 3"
+        self.assertEqual(self.output.take(), [bye(PROTOCOL_ERROR, detail), ending(PROTOCOL_ERROR, detail)])
+
     def test_suspect_then_alive(self) -> None:
         """A probe unanswered for a whole interval makes the peer suspect; any answer, alive."""
         self.open(at=START)

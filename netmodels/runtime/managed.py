@@ -22,7 +22,9 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from netmodels.core.connection import (
+    _CLOSED,
     _CLOSING,
+    _FAILED,
     CloseMode,
     ConnectionRecord,
     ConnectionState,
@@ -230,15 +232,19 @@ class ManagedConnection(ProtocolWrapper):
 
     def uncork(self) -> None:
         """Write what :meth:`cork` holds now."""
+        # record.closed, inline: this runs for every keepalive probe.
+        state = self.record.state
+        if state is _CLOSED or state is _FAILED:
+            self._corked = self._corked_unreliable = None
+            return
         corked = self._corked
         if corked is not None:
             self._corked = None
-            if not self.record.closed:
-                self.write(b"".join(corked))
+            self.write(b"".join(corked))
         corked = self._corked_unreliable
         if corked is not None:
             self._corked_unreliable = None
-            if not self.record.closed:
+            if not self.record.closed:  # the write above may have ended it
                 self.write_unreliable(b"".join(corked))
 
     def write_unreliable(self, frames: bytes, corked: bool = False) -> None:
