@@ -368,10 +368,13 @@ class Window:
     done: Callable[[dict[str, Any]], None]
     profile: str | None = None
     on_open: Callable[[], None] | None = None
+    #: Write the window's bytecodes per unit of ``counter`` here (OpcodeCounter).
+    opcodes: str | None = None
     started: bool = False
     measuring: bool = False
     _start: tuple[float, float, int, float, tuple[int, int]] = (0.0, 0.0, 0, 0.0, (0, 0))
     _profiler: Any = field(default=None, repr=False)
+    _opcodes: OpcodeCounter | None = field(default=None, repr=False)
 
     def begin(self) -> None:
         if self.started:
@@ -396,11 +399,18 @@ class Window:
             self.on_open()
         if self._profiler is not None:
             self._profiler.enable()
+        if self.opcodes:
+            self._opcodes = OpcodeCounter()
+            self._opcodes.start()
         self.reactor.callLater(self.seconds, self._close)
 
     def _close(self) -> None:
         if self._profiler is not None:
             self._profiler.disable()
+        if self._opcodes is not None:
+            self._opcodes.stop()
+            assert self.opcodes is not None
+            self._opcodes.write(self.opcodes, self.counter() - self._start[2])
         end = (
             time.monotonic(),
             cpu_seconds(),
@@ -428,6 +438,77 @@ class Window:
                 "ivcsw_per_op": (end[4][1] - self._start[4][1]) / count if count else None,
             }
         )
+
+
+#: Where executed bytecode is charged, by the path of its code's file.
+OPCODE_LAYERS = (
+    ("/netmodels/core/", "netmodels core"),
+    ("/netmodels/runtime/", "netmodels runtime"),
+    ("/netmodels/transports/", "netmodels transports"),
+    ("/twisted/", "Twisted"),
+    (str(HERE) + "/", "benchmark (application)"),
+)
+
+
+class OpcodeCounter:
+    """
+    Bytecodes executed, per layer (:data:`OPCODE_LAYERS`), between
+    :meth:`start` and :meth:`stop`: ``sys.settrace`` opcode events. Unlike
+    CPU time the count does not move with the host's load, so a change to a
+    per-message path shows in one run. Frames entered before :meth:`start`
+    (the reactor's run loop) are not counted, what runs in C is not, and a
+    traced process runs many times slower: its timings are not valid.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self._layer_of: dict[Any, str] = {}
+
+    def start(self) -> None:
+        sys.settrace(self._trace)
+
+    def stop(self) -> None:
+        sys.settrace(None)
+
+    def _trace(self, frame: Any, event: str, arg: Any) -> Any:
+        if event == "opcode":
+            code = frame.f_code
+            layer = self._layer_of.get(code)
+            if layer is None:
+                path = code.co_filename
+                layer = next((name for part, name in OPCODE_LAYERS if part in path), "other")
+                self._layer_of[code] = layer
+            self.counts[layer] = self.counts.get(layer, 0) + 1
+        elif event == "call":
+            frame.f_trace_opcodes = True
+            frame.f_trace_lines = False
+        return self._trace
+
+    def write(self, path: str, units: int) -> None:
+        """Write the counts and the ``units`` (round trips, probes) they were spent on, as JSON."""
+        Path(path).write_text(json.dumps({"units": units, "layers": self.counts}))
+
+
+def opcodes_per_unit(path: str) -> dict[str, float]:
+    """What :meth:`OpcodeCounter.write` wrote, per unit, with a ``total``."""
+    document = json.loads(Path(path).read_text())
+    units = max(1, document["units"])
+    per_unit = {layer: count / units for layer, count in document["layers"].items()}
+    per_unit["total"] = sum(per_unit.values())
+    return per_unit
+
+
+def opcode_table(columns: dict[str, dict[str, float]], unit: str) -> list[str]:
+    """Lines of a table: bytecodes per ``unit`` by layer (rows) for each column."""
+    layers = [name for _, name in OPCODE_LAYERS] + ["other", "total"]
+    layers = [layer for layer in layers if any(column.get(layer) for column in columns.values())]
+    width = max(len(unit) + 14, *(len(layer) for layer in layers))
+    cell = max(len(name) for name in columns) + 2
+    lines = [f"{'bytecodes per ' + unit:<{width}}" + "".join(f"{name:>{cell}}" for name in columns)]
+    for layer in layers:
+        cells = "".join(f"{column.get(layer, 0.0):>{cell}.0f}" for column in columns.values())
+        lines.append(f"{layer:<{width}}{cells}")
+    return lines
 
 
 def emit(tag: str, payload: Any = "") -> None:

@@ -66,6 +66,7 @@ def serve(
     seconds: float,
     trace: str | None = None,
     profile: str | None = None,
+    opcodes: str | None = None,
 ) -> None:
     if trace:
         import tracemalloc
@@ -154,6 +155,7 @@ def serve(
         return sum(c.record.probes_sent for c in node.manager.live.values())
 
     profiler: Any = None
+    counter: common.OpcodeCounter | None = None
     # The garbage collector's passes in the window, by generation, and their time.
     collections = [0, 0, 0]
     collecting = [0.0, 0.0]
@@ -179,6 +181,10 @@ def serve(
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(profile)
+        if counter is not None:
+            counter.stop()
+            assert opcodes is not None
+            counter.write(opcodes, probes_sent() - probes0)
         result["server_wakeups"] = common.context_switches()[0] - switches0
         result["idle_seconds"] = elapsed
         result["idle_cpu_pct"] = 100 * cpu / elapsed
@@ -200,7 +206,7 @@ def serve(
         result["kb_per_conn"] = (rss - baseline) / max(1, connected[0])
         if trace and before is not None:
             write_trace(trace, before, max(1, connected[0]))
-        nonlocal profiler
+        nonlocal profiler, counter
         probes0 = probes_sent()
         common.emit("WINDOW", str(os.getpid()))
         if profile:
@@ -208,6 +214,9 @@ def serve(
 
             profiler = cProfile.Profile()
             profiler.enable()
+        if opcodes:
+            counter = common.OpcodeCounter()
+            counter.start()
         gc.callbacks.append(on_gc)
         reactor.callLater(
             seconds,
@@ -312,7 +321,7 @@ def write_trace(path: str, before: Any, connections: int) -> None:
             )
 
 
-def run_once(impl: str, args: argparse.Namespace, rep: int = 0) -> dict[str, Any]:
+def run_once(impl: str, args: argparse.Namespace, rep: int = 0, opcodes: str | None = None) -> dict[str, Any]:
     loadgen = common.build_loadgen()
     profile = common.profile_path(args, f"idle-{impl}-{rep}") if impl == "nm" else None
     with common.Children() as children:
@@ -335,6 +344,7 @@ def run_once(impl: str, args: argparse.Namespace, rep: int = 0) -> dict[str, Any
                         else []
                     ),
                     *(["--profile", profile] if profile else []),
+                    *(["--opcodes", opcodes] if opcodes else []),
                 ),
                 common.server_cpu(),
             ),
@@ -362,6 +372,24 @@ def run_once(impl: str, args: argparse.Namespace, rep: int = 0) -> dict[str, Any
             sys.stdout.flush()
         server.stop()  # the server first: closing 10,000 sockets by exiting is quickest
     return result
+
+
+def count_opcodes(args: argparse.Namespace) -> None:
+    """
+    Bytecodes per keepalive probe, by layer, in the idle window: netmodels
+    and the floor (raw Twisted sending the same probes). The probe, its
+    timer and its answer's read, in a figure the host's load does not move.
+    """
+    import tempfile
+
+    columns: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for impl, name in (("floor", "floor"), ("nm", "netmodels")):
+            common.progress(f"idle, counting bytecodes: {impl}, {args.idle_conns} connections")
+            run_once(impl, args, opcodes=f"{folder}/{impl}")
+            columns[name] = common.opcodes_per_unit(f"{folder}/{impl}")
+    print("\n".join(common.opcode_table(columns, "probe")))
+    print("note: floor = raw Twisted sending ready-made PINGs on the same schedule (see --floor)")
 
 
 def voluntary_switches(pid: int) -> int:
@@ -502,6 +530,7 @@ def main() -> None:
     add_arguments(p)
     p.add_argument("--settle", type=float, default=1.0)
     p.add_argument("--profile", default=None, help="write a cProfile of the idle window here")
+    p.add_argument("--opcodes", default=None, help="count the window's bytecodes per probe into this file")
     add_arguments(parser)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
@@ -515,6 +544,11 @@ def main() -> None:
         help="also run the floor: raw Twisted sending the same probes (netmodels' cost per probe, compared)",
     )
     parser.add_argument(
+        "--count-opcodes",
+        action="store_true",
+        help="instead of timing: bytecodes per keepalive probe by layer, netmodels and the floor",
+    )
+    parser.add_argument(
         "--attach",
         default=None,
         metavar="COMMAND",
@@ -522,9 +556,20 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.command == "server":
-        serve(args.impl, args.idle_conns, args.settle, args.idle_seconds, args.trace_memory, args.profile)
+        serve(
+            args.impl,
+            args.idle_conns,
+            args.settle,
+            args.idle_seconds,
+            args.trace_memory,
+            args.profile,
+            args.opcodes,
+        )
         return
     apply_quick(args)
+    if args.count_opcodes:
+        count_opcodes(args)
+        return
     print("\n".join(common.machine_info()))
     rows, notes = run(args)
     print(common.format_table("idle connections", rows, notes))

@@ -452,7 +452,7 @@ def rr_client_loop(impl: str, port: int, inflight: int, warmup: float, seconds: 
     loop.run_forever()
 
 
-def echo(impl: str, warmup: float, seconds: float, profile: str | None) -> None:
+def echo(impl: str, warmup: float, seconds: float, profile: str | None, opcodes: str | None = None) -> None:
     if impl in peers.LOOPS:
         echo_loop(impl, warmup, seconds)
         return
@@ -461,7 +461,13 @@ def echo(impl: str, warmup: float, seconds: float, profile: str | None) -> None:
 
     counter = [0]
     window = common.Window(
-        reactor, warmup, seconds, lambda: counter[0], lambda r: common.emit("RESULT", r), profile
+        reactor,
+        warmup,
+        seconds,
+        lambda: counter[0],
+        lambda r: common.emit("RESULT", r),
+        profile,
+        opcodes=opcodes,
     )
     if impl == "raw":
         from twisted.internet.protocol import DatagramProtocol
@@ -492,7 +498,9 @@ def echo(impl: str, warmup: float, seconds: float, profile: str | None) -> None:
     reactor.run()
 
 
-def rr_client(impl: str, port: int, inflight: int, warmup: float, seconds: float) -> None:
+def rr_client(
+    impl: str, port: int, inflight: int, warmup: float, seconds: float, opcodes: str | None = None
+) -> None:
     if impl in peers.LOOPS:
         rr_client_loop(impl, port, inflight, warmup, seconds)
         return
@@ -507,7 +515,7 @@ def rr_client(impl: str, port: int, inflight: int, warmup: float, seconds: float
         common.emit_latencies(result, samples)
         reactor.stop()
 
-    window = common.Window(reactor, warmup, seconds, lambda: count[0], finished)
+    window = common.Window(reactor, warmup, seconds, lambda: count[0], finished, opcodes=opcodes)
     sent_at = [0.0] * inflight
 
     if impl == "raw":
@@ -576,13 +584,18 @@ def rr_client(impl: str, port: int, inflight: int, warmup: float, seconds: float
     reactor.run()
 
 
-def rr_once(impl: str, inflight: int, args: argparse.Namespace, rep: int) -> dict[str, Any]:
+def rr_once(
+    impl: str, inflight: int, args: argparse.Namespace, rep: int, opcodes: str | None = None
+) -> dict[str, Any]:
+    """One run; with ``opcodes``, each end counts its bytecodes into ``opcodes``.server / .client."""
     profile = common.profile_path(args, f"udp-rr{inflight}-{rep}-nm") if impl == "nm" else None
     timing = ["--warmup", str(args.warmup), "--seconds", str(args.seconds)]
     with common.Children() as children:
         server_args = ["echo", "--impl", impl, *timing]
         if profile:
             server_args += ["--profile", profile]
+        if opcodes:
+            server_args += ["--opcodes", f"{opcodes}.server"]
         server = children.start(
             f"udp rr {impl} server",
             common.pinned(common.python_command("udp.py", *server_args), common.server_cpu()),
@@ -601,6 +614,7 @@ def rr_once(impl: str, inflight: int, args: argparse.Namespace, rep: int) -> dic
                     "--inflight",
                     str(inflight),
                     *timing,
+                    *(["--opcodes", f"{opcodes}.client"] if opcodes else []),
                 ),
                 common.client_cpu(),
             ),
@@ -708,6 +722,28 @@ def run_rr(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
         *log,
     ]
     return rows, notes
+
+
+def count_rr_opcodes(args: argparse.Namespace) -> None:
+    """
+    Bytecodes per round trip at one request in flight, by layer, for each
+    end of raw Twisted and of netmodels: where the Python time of a round
+    trip goes, in a figure the host's load does not move.
+    """
+    import tempfile
+
+    columns: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for impl in ("raw", "nm", "nm-cb"):
+            common.progress(f"udp rr x1, counting bytecodes: {impl}")
+            path = f"{folder}/{impl}"
+            rr_once(impl, 1, args, 0, opcodes=path)
+            name = {"raw": "raw", "nm": "request", "nm-cb": "send_request"}[impl]
+            columns[f"{name} client"] = common.opcodes_per_unit(f"{path}.client")
+            columns[f"{name} server"] = common.opcodes_per_unit(f"{path}.server")
+    print("\n".join(common.opcode_table(columns, "round trip")))
+    print("note: request/send_request = netmodels, the client calling session.request() / send_request();")
+    print("note: the reactor's own loop (epoll, timers) is counted in Twisted for every end alike")
 
 
 # --------------------------------------------------------------------------
@@ -1138,6 +1174,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bulk-deadline", type=float, default=60.0, help="reliable goodput: give up after (s)"
     )
+    parser.add_argument(
+        "--count-opcodes",
+        action="store_true",
+        help="instead of timing: bytecodes per round trip (1 in flight) by layer, each end",
+    )
 
 
 def apply_quick(args: argparse.Namespace) -> None:
@@ -1162,6 +1203,8 @@ def main() -> None:
             p.add_argument("--inflight", type=int, default=1)
         else:
             p.add_argument("--profile", default=None)
+        if name != "receive":
+            p.add_argument("--opcodes", default=None, help="count bytecodes per round trip into this file")
     for name in ("bulk-receive", "bulk-send"):
         p = sub.add_parser(name)
         p.add_argument("--impl", choices=("tcp", "nm"), required=True)
@@ -1183,9 +1226,9 @@ def main() -> None:
     if args.command == "receive":
         receive(args.impl, args.warmup, args.seconds, args.profile)
     elif args.command == "echo":
-        echo(args.impl, args.warmup, args.seconds, args.profile)
+        echo(args.impl, args.warmup, args.seconds, args.profile, args.opcodes)
     elif args.command == "rr-client":
-        rr_client(args.impl, args.port, args.inflight, args.warmup, args.seconds)
+        rr_client(args.impl, args.port, args.inflight, args.warmup, args.seconds, args.opcodes)
     elif args.command == "bulk-receive":
         bulk_receive(args.impl, args.interface, args.total, args.size, args.deadline, args.loss)
     elif args.command == "bulk-send":
@@ -1193,6 +1236,9 @@ def main() -> None:
     else:
         common.apply_quick(args)
         apply_quick(args)
+        if args.count_opcodes:
+            count_rr_opcodes(args)
+            return
         print("\n".join(common.machine_info()))
         parts = [part.strip() for part in args.part.split(",") if part.strip()]
         jobs = {"oneway": run_oneway, "rr": run_rr, "reliable": run_reliable}
