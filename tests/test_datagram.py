@@ -207,6 +207,22 @@ class SequenceWindowTests(SynchronousTestCase):
         self.assertEqual(window.lost, 0)
         self.assertEqual(window.reordered, 0)
 
+    def test_take_next_counts_as_accept_does(self) -> None:
+        """take_next takes only the next in order (as accept would); the rest is left to accept."""
+        sequences = [2**32 - 3, 2**32 - 2, 2**32 - 1, 0, 2, 1, 1, 3, 70, 4, 71]
+        by_accept, _ = self.feed(sequences)
+        window = SequenceWindow()
+        taken = []
+        for sequence in sequences:
+            if window.take_next(sequence):
+                taken.append(sequence)
+            else:
+                window.accept(sequence)
+        # Not the first (nothing is next before it), nor 2 after 0, 1 after 2, or 4 after 70.
+        self.assertEqual(taken, [2**32 - 2, 2**32 - 1, 0, 3, 71])
+        self.assertEqual(window.as_dict(), by_accept.as_dict())
+        self.assertEqual((window.highest, window._bits), (by_accept.highest, by_accept._bits))
+
 
 class RttTests(SynchronousTestCase):
     def test_rfc6298(self) -> None:

@@ -588,6 +588,35 @@ class BurstTests(SynchronousTestCase):
         transport.write_unreliable(encode_frame(MessageType.DATA, b"b"))
         self.assertEqual(transport.datagrams_out, sent_before + 5)
 
+    def test_a_reliable_write_sends_what_is_held_first(self) -> None:
+        """Order across the channels is kept: frames held for a group leave before a reliable write."""
+        pair = UdpPair()
+        pair.start()
+        transport = self._server_transport(pair)
+        unreliable = encode_frame(MessageType.DATA, b"u" * 10)
+        reliable = encode_frame(MessageType.DATA, b"r" * 30)
+
+        def answer(payload: bytes) -> bytes:
+            transport.write_unreliable(unreliable)
+            transport.write(reliable)
+            return payload
+
+        pair.server_app.answer = answer
+        request = encode_frame(MessageType.REQUEST, (1).to_bytes(4, "big") + b"question")
+        transport.data_burst(
+            [datagram.encode_data_header(transport.session_id, transport._window.highest + 1) + request]
+        )
+        sizes = [size for source, _, size in pair.network.log if source == SERVER][-3:]
+        response = len(encode_frame(MessageType.RESPONSE, b"0000question"))
+        self.assertEqual(
+            sizes,
+            [
+                datagram.DATA_HEADER + len(unreliable),
+                datagram.SEGMENT_HEADER + len(reliable),
+                datagram.DATA_HEADER + response,
+            ],
+        )
+
     def test_grouped_replies_never_exceed_a_datagram(self) -> None:
         pair = UdpPair()
         pair.start()

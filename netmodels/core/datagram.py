@@ -340,6 +340,20 @@ class SequenceWindow:
         self.received += 1
         return True
 
+    def take_next(self, wire_sequence: int) -> bool:
+        """
+        Count a datagram if it carries the sequence number right after the
+        highest (the usual case, one check); ``False``, counting nothing,
+        otherwise (or before the first): then :meth:`accept` decides.
+        """
+        highest = self.highest
+        if highest < 0 or wire_sequence != (highest + 1) & 0xFFFFFFFF:
+            return False
+        self._bits = ((self._bits << 1) | 1) & 0xFFFFFFFFFFFFFFFF
+        self.highest = highest + 1
+        self.received += 1
+        return True
+
     def advance(self, count: int) -> None:
         """
         Count ``count`` datagrams that carried the ``count`` sequence numbers

@@ -120,10 +120,12 @@ class DatagramTransport:
         self._next_data = 0
         self._data_prefix = data_route(session_id)
         self._stream = bytearray()
-        #: While a burst of DATA is delivered: the frames written unreliably meanwhile,
-        #: sent together (a reply to each request of a burst), GROUPED_FRAMES at a time.
-        self._outbox: list[bytes] | None = None
-        self._outbox_size = 0
+        #: While a burst of DATA is delivered, the frames written unreliably
+        #: meanwhile are held and sent together (a reply to each request of a
+        #: burst), GROUPED_FRAMES writes at a time: ``_held`` those writes, joined.
+        self._delivering = False
+        self._held = b""
+        self._held_writes = 0
         self._retransmit_call: IDelayedCall | None = None
         self._ack_call: IDelayedCall | None = None
         self._producer: Any = None
@@ -141,8 +143,8 @@ class DatagramTransport:
         """The reliable channel: ``data`` arrives once, in order, as on TCP."""
         if not self.connected or self.disconnecting:
             return
-        if self._outbox:
-            self._flush_outbox()  # what was written before goes before
+        if self._held:
+            self._send_held()  # what was written before goes before
         self._sender.queue(data)
         self._pump()
 
@@ -155,36 +157,40 @@ class DatagramTransport:
             return
         limit = self._max_payload
         size = len(frames)
-        outbox = self._outbox
         if size <= limit:
-            if outbox is not None:
-                held = self._outbox_size + size
-                if held > limit:
+            if self._delivering:
+                held = self._held
+                if not held:
+                    # The usual case, one reply: held until the delivery ends.
+                    self._held = frames
+                    self._held_writes = 1
+                    return
+                if len(held) + size > limit:
                     # Not in one datagram with those held: they leave first.
-                    self._flush_outbox()
-                    held = size
-                outbox.append(frames)
-                if len(outbox) < GROUPED_FRAMES:
-                    self._outbox_size = held
+                    self._send_data(held)
+                    self._held = frames
+                    self._held_writes = 1
+                    return
+                writes = self._held_writes + 1
+                if writes < GROUPED_FRAMES:
+                    self._held = held + frames
+                    self._held_writes = writes
                 else:
-                    self._flush_outbox()
+                    self._held = b""
+                    self._send_data(held + frames)
                 return
             # A message, a request, a probe (or a corked burst that fits): one datagram.
             self._send_data(frames)
             return
-        if outbox:
-            self._flush_outbox()
+        if self._held:
+            self._send_held()
         self._send_frames(frames)
 
-    def _flush_outbox(self) -> None:
-        outbox = self._outbox
-        if not outbox:
-            return
+    def _send_held(self) -> None:
         # Never over one datagram: write_unreliable sends what is held before it would be.
-        frames = outbox[0] if len(outbox) == 1 else b"".join(outbox)
-        outbox.clear()
-        self._outbox_size = 0
-        self._send_data(frames)
+        held = self._held
+        self._held = b""
+        self._send_data(held)
 
     def _send_frames(self, frames: bytes) -> None:
         """Whole frames over one datagram's size: as few datagrams as hold them."""
@@ -207,8 +213,8 @@ class DatagramTransport:
         """Send what is queued, then FIN; the session ends when the peer acknowledges it."""
         if not self.connected or self.disconnecting:
             return
-        if self._outbox:
-            self._flush_outbox()
+        if self._held:
+            self._send_held()
         self.disconnecting = True
         self._sender.close()
         self._pump()
@@ -294,18 +300,17 @@ class DatagramTransport:
         count = len(batch)
         self.datagrams_in += count
         window = self._window
-        highest = window.highest
-        if count == 1 and highest >= 0:
+        if count == 1:
             # A request or its response, alone: the next datagram, carrying one frame?
             data = batch[0]
             size = len(data)
             if size > _ONE_FRAME:
                 sequence, length = _SEQUENCE_AND_LENGTH.unpack_from(data, 9)
-                if sequence == (highest + 1) & 0xFFFFFFFF and length + _ONE_FRAME == size:
-                    window.advance(1)
+                if length + _ONE_FRAME == size and window.take_next(sequence):
                     self._deliver_data(data[DATA_HEADER:])
                     return
-        elif count > 1 and highest >= 0:
+        highest = window.highest
+        if count > 1 and highest >= 0:
             size = len(batch[0])
             if (
                 size > _ONE_FRAME
@@ -367,17 +372,20 @@ class DatagramTransport:
     def _deliver_data(self, frames: bytes) -> None:
         if not self.connected:
             return
-        if self._outbox is not None:
+        if self._delivering:
             # Delivered from within a delivery (the protocol read a socket?): the outer one sends.
             self.protocol.dataReceived(frames)
             return
-        self._outbox = []
+        self._delivering = True
         try:
             self.protocol.dataReceived(frames)
         finally:
-            if self._outbox:
-                self._flush_outbox()
-            self._outbox = None
+            self._delivering = False
+            # _send_held(), inline: this runs for every reply.
+            held = self._held
+            if held:
+                self._held = b""
+                self._send_data(held)
 
     def _segment_received(self, packet: Packet) -> None:
         chunks = self._receiver.accept(packet.sequence, packet.flags, packet.payload)
@@ -507,7 +515,7 @@ class DatagramTransport:
         if not self.connected:
             return
         self.connected = 0
-        self._outbox = None
+        self._held = b""
         for call in (self._retransmit_call, self._ack_call):
             if call is not None and call.active():
                 call.cancel()
