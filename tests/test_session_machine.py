@@ -399,8 +399,16 @@ class KeepaliveTests(_MachineTestCase):
             self.output.take(), [("schedule", START + IDLE + INTERVAL), ("cork", encode_ping(1))]
         )
         self.machine.receive(encode_ping(1, pong=True), START + IDLE + 0.25)
-        self.assertEqual(self.output.take(), [])
+        # Answered: the timer moves an idle period on, past the interval's check.
+        self.assertEqual(self.output.take(), [("schedule", START + IDLE + 0.25 + IDLE)])
         self.assertEqual(self.record.rtt, 0.25)
+        self.machine.timer_due(START + IDLE + 0.25 + IDLE)
+        self.assertEqual(
+            self.output.take(),
+            [("schedule", START + IDLE + 0.25 + IDLE + INTERVAL), ("cork", encode_ping(2))],
+        )
+        self.assertEqual(self.record.probes_sent, 2)
+        self.assertEqual(self.record.probes_unanswered, 0)
 
     def test_stale_pong_sets_no_rtt(self) -> None:
         """A PONG to an earlier probe is traffic, not a measure of this probe's round trip."""
@@ -410,6 +418,14 @@ class KeepaliveTests(_MachineTestCase):
         self.machine.receive(encode_ping(0, pong=True), START + IDLE + 0.25)
         self.assertEqual(self.output.take(), [])
         self.assertIsNone(self.record.rtt)
+
+    def test_pong_without_a_probe_moves_no_timer(self) -> None:
+        """A PONG no probe asked for is traffic; the timer stays where it was."""
+        self.open(at=START)
+        self.machine.receive(encode_ping(0, pong=True), START + 1)
+        self.assertEqual(self.output.take(), [])
+        self.machine.timer_due(START + IDLE)
+        self.assertEqual(self.output.take(), [("schedule", START + 1 + IDLE)])
 
     def test_malformed_pong(self) -> None:
         self.open()
@@ -433,7 +449,10 @@ class KeepaliveTests(_MachineTestCase):
             ],
         )
         self.machine.receive(encode_ping(2, pong=True), START + IDLE + INTERVAL + 1)
-        self.assertEqual(self.output.take(), [("liveness_changed", "alive")])
+        self.assertEqual(
+            self.output.take(),
+            [("schedule", START + IDLE + INTERVAL + 1 + IDLE), ("liveness_changed", "alive")],
+        )
 
     def test_dead_peer(self) -> None:
         """Every probe unanswered: closed with ``timeout`` and no BYE, within idle + probes x interval."""

@@ -187,6 +187,16 @@ class KeepaliveTracker:
         """Something arrived at ``now``: the peer is alive."""
         self.last_received = now
 
+    def answered(self, now: float) -> None:
+        """
+        The last probe was answered at ``now``: idle again, the next probe an
+        idle period away. Saves the owner the timer run at the interval that
+        would only find the answer (and call this ``due``'s WAIT).
+        """
+        self.last_received = now
+        self.probes_unanswered = 0
+        self.next_deadline = now + self.settings.idle
+
     def due(self, now: float) -> KeepaliveAction:
         """Decide at ``now`` (at or after ``next_deadline``)."""
         settings = self.settings

@@ -348,6 +348,12 @@ class SessionMachine(RequestTable):
                     return
                 if _U32(body)[0] == self.ping_sequence:
                     self.record.rtt = now - self.ping_sent_at
+                    tracker = self.keepalive
+                    if tracker.probes_unanswered:
+                        # The timer waits an idle period again, rather than
+                        # running at the interval only to find this answer.
+                        tracker.answered(now)
+                        self._schedule(tracker.next_deadline)
                 if self.suspect:
                     self._liveness("alive")
             elif message_type == _BYE:
