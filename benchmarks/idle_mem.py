@@ -26,13 +26,13 @@ once all N connections are up (for netmodels: handshaken) and it has settled
 for a second, after a ``gc.collect()`` in both cases; per connection =
 (after - baseline) / N. Idle CPU is the server's CPU time over an idle
 window (default 15 s = one keepalive idle period) that opens one idle period
-later, once every connection has sent its first probe: keepalive is then in
+later, once every connection has sent its first probe. Keepalive is then in
 its steady state: each connection sends one PING in the window, gets its
 PONG back, and has its timer run as often as in any period. A window from
 the start would hold the first probes but miss timer runs that follow them
-(the floor checks each probe an interval later). ``--quick`` opens the window at once and uses
-3 s, which catches no probe. Kernel socket memory (~10 KB per loopback pair)
-is not in RSS and not counted.
+(the floor checks each probe an interval later). ``--quick`` opens the
+window at once and uses 3 s, which catches no probe. Kernel socket memory
+(~10 KB per loopback pair) is not in RSS and not counted.
 
 ``--count-opcodes`` counts instead the bytecodes per probe, by layer, for
 netmodels and the floor (see ``--floor``): the probe, its answer and the check
@@ -406,9 +406,9 @@ def count_opcodes(args: argparse.Namespace) -> None:
     import tempfile
 
     # A window over each connection's whole keepalive period: the probe at
-    # 15 s, its answer, and the check an interval (10 s) later that finds it
-    # answered; not the next probe, at 30 s. Tracing slows the server many
-    # times over, so fewer connections keep that inside the window.
+    # 15 s, its answer, and any timer run an interval (10 s) later (the
+    # floor's check); not the next probe, at 30 s. Tracing slows the server
+    # many times over, so fewer connections keep that inside the window.
     args.idle_seconds = 26.0
     args.idle_conns = min(args.idle_conns, 2000)
     columns: dict[str, dict[str, float]] = {}
